@@ -1,0 +1,3 @@
+from mconv.cli import entry
+
+entry()

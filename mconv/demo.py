@@ -1,0 +1,144 @@
+"""``make demo``: a small PyTorch model defined here, saved as TorchScript, exported to
+ONNX and built for every target that can run on this machine, each verified by its
+runtime against onnxruntime; one table at the end."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path("demo_out")
+
+
+def make_model():
+    import torch
+    from torch import nn
+
+    class TinyNet(nn.Module):
+        """conv-bn-relu x3, residual add, global pool, classifier: a typical small CNN."""
+
+        def __init__(self, classes: int = 10) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+            self.block = nn.Sequential(
+                nn.Conv2d(16, 16, 3, 1, 1, groups=16),
+                nn.BatchNorm2d(16),
+                nn.ReLU(),
+                nn.Conv2d(16, 16, 1),
+                nn.BatchNorm2d(16),
+            )
+            self.head = nn.Sequential(
+                nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, classes)
+            )
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = torch.relu(x + self.block(x))
+            return self.head(x)
+
+    torch.manual_seed(0)
+    m = TinyNet().eval()
+    with torch.no_grad():  # non-trivial BN statistics so the fusion is exercised
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def calibration_images(folder: Path, count: int = 32, size: int = 64) -> None:
+    """Smooth pseudo-images (gradients and blobs), not white noise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(count):
+        chans = []
+        for _ in range(3):
+            a, b, c = rng.uniform(-1, 1, 3)
+            cx, cy = rng.uniform(0, 1, 2)
+            blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) * rng.uniform(5, 30))
+            chans.append(a * xx + b * yy + c * blob)
+        img = np.stack(chans)[None].astype(np.float32)
+        np.save(folder / f"sample_{i:03d}.npy", img)
+
+
+def main() -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from mconv.errors import MconvError
+    from mconv.pipeline import BuildRequest, ExportOptions, VerifyOptions, build_model, export_model
+    from mconv.specs import parse_input_spec
+    from mconv.targets import all_targets, get_target
+
+    con = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+    OUT.mkdir(exist_ok=True)
+    model = make_model()
+    src = OUT / "tinynet.pt"
+    torch.jit.save(torch.jit.trace(model, torch.randn(1, 3, 64, 64)), str(src))
+    con.print(f"saved TorchScript model {src}")
+    spec = ExportOptions(inputs=[parse_input_spec("input:1x3x64x64")])
+    exp = export_model(src, OUT / "tinynet.onnx", spec, VerifyOptions())
+    v = exp["verification"]["outputs"][0]
+    con.print(f"exported {exp['artifacts'][0]} ({exp['exporter']}), rel error vs PyTorch {float(v['rel']):.2e}")
+    calib = OUT / "calib"
+    calibration_images(calib)
+
+    table = Table(title="mconv demo: tinynet (TorchScript) -> ONNX -> targets, verified against onnxruntime")
+    for col in ("target", "precision", "status", "rel err", "cosine", "top-1", "seconds", "artifact"):
+        table.add_column(col)
+    failed = 0
+    notes: list[str] = []
+    for entry in all_targets():
+        name = entry.name
+        try:
+            target = get_target(name)
+            missing = target.runtime_missing()
+        except MconvError as e:
+            table.add_row(name, "-", "skipped", "", "", "", "", "")
+            notes.append(f"{name}: {e}")
+            continue
+        if missing:
+            table.add_row(name, "-", "skipped", "", "", "", "", "")
+            notes.append(f"{name} skipped: {missing}")
+            continue
+        for precision in ("fp32", "fp16", "int8"):
+            if precision not in target.precisions:
+                continue
+            req = BuildRequest(
+                path=OUT / "tinynet.onnx",
+                target=name,
+                out_dir=OUT / f"tinynet_{name}_{precision}",
+                precision=precision,
+                calib=str(calib) if precision == "int8" else None,
+                calib_count=32,
+            )
+            try:
+                r = build_model(req)
+            except MconvError as e:
+                failed += 1
+                table.add_row(name, precision, f"[red]FAILED (exit {e.exit_code})[/red]", "", "", "", "", "")
+                notes.append(f"{name} {precision}: {e}")
+                continue
+            o = r["verification"]["outputs"][0]
+            table.add_row(
+                name,
+                precision,
+                "[green]verified[/green]",
+                f"{float(o['rel']):.2e}",
+                f"{float(o['cosine']):.6f}",
+                "" if o.get("top1") is None else f"{o['top1']:.2f}",
+                f"{r['seconds']:.1f}",
+                Path(r["artifact"]["main"]).as_posix(),
+            )
+    con.print(table)
+    for n in notes:
+        con.print(f"- {n}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Typed errors. The library raises these; only ``cli.py`` catches and prints them.
+
+Exit codes (documented in README): 0 ok, 1 conversion error, 2 usage or input
+error, 3 verification failed.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CONVERSION = 1
+EXIT_USAGE = 2
+EXIT_VERIFY = 3
+
+
+class MconvError(Exception):
+    """Base error: one actionable line of text and the exit code it maps to."""
+
+    exit_code = EXIT_CONVERSION
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(MconvError):
+    """A malformed option or argument (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(MconvError):
+    """An input file that is missing, unreadable, malformed or unsafe (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConversionError(MconvError):
+    """The model is valid but cannot be converted (exit 1)."""
+
+    exit_code = EXIT_CONVERSION
+
+
+class UnsupportedOpsError(ConversionError):
+    """A target cannot lower some ops; ``ops`` maps op type to node names."""
+
+    def __init__(self, target: str, ops: dict[str, list[str]]) -> None:
+        self.target = target
+        self.ops = ops
+        parts = []
+        for op, nodes in sorted(ops.items()):
+            shown = ", ".join(nodes[:3]) + (", ..." if len(nodes) > 3 else "")
+            parts.append(f"{op} x{len(nodes)} ({shown})")
+        super().__init__(
+            f"target '{target}' cannot lower {len(ops)} op type(s): "
+            + "; ".join(parts)
+            + f". Nothing was written; run `mconv inspect MODEL --target {target}` for details."
+        )
+
+
+class MissingDependencyError(MconvError):
+    """An optional runtime or library is not installed (exit 1)."""
+
+    exit_code = EXIT_CONVERSION
+
+    def __init__(self, what: str, extra: str, detail: str = "") -> None:
+        hint = f"install it with `pip install 'mconv[{extra}]'`"
+        msg = f"{what} is not installed: {hint}"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)
+        self.extra = extra
+
+
+class VerificationError(MconvError):
+    """The converted artifact does not compute what the source does (exit 3)."""
+
+    exit_code = EXIT_VERIFY
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report

@@ -1,0 +1,137 @@
+"""Atomic file output: every file mconv writes goes to a temporary name in its
+destination folder and is renamed into place only when complete.
+
+Temporary paths are tracked process-wide so that a SIGINT/SIGTERM handler can
+remove them before the process exits (see :func:`install_signal_cleanup`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+_live: set[str] = set()
+_lock = threading.Lock()
+
+
+def _track(path: str) -> None:
+    with _lock:
+        _live.add(path)
+
+
+def _untrack(path: str) -> None:
+    with _lock:
+        _live.discard(path)
+
+
+def cleanup_temporaries() -> None:
+    """Remove every temporary file or folder still being written."""
+    with _lock:
+        paths = list(_live)
+        _live.clear()
+    for p in paths:
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+
+
+def install_signal_cleanup() -> None:
+    """On SIGINT/SIGTERM remove temporaries, then exit 130/143."""
+
+    def handler(signum: int, _frame: object) -> None:
+        cleanup_temporaries()
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not in the main thread
+            signal.signal(sig, handler)
+
+
+def temp_path_for(dest: Path) -> Path:
+    """A fresh, tracked temporary path beside ``dest`` (same filesystem)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    _track(name)
+    return Path(name)
+
+
+def commit(tmp: Path, dest: Path) -> None:
+    """Rename a finished temporary file into place."""
+    os.replace(tmp, dest)
+    _untrack(str(tmp))
+
+
+def discard(tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    _untrack(str(tmp))
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path; rename it to ``dest`` if the block succeeds."""
+    dest = Path(dest)
+    tmp = temp_path_for(dest)
+    try:
+        yield tmp
+    except BaseException:
+        discard(tmp)
+        raise
+    commit(tmp, dest)
+
+
+def write_bytes_atomic(dest: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(dest: str | os.PathLike[str], text: str) -> None:
+    write_bytes_atomic(dest, text.encode("utf-8"))
+
+
+class StagingDir:
+    """A temporary folder beside ``out_dir`` where a multi-file artifact is written.
+
+    ``promote()`` moves each finished file into ``out_dir`` (creating it);
+    ``close()`` removes whatever is left. Used as a context manager, a failure
+    inside the block leaves ``out_dir`` untouched (and not created).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.out_dir = Path(out_dir)
+        parent = self.out_dir.resolve().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".tmp", dir=parent))
+        _track(str(self.path))
+
+    def promote(self) -> list[Path]:
+        """Move every file of the staging folder into ``out_dir``; return the final paths."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        moved = []
+        for src in sorted(self.path.rglob("*")):
+            if src.is_dir():
+                continue
+            dest = self.out_dir / src.relative_to(self.path)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+            moved.append(dest)
+        return moved
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        _untrack(str(self.path))
+
+    def __enter__(self) -> StagingDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

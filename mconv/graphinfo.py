@@ -1,0 +1,89 @@
+"""Facts about an ONNX graph: its real inputs and outputs, shapes, dtypes, ops."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int | str | None, ...] | None  # None: rank unknown; str/None: dynamic dim
+    dtype: str  # numpy dtype name
+
+    @property
+    def is_static(self) -> bool:
+        return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape) if self.shape is not None else None, "dtype": self.dtype}
+
+
+def _info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    tt = vi.type.tensor_type
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+    except Exception:
+        dtype = "unknown"
+    shape: tuple | None = None
+    if tt.HasField("shape"):
+        dims = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param:
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        shape = tuple(dims)
+    return TensorInfo(vi.name, shape, dtype)
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[TensorInfo]:
+    """Inputs that are not initializers (old exporters list weights as inputs too)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [_info(vi) for vi in model.graph.input if vi.name not in inits]
+
+
+def graph_outputs(model: onnx.ModelProto) -> list[TensorInfo]:
+    return [_info(vi) for vi in model.graph.output]
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    c = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph.node)
+    return dict(sorted(c.items()))
+
+
+def nodes_by_op(model: onnx.ModelProto) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for i, n in enumerate(model.graph.node):
+        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+        out.setdefault(key, []).append(n.name or f"{n.op_type}_{i}")
+    return out
+
+
+def opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 0
+
+
+def parameter_stats(model: onnx.ModelProto) -> tuple[int, int]:
+    """(parameter count, parameter bytes) over initializers."""
+    from mconv.modelio import tensor_nbytes
+
+    count = 0
+    nbytes = 0
+    for t in model.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        count += n
+        nbytes += tensor_nbytes(t)
+    return count, nbytes

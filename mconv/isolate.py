@@ -1,0 +1,76 @@
+"""Run a function in a child process, so that a native crash or hang in a runtime
+(ncnn, TensorRT, ...) becomes an error for that call instead of killing mconv."""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import signal
+import traceback
+from typing import Any
+
+from mconv.errors import MconvError
+
+
+class IsolatedFailure(MconvError):
+    """The child process crashed, hung, or raised."""
+
+    def __init__(self, message: str, *, kind: str, exit_code: int = 1) -> None:
+        super().__init__(message, exit_code=exit_code)
+        self.kind = kind  # "signal" | "timeout" | "error"
+
+
+def _child(func_path: str, kwargs: dict[str, Any], conn) -> None:
+    try:
+        mod, _, name = func_path.partition(":")
+        fn = getattr(importlib.import_module(mod), name)
+        conn.send(("ok", fn(**kwargs)))
+    except MconvError as e:
+        conn.send(("mconv", (type(e).__name__, e.message, e.exit_code)))
+    except BaseException as e:  # report, never hang the parent
+        conn.send(("error", (f"{type(e).__name__}: {e}", traceback.format_exc())))
+    finally:
+        conn.close()
+
+
+def call_isolated(func_path: str, kwargs: dict[str, Any], *, timeout: float | None = None, what: str = "runner") -> Any:
+    """Call ``module:function(**kwargs)`` in a spawned child and return its result."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(func_path, kwargs, child), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            proc.kill()
+            proc.join(5)
+            if proc.exitcode is not None and proc.exitcode < 0 and proc.exitcode != -signal.SIGKILL:
+                raise _signal_failure(what, proc.exitcode)
+            raise IsolatedFailure(f"{what} timed out after {timeout:g} s", kind="timeout")
+        try:
+            status, payload = parent.recv()
+        except EOFError:
+            proc.join(10)
+            raise _signal_failure(what, proc.exitcode) from None
+    finally:
+        parent.close()
+    proc.join(10)
+    if status == "ok":
+        return payload
+    if status == "mconv":
+        _cls, msg, code = payload
+        raise IsolatedFailure(msg, kind="error", exit_code=code)
+    msg, tb = payload
+    err = IsolatedFailure(f"{what} failed: {msg}", kind="error")
+    err.traceback = tb
+    raise err
+
+
+def _signal_failure(what: str, exitcode: int | None) -> IsolatedFailure:
+    if exitcode is not None and exitcode < 0:
+        try:
+            sig = signal.Signals(-exitcode).name
+        except ValueError:
+            sig = f"signal {-exitcode}"
+        return IsolatedFailure(f"{what} crashed natively ({sig})", kind="signal")
+    return IsolatedFailure(f"{what} exited unexpectedly (exit code {exitcode})", kind="signal")

@@ -1,0 +1,385 @@
+"""The pipeline that chains the stages: source -> ONNX -> passes -> target -> verify.
+
+Each public function here backs one CLI command and returns a JSON-ready report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from mconv.data import ImageOptions, load_samples, random_feeds
+from mconv.errors import ConversionError, InputError, UnsupportedOpsError, UsageError, VerificationError
+from mconv.fsutil import StagingDir
+from mconv.graphinfo import graph_inputs, graph_outputs, op_histogram, opset, parameter_stats
+from mconv.metrics import Comparison, Tolerance, compare_outputs, default_tolerance
+from mconv.modelio import load_onnx, parse_model, save_onnx
+from mconv.specs import DynamicAxis, InputSpec
+
+VERIFY_SAMPLES = 2
+
+
+@dataclass
+class ExportOptions:
+    model_spec: str | None = None
+    inputs: list[InputSpec] = field(default_factory=list)
+    dynamic: list[DynamicAxis] = field(default_factory=list)
+    opset: int | None = None
+    exporter: str = "auto"
+    trust_pickle: bool = False
+
+
+@dataclass
+class VerifyOptions:
+    enabled: bool = True
+    inputs: str | None = None  # data source for verification samples
+    tolerance: Tolerance | None = None  # None: by precision
+    samples: int = VERIFY_SAMPLES
+    keep_failed: bool = False
+    timeout: float | None = 600.0
+
+
+def source_kind(path: Path) -> str:
+    """'onnx' or 'torch', from the file's content."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a model file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK" or head[:1] == b"\x80":
+        return "torch"
+    return "onnx"
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".onnx", ".pt2", ".pt", ".pth", ".ckpt", ".bin", ".torchscript"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or "model"
+    return path.stem or "model"
+
+
+def _export(path: Path, opts: ExportOptions):
+    from mconv.convert.torch import export
+
+    return export(
+        path,
+        model_spec=opts.model_spec,
+        inputs=opts.inputs,
+        dynamic=opts.dynamic,
+        opset=opts.opset,
+        exporter=opts.exporter,
+        trust_pickle=opts.trust_pickle,
+    )
+
+
+def _verify_export(result, tol: Tolerance) -> Comparison:
+    from mconv.runner import reference_outputs
+
+    outs, names = reference_outputs(result.model, [result.feeds])
+    ref = [dict(zip(names, result.torch_outputs))]
+    return compare_outputs(ref, outs, tol, names)
+
+
+def export_model(path: Path, out: Path | None, opts: ExportOptions, verify: VerifyOptions) -> dict[str, Any]:
+    """PyTorch source -> checked, verified ONNX file."""
+    if source_kind(path) != "torch":
+        if is_onnx_artifact(path):
+            raise InputError(f"{path}: already ONNX; use `mconv optimize` or `mconv build` on it")
+        raise InputError(f"{path}: not a PyTorch file (TorchScript, ExportedProgram or torch.save checkpoint)")
+    t0 = time.perf_counter()
+    result = _export(path, opts)
+    model = result.model
+    from mconv.modelio import check_model
+
+    check_model(model, f"{path} (exported)")
+    report: dict[str, Any] = {
+        "command": "export",
+        "source": str(path),
+        "exporter": result.exporter,
+        "opset": opset(model),
+        "nodes": len(model.graph.node),
+        "warnings": result.warnings,
+    }
+    comp = None
+    if verify.enabled:
+        tol = verify.tolerance or default_tolerance("fp32")
+        comp = _verify_export(result, tol)
+        report["verification"] = {"reference": "torch", "tolerance": tol.describe(), **comp.to_json()}
+        if not comp.passed and not verify.keep_failed:
+            raise VerificationError(
+                f"{path}: ONNX export differs from PyTorch beyond {tol.describe()}: {comp.summary()}; nothing written",
+                report,
+            )
+    dest = out or Path.cwd() / f"{_stem(path)}.onnx"
+    files = save_onnx(model, dest)
+    report["artifacts"] = [str(f) for f in files]
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    if comp is not None and not comp.passed:
+        raise VerificationError(
+            f"{path}: ONNX export differs from PyTorch: {comp.summary()} (kept {dest} as --keep-failed asked)", report
+        )
+    return report
+
+
+def load_model_any(path: Path, opts: ExportOptions) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Any source (ONNX or PyTorch) -> an ONNX ModelProto and facts about the source."""
+    kind = source_kind(path)
+    if kind == "onnx":
+        return load_onnx(path), {"kind": "onnx"}
+    result = _export(path, opts)
+    from mconv.modelio import check_model
+
+    check_model(result.model, f"{path} (exported)")
+    return result.model, {"kind": "torch", "exporter": result.exporter}
+
+
+def apply_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: int | None = None) -> None:
+    """Fix graph input dims from --input specs (and the first axis from --batch)."""
+    by_name = {i.name: i for i in model.graph.input}
+    real = {i.name for i in graph_inputs(model)}
+    for name in shapes:
+        if name not in real:
+            raise UsageError(f"--input {name}: the model has no input '{name}' (inputs: {', '.join(sorted(real))})")
+    for name in real:
+        vi = by_name[name]
+        dims = vi.type.tensor_type.shape.dim
+        if name in shapes:
+            shape = shapes[name]
+            if len(dims) and len(dims) != len(shape):
+                raise UsageError(f"--input {name}: rank {len(shape)} does not match the model's rank {len(dims)}")
+            del dims[:]
+            for d in shape:
+                dims.add().dim_value = d
+        elif batch is not None and len(dims):
+            dims[0].Clear()
+            dims[0].dim_value = batch
+    if shapes or batch is not None:
+        del model.graph.value_info[:]
+        for o in model.graph.output:  # stale output shapes would clash with the new inputs
+            o.type.tensor_type.ClearField("shape")
+
+
+def verification_samples(
+    model: onnx.ModelProto,
+    verify: VerifyOptions,
+    calib: list | None,
+    shapes: dict[str, tuple[int, ...]] | None,
+    image: ImageOptions | None,
+) -> list:
+    infos = graph_inputs(model)
+    if verify.inputs:
+        return load_samples(verify.inputs, infos, limit=verify.samples, image=image, option="--inputs")
+    if calib:
+        return calib[: verify.samples]
+    return random_feeds(infos, seed=0, count=verify.samples, shapes=shapes)
+
+
+def _json_safe(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {k: _json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_safe(v) for v in o]
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    return o
+
+
+def optimize_model(path: Path, out: Path | None, passes: list[str] | None) -> dict[str, Any]:
+    from mconv.passes import optimize
+
+    model = load_onnx(path)
+    before = len(model.graph.node)
+    t0 = time.perf_counter()
+    model, reports = optimize(model, passes)
+    dest = out or Path.cwd() / f"{_stem(path)}.opt.onnx"
+    files = save_onnx(model, dest)
+    return {
+        "command": "optimize",
+        "source": str(path),
+        "nodes_before": before,
+        "nodes_after": len(model.graph.node),
+        "passes": [r.to_json() for r in reports],
+        "seconds": round(time.perf_counter() - t0, 3),
+        "artifacts": [str(f) for f in files],
+    }
+
+
+@dataclass
+class BuildRequest:
+    path: Path
+    target: str
+    out_dir: Path | None = None
+    precision: str = "fp32"
+    calib: str | None = None
+    calib_count: int = 300
+    image: ImageOptions | None = None
+    passes: list[str] | None = None
+    export: ExportOptions = field(default_factory=ExportOptions)
+    verify: VerifyOptions = field(default_factory=VerifyOptions)
+    batch: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_model(req: BuildRequest) -> dict[str, Any]:
+    """Source -> ONNX -> passes -> target writer -> verification against onnxruntime."""
+    from mconv.passes import optimize
+    from mconv.runner import reference_outputs, run_artifact
+    from mconv.targets import get_target
+    from mconv.targets.base import BuildOptions
+
+    t0 = time.perf_counter()
+    target = get_target(req.target)
+    if req.precision not in target.precisions:
+        raise UsageError(f"--{req.precision}: target '{target.name}' supports {', '.join(target.precisions)}")
+    if req.precision == "int8" and not req.calib:
+        raise UsageError("--int8 needs calibration data: add --calib DATA (a folder or glob of .npy/.npz or images)")
+    if req.calib and req.precision != "int8":
+        raise UsageError("--calib is only used with --int8")
+    source, info = load_model_any(req.path, req.export)
+    shapes = {s.name: s.shape for s in req.export.inputs} if info["kind"] == "onnx" else {}
+    if info["kind"] == "onnx":
+        apply_input_shapes(source, shapes, req.batch)
+    model = onnx.ModelProto()
+    model.CopyFrom(source)
+    passes = list(req.passes) if req.passes is not None else None
+    if passes is None:
+        from mconv.passes import DEFAULT_PIPELINE
+
+        passes = list(DEFAULT_PIPELINE)
+    passes += [p for p in target.required_passes if p not in passes]
+    model, pass_reports = optimize(model, passes)
+    missing = target.unsupported(model)
+    if missing:
+        raise UnsupportedOpsError(target.name, missing)
+    calib = None
+    warnings: list[str] = []
+    if req.calib:
+        calib = load_samples(req.calib, graph_inputs(model), limit=req.calib_count, image=req.image)
+        if len(calib) < req.calib_count:
+            warnings.append(
+                f"--calib {req.calib}: {len(calib)} sample(s) found, fewer than the {req.calib_count} asked for"
+            )
+        if len(calib) < 100:
+            warnings.append(f"calibrating on {len(calib)} sample(s); 100 or more give steadier int8 scales")
+    extra = dict(req.extra)
+    extra.setdefault("input_shapes", shapes)
+    extra.setdefault("batch", req.batch)
+    extra.setdefault("calib_count_requested", req.calib_count)
+    options = BuildOptions(precision=req.precision, calib=calib, extra=extra)
+    warnings += target.preflight(model, options)
+    missing_rt = target.runtime_missing()
+    if missing_rt:
+        raise ConversionError(missing_rt)
+    stem = _stem(req.path)
+    out_dir = req.out_dir or Path.cwd() / f"{stem}_{target.name}"
+    report: dict[str, Any] = {
+        "command": "build",
+        "source": str(req.path),
+        "source_kind": info["kind"],
+        "target": target.name,
+        "precision": req.precision,
+        "passes": [r.to_json() for r in pass_reports],
+    }
+    with StagingDir(out_dir) as staging:
+        artifact = target.write(model, staging.path, stem, options)
+        warnings += list(artifact.meta.pop("warnings", []) or [])
+        comp = None
+        if req.verify.enabled:
+            samples = verification_samples(source, req.verify, calib, shapes, req.image)
+            refs, names = reference_outputs(source, samples)
+            gots = run_artifact(artifact, samples, timeout=req.verify.timeout)
+            tol = req.verify.tolerance or target.default_tolerance(req.precision)
+            comp = compare_outputs(refs, gots, tol, names)
+            report["verification"] = {
+                "reference": "onnxruntime",
+                "samples": len(samples),
+                "tolerance": tol.describe(),
+                **comp.to_json(),
+            }
+        if comp is not None and not comp.passed and not req.verify.keep_failed:
+            raise VerificationError(
+                f"{req.path} -> {target.name} ({req.precision}) differs from onnxruntime beyond "
+                f"{report['verification']['tolerance']}: {comp.summary()}; nothing written "
+                "(--keep-failed keeps the files for `mconv verify --locate`)",
+                report,
+            )
+        staging.promote()
+    final = artifact.relocated(staging.path, out_dir)
+    report["artifacts"] = [str(f) for f in final.files]
+    report["artifact"] = final.to_json()
+    report["warnings"] = warnings
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    if comp is not None and not comp.passed:
+        raise VerificationError(
+            f"{req.path} -> {target.name}: verification failed: {comp.summary()} (files kept in {out_dir})",
+            _json_safe(report),
+        )
+    return _json_safe(report)
+
+
+def inspect_model(path: Path, target: str | None, opts: ExportOptions) -> dict[str, Any]:
+    from mconv.targets import all_targets, get_target
+
+    model, info = load_model_any(path, opts)
+    count, nbytes = parameter_stats(model)
+    report: dict[str, Any] = {
+        "command": "inspect",
+        "source": str(path),
+        "source_kind": info["kind"],
+        "opset": opset(model),
+        "ir_version": model.ir_version,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": [i.to_json() for i in graph_inputs(model)],
+        "outputs": [o.to_json() for o in graph_outputs(model)],
+        "nodes": len(model.graph.node),
+        "ops": op_histogram(model),
+        "parameters": count,
+        "parameter_bytes": nbytes,
+        "targets": {},
+    }
+    names = [target] if target else [e.name for e in all_targets()]
+    folded = None
+    for name in names:
+        try:
+            t = get_target(name)
+        except (UsageError, ConversionError) as e:
+            if target:
+                raise
+            report["targets"][name] = {"error": str(e)}
+            continue
+        if folded is None:
+            from mconv.passes import optimize
+
+            m2 = onnx.ModelProto()
+            m2.CopyFrom(model)
+            try:
+                folded, _ = optimize(m2)
+            except ConversionError:
+                folded = model
+        entry: dict[str, Any] = {"runtime": t.runtime_missing() or "available", "unsupported": t.unsupported(folded)}
+        if hasattr(t, "preflight_report"):
+            from mconv.targets.base import BuildOptions
+
+            findings = t.preflight_report(folded, BuildOptions())
+            entry["findings"] = [f.to_json() for f in findings]
+        report["targets"][t.name] = entry
+    return _json_safe(report)
+
+
+def is_onnx_artifact(path: Path) -> bool:
+    try:
+        parse_model(path)
+        return True
+    except InputError:
+        return False

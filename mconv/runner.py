@@ -1,0 +1,89 @@
+"""Running artifacts and the onnxruntime reference, in-process or in a child process.
+
+One implementation shared by the build step, ``mconv verify`` and ``mconv bench``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+
+from mconv.errors import ConversionError
+from mconv.isolate import call_isolated
+from mconv.targets import get_target
+from mconv.targets.base import Artifact
+
+Feeds = dict[str, np.ndarray]
+
+
+def reference_outputs(model: onnx.ModelProto, samples: list[Feeds]) -> tuple[list[Feeds], list[str]]:
+    """Run ``model`` with onnxruntime on the CPU; returns outputs per sample and output names."""
+    import onnxruntime as ort
+
+    from mconv.modelio import EXTERNAL_THRESHOLD, model_nbytes
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    try:
+        if model_nbytes(model) < EXTERNAL_THRESHOLD:
+            sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        else:
+            sess = _session_from_file(model, so)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConversionError(f"onnxruntime cannot run the source model: {first[:300]}") from e
+    names = [o.name for o in sess.get_outputs()]
+    wanted = [i.name for i in sess.get_inputs()]
+    outs = []
+    for feeds in samples:
+        try:
+            vals = sess.run(None, {k: feeds[k] for k in wanted})
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConversionError(f"onnxruntime failed on the source model: {first[:300]}") from e
+        outs.append(dict(zip(names, vals)))
+    return outs, names
+
+
+def _session_from_file(model, so):
+    import tempfile
+
+    import onnxruntime as ort
+
+    from mconv.modelio import save_onnx
+
+    d = tempfile.mkdtemp(prefix="mconv-ref-")
+    p = f"{d}/ref.onnx"
+    save_onnx(model, p, external=True)
+    return ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+
+
+def infer_all(target: str, artifact: dict[str, Any], samples: list[Feeds], threads: int | None = None) -> list[Feeds]:
+    """Load the artifact's runner and run every sample (the body of the child process)."""
+    t = get_target(target)
+    runner = t.runner(Artifact.from_json(artifact), threads=threads)
+    return [runner.infer(s) for s in samples]
+
+
+def run_artifact(
+    artifact: Artifact,
+    samples: list[Feeds],
+    *,
+    isolate: bool | None = None,
+    timeout: float | None = None,
+    threads: int | None = None,
+) -> list[Feeds]:
+    """Run ``samples`` through ``artifact``; in a child process when its target can crash natively."""
+    target = get_target(artifact.target)
+    if isolate is None:
+        isolate = target.isolate
+    if not isolate:
+        return infer_all(artifact.target, artifact.to_json(), samples, threads)
+    return call_isolated(
+        "mconv.runner:infer_all",
+        {"target": artifact.target, "artifact": artifact.to_json(), "samples": samples, "threads": threads},
+        timeout=timeout,
+        what=f"{artifact.target} runner on {artifact.main.name}",
+    )

@@ -1,0 +1,257 @@
+"""Constant folding in the project's own code (no onnxsim needed).
+
+Cases rewritten:
+1. ``Shape``/``Size`` of a tensor whose shape is fully static -> constant.
+2. A deterministic node whose inputs are all constants -> its outputs become
+   initializers (ConstantOfShape weights, shape arithmetic, Cast, ...).
+3. ``Constant`` nodes -> initializers.
+Common shape-arithmetic ops are evaluated with numpy; anything else goes through
+onnx's reference evaluator. Nodes whose outputs would exceed
+``max_folded_bytes`` are left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from mconv.passes.base import Pass, PassResult
+from mconv.passes.graph import attr, constant_node_value, is_default_domain, static_shapes
+from onnx import numpy_helper
+
+# Ops never folded: random or with side effects / control flow.
+_NEVER = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "If",
+    "Loop",
+    "Scan",
+    "SequenceConstruct",
+    "SequenceInsert",
+    "SequenceAt",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+}
+
+
+def _axes(node, arrs, idx=1):
+    a = attr(node, "axes")
+    if a is None and len(arrs) > idx and arrs[idx] is not None:
+        a = arrs[idx].tolist()
+    return None if a is None else [int(x) for x in np.atleast_1d(a)]
+
+
+def _slice(node, arrs):
+    x = arrs[0]
+    if len(arrs) >= 3:
+        starts, ends = arrs[1], arrs[2]
+        axes = arrs[3] if len(arrs) > 3 and arrs[3] is not None else np.arange(len(starts))
+        steps = arrs[4] if len(arrs) > 4 and arrs[4] is not None else np.ones(len(starts), np.int64)
+    else:
+        starts, ends = attr(node, "starts"), attr(node, "ends")
+        axes = attr(node, "axes") or list(range(len(starts)))
+        steps = [1] * len(starts)
+    sl = [slice(None)] * x.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        a = int(a) % x.ndim
+        dim = x.shape[a]
+        s, e, st = int(s), int(e), int(st)
+        s = max(-dim - 1, min(s, dim)) if st < 0 else s
+        e = max(-dim - 1, min(e, dim)) if st < 0 else min(e, dim) if e > 0 else e
+        sl[a] = slice(s, e if not (st < 0 and e < -dim) else None, st)
+    return [x[tuple(sl)]]
+
+
+def _reshape(node, arrs):
+    x, shape = arrs[0], [int(v) for v in arrs[1]]
+    if not attr(node, "allowzero", 0):
+        shape = [x.shape[i] if v == 0 else v for i, v in enumerate(shape)]
+    return [x.reshape(shape)]
+
+
+def _cast(node, arrs):
+    to = onnx.helper.tensor_dtype_to_np_dtype(attr(node, "to"))
+    return [arrs[0].astype(to)]
+
+
+def _cos(node, arrs):
+    value = attr(node, "value")
+    v = numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
+    return [np.full([int(d) for d in arrs[0]], v.reshape(-1)[0], dtype=v.dtype)]
+
+
+def _gather(node, arrs):
+    return [np.take(arrs[0], arrs[1].astype(np.int64), axis=attr(node, "axis", 0))]
+
+
+def _concat(node, arrs):
+    return [np.concatenate(arrs, axis=attr(node, "axis"))]
+
+
+def _unsqueeze(node, arrs):
+    x = arrs[0]
+    axes = sorted(a % (x.ndim + len(_axes(node, arrs))) for a in _axes(node, arrs))
+    for a in axes:
+        x = np.expand_dims(x, a)
+    return [x]
+
+
+def _squeeze(node, arrs):
+    axes = _axes(node, arrs)
+    return [np.squeeze(arrs[0], axis=None if axes is None else tuple(axes))]
+
+
+def _binary(fn):
+    return lambda node, arrs: [
+        np.asarray(fn(arrs[0], arrs[1])).astype(
+            np.result_type(arrs[0], arrs[1]) if fn not in (np.equal, np.less, np.greater) else bool
+        )
+    ]
+
+
+def _div(node, arrs):
+    a, b = arrs
+    if np.issubdtype(a.dtype, np.integer):
+        return [np.trunc(a / b).astype(a.dtype)]
+    return [(a / b).astype(a.dtype)]
+
+
+_NUMPY: dict[str, Callable] = {
+    "Identity": lambda n, a: [a[0]],
+    "Cast": _cast,
+    "ConstantOfShape": _cos,
+    "Gather": _gather,
+    "Concat": _concat,
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Slice": _slice,
+    "Reshape": _reshape,
+    "Add": _binary(np.add),
+    "Sub": _binary(np.subtract),
+    "Mul": _binary(np.multiply),
+    "Div": _div,
+    "Equal": _binary(np.equal),
+    "Less": _binary(np.less),
+    "Greater": _binary(np.greater),
+    "Neg": lambda n, a: [np.negative(a[0])],
+    "Abs": lambda n, a: [np.abs(a[0])],
+    "Sqrt": lambda n, a: [np.sqrt(a[0])],
+    "Where": lambda n, a: [np.where(a[0], a[1], a[2])],
+    "Transpose": lambda n, a: [np.transpose(a[0], attr(n, "perm"))],
+    "Range": lambda n, a: [np.arange(a[0], a[1], a[2]).astype(a[0].dtype)],
+    "Expand": lambda n, a: [a[0] * np.ones([int(d) for d in a[1]], a[0].dtype)],
+    "Floor": lambda n, a: [np.floor(a[0])],
+    "Ceil": lambda n, a: [np.ceil(a[0])],
+}
+
+
+def _evaluate(node: onnx.NodeProto, arrs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    fn = _NUMPY.get(node.op_type)
+    if fn is not None and all(a is not None for a in arrs):
+        try:
+            return fn(node, arrs)
+        except Exception:
+            pass  # the reference evaluator knows the corner cases
+    from onnx.reference import ReferenceEvaluator
+
+    names = [n if n else "" for n in node.input]
+    inputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in names if n]
+    g = onnx.helper.make_graph(
+        [node],
+        "fold",
+        inputs,
+        [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o],
+    )
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    ev = ReferenceEvaluator(m)
+    feeds = {n: a for n, a in zip(node.input, arrs) if n}
+    return list(ev.run(None, feeds))
+
+
+class FoldConstantsPass(Pass):
+    """Fold Shape/Size of static tensors and nodes whose inputs are all constant."""
+
+    name = "fold_constants"
+
+    def __init__(self, max_folded_bytes: int = 1 << 30) -> None:
+        self.max_folded_bytes = max_folded_bytes
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        g = model.graph
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        consts: dict[str, np.ndarray] = {}
+        init_names = {t.name for t in g.initializer}
+        graph_inputs = {i.name for i in g.input} - init_names
+        shapes = static_shapes(model)
+        lazy_inits = {t.name: t for t in g.initializer}
+        new_inits: list[onnx.TensorProto] = []
+        keep: list[onnx.NodeProto] = []
+        folded = 0
+        failures: list[str] = []
+
+        def value(name: str) -> np.ndarray | None:
+            if name in consts:
+                return consts[name]
+            t = lazy_inits.get(name)
+            if t is not None and name not in graph_inputs:
+                consts[name] = numpy_helper.to_array(t)
+                return consts[name]
+            return None
+
+        def is_const(name: str) -> bool:
+            return name == "" or name in consts or (name in lazy_inits and name not in graph_inputs)
+
+        for node in g.node:
+            if (
+                not is_default_domain(node)
+                or node.op_type in _NEVER
+                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+            ):
+                keep.append(node)
+                continue
+            out: list[np.ndarray] | None = None
+            if node.op_type == "Constant":
+                v = constant_node_value(node)
+                out = None if v is None else [v]
+            elif node.op_type in ("Shape", "Size") and node.input[0] in shapes:
+                shp = shapes[node.input[0]]
+                if node.op_type == "Size":
+                    out = [np.array(int(np.prod(shp)), np.int64)]
+                else:
+                    start, end = attr(node, "start", 0), attr(node, "end", None)
+                    out = [np.array(shp[start:end], np.int64)]
+            elif all(is_const(i) for i in node.input) and node.input:
+                arrs = [value(i) if i else None for i in node.input]
+                try:
+                    out = _evaluate(node, arrs, opset)
+                except Exception as e:  # leave the node, say why
+                    failures.append(f"{node.name or node.op_type}: {type(e).__name__}")
+                    out = None
+                if out is not None and sum(np.asarray(o).nbytes for o in out) > self.max_folded_bytes:
+                    out = None
+            if out is None or len(out) < len([o for o in node.output if o]):
+                keep.append(node)
+                continue
+            for name, arr in zip(node.output, out):
+                if name:
+                    arr = np.asarray(arr)
+                    consts[name] = arr
+                    new_inits.append(numpy_helper.from_array(arr, name))
+            folded += 1
+        if not folded:
+            return PassResult(model, False)
+        # Only materialise folded tensors something still reads.
+        used = {i for n in keep for i in n.input} | {o.name for o in g.output}
+        del g.node[:]
+        g.node.extend(keep)
+        g.initializer.extend(t for t in new_inits if t.name in used)
+        notes = [f"folded {folded} node(s)"]
+        if failures:
+            notes.append(f"left {len(failures)} node(s) unfolded: " + ", ".join(failures[:5]))
+        return PassResult(model, True, notes)

@@ -1,0 +1,66 @@
+"""Whole-graph simplification with onnxsim, falling back to onnxslim, then to the
+project's own folding (over 2 GiB, or where both libraries fail)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import onnx
+from mconv.passes.base import Pass, PassResult
+
+
+def _quiet():
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+class SimplifyPass(Pass):
+    """Run onnxsim (or onnxslim, or own folding) and keep the result only if it checks."""
+
+    name = "simplify"
+
+    def __init__(self, max_nodes: int | None = None) -> None:
+        self.max_nodes = max_nodes
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        from mconv.modelio import EXTERNAL_THRESHOLD, model_nbytes
+
+        if model_nbytes(model) >= EXTERNAL_THRESHOLD:
+            return self._fallback(model, "model over 2 GiB: onnxsim skipped")
+        if self.max_nodes is not None and len(model.graph.node) > self.max_nodes:
+            return self._fallback(model, f"over {self.max_nodes} nodes: onnxsim skipped")
+        notes: list[str] = []
+        try:
+            import onnxsim
+
+            with _quiet():
+                simplified, ok = onnxsim.simplify(model, perform_optimization=True)
+            if ok:
+                return PassResult(simplified, True, ["onnxsim"])
+            notes.append("onnxsim could not validate its result")
+        except Exception as e:
+            notes.append(f"onnxsim failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+        try:
+            import onnxslim
+
+            with _quiet():
+                slimmed = onnxslim.slim(model)
+            if slimmed is not None:
+                onnx.checker.check_model(slimmed)
+                return PassResult(slimmed, True, [*notes, "onnxslim"])
+        except Exception as e:
+            notes.append(f"onnxslim failed: {type(e).__name__}")
+        result = self._fallback(model, "; ".join(notes))
+        return result
+
+    @staticmethod
+    def _fallback(model: onnx.ModelProto, why: str) -> PassResult:
+        from mconv.passes.dce import EliminateDeadNodesPass
+        from mconv.passes.fold import FoldConstantsPass
+        from mconv.passes.shape_inference import InferShapesPass
+
+        modified = False
+        for p in (InferShapesPass(), FoldConstantsPass(), EliminateDeadNodesPass()):
+            r = p.call(model)
+            model, modified = r.model, modified or r.modified
+        return PassResult(model, modified, [why, "own folding"])

@@ -1,0 +1,169 @@
+"""The target-writer interface.
+
+A target declares its name(s), the pip extra that provides its runtime, the ONNX
+ops it lowers, the passes it needs before writing, ``write()`` that turns an ONNX
+model into files, and ``runner()`` that runs those files on feeds. Runners follow
+a template method: :meth:`Runner.infer` validates feeds, then calls
+:meth:`Runner.infer_impl`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+
+from mconv.errors import InputError
+from mconv.graphinfo import nodes_by_op
+
+Feeds = dict[str, np.ndarray]
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class BuildOptions:
+    """What a writer is asked to do.
+
+    ``calib``: calibration samples (already loaded) for int8. ``extra``: target
+    specific settings from the CLI or a recipe; known keys: ``calib_method``
+    (kl|minmax), ``int8_preset`` (performance|mixed), ``ignore`` (list of node
+    names or op types), ``batch`` (int), ``input_shapes`` (name -> shape),
+    ``profiles`` (list of ShapeProfile lists), ``workspace`` (bytes),
+    ``timing_cache`` (path).
+    """
+
+    precision: str = "fp32"
+    calib: list[Feeds] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Artifact:
+    """Files a target wrote. ``main`` is the file users pass around (``.param``,
+    ``.xml``, ``.engine``, ``.onnx``); ``files`` lists everything written."""
+
+    target: str
+    main: Path
+    files: list[Path]
+    precision: str = "fp32"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def relocated(self, old_dir: Path, new_dir: Path) -> Artifact:
+        def move(p: Path) -> Path:
+            return new_dir / p.relative_to(old_dir)
+
+        return Artifact(self.target, move(self.main), [move(p) for p in self.files], self.precision, dict(self.meta))
+
+    def to_json(self) -> dict:
+        return {
+            "target": self.target,
+            "main": str(self.main),
+            "files": [str(f) for f in self.files],
+            "precision": self.precision,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> Artifact:
+        return cls(
+            d["target"], Path(d["main"]), [Path(f) for f in d["files"]], d.get("precision", "fp32"), d.get("meta", {})
+        )
+
+
+class Runner(ABC):
+    """Runs an artifact. Subclasses implement ``load`` and ``infer_impl``."""
+
+    def __init__(self, artifact: Artifact, *, threads: int | None = None) -> None:
+        self.artifact = artifact
+        self.threads = threads
+
+    @abstractmethod
+    def load(self) -> None: ...
+
+    @abstractmethod
+    def input_names(self) -> list[str]: ...
+
+    @abstractmethod
+    def output_names(self) -> list[str]: ...
+
+    @abstractmethod
+    def infer_impl(self, feeds: Feeds) -> Feeds: ...
+
+    def infer(self, feeds: Feeds) -> Feeds:
+        expected = self.input_names()
+        missing = [n for n in expected if n not in feeds]
+        if missing:
+            raise InputError(
+                f"{self.artifact.main}: inputs {missing} were not given (the artifact takes "
+                f"{expected}, got {sorted(feeds)})"
+            )
+        return self.infer_impl({n: np.ascontiguousarray(feeds[n]) for n in expected})
+
+
+class Target(ABC):
+    """A backend writer. Subclasses set the class attributes and implement ``write``."""
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""  # pip extra providing the runtime, e.g. "ncnn"
+    description: ClassVar[str] = ""
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
+    # Run the runner in a child process when verifying (runtimes that can crash natively).
+    isolate: ClassVar[bool] = False
+    # Passes (by registry name) the writer needs after the default pipeline.
+    required_passes: ClassVar[tuple[str, ...]] = ()
+    # Op domains besides the default one that the runtime understands.
+    known_domains: ClassVar[tuple[str, ...]] = ("ai.onnx.ml",)
+
+    def supported_ops(self) -> set[str] | None:
+        """Op types this target lowers; None means "whatever the runtime takes"."""
+        return None
+
+    def unsupported(self, model: onnx.ModelProto) -> dict[str, list[str]]:
+        """Op type -> node names this target cannot lower (empty when all are fine)."""
+        ops = self.supported_ops()
+        found = nodes_by_op(model)
+        if ops is not None:
+            return {op: names for op, names in found.items() if op not in ops}
+        # No op table: at least the ops of domains nobody but their author knows.
+        local = {f"{f.domain}::{f.name}" for f in model.functions}
+        return {
+            op: names
+            for op, names in found.items()
+            if "::" in op and op not in local and op.split("::")[0] not in self.known_domains
+        }
+
+    def runtime_missing(self) -> str | None:
+        """A one-line reason when the runtime (or hardware) is unavailable, else None."""
+        return None
+
+    def preflight(self, model: onnx.ModelProto, options: BuildOptions) -> list[str]:
+        """Check the model before writing: raise MconvError on blockers, return warnings."""
+        return []
+
+    @abstractmethod
+    def write(self, model: onnx.ModelProto, out_dir: Path, stem: str, options: BuildOptions) -> Artifact:
+        """Write the artifact's files into ``out_dir`` (a staging folder) and describe them."""
+
+    @abstractmethod
+    def runner(self, artifact: Artifact, *, threads: int | None = None) -> Runner:
+        """A runner for an artifact this target wrote (or recognised)."""
+
+    @classmethod
+    def recognise(cls, path: Path) -> Artifact | None:
+        """Return an Artifact if ``path`` is one of this target's files (by content)."""
+        return None
+
+    def verify_feeds(self, feeds: Feeds) -> Feeds:
+        """Adapt feeds before running (e.g. a target without a batch axis)."""
+        return feeds
+
+    def default_tolerance(self, precision: str):
+        from mconv.metrics import default_tolerance
+
+        return default_tolerance(precision)

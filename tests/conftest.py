@@ -1,0 +1,77 @@
+"""Shared fixtures: run the CLI in-process or as a real subprocess, and test models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``mconv ARGS`` in this process (fast) and capture exit code, stdout, stderr."""
+    from mconv.cli import _state, main
+
+    def run(*args: str) -> CliResult:
+        _state["debug"] = False
+        code = main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return CliResult(code, cap.out, cap.err)
+
+    return run
+
+
+@pytest.fixture
+def mconv_proc():
+    """Run ``mconv ARGS`` as a separate process, the way users and CI do."""
+
+    def run(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> CliResult:
+        e = dict(os.environ)
+        e.update(env or {})
+        p = subprocess.run(
+            [sys.executable, "-m", "mconv", *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=e,
+            timeout=timeout,
+        )
+        return CliResult(p.returncode, p.stdout, p.stderr)
+
+    return run
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run the test with the current directory set to a fresh temporary folder."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def assert_clean_error(result: CliResult, code: int, *needles: str) -> None:
+    """One-line error on stderr with the expected code, no traceback, mentioning each needle."""
+    assert result.code == code, (result.code, result.err)
+    assert "Traceback" not in result.err and "Traceback" not in result.out
+    lines = [ln for ln in result.err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("mconv: error: ")
+    for n in needles:
+        assert n in lines[0], (n, lines[0])

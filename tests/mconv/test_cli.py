@@ -1,0 +1,152 @@
+"""The CLI contract: exit codes, one-line errors, --json, listing commands, lazy imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from tests.conftest import assert_clean_error
+from tests.models import conv_bn_relu_model
+
+
+@pytest.fixture
+def small_onnx(tmp_path):
+    p = tmp_path / "small.onnx"
+    onnx.save(conv_bn_relu_model(), str(p))
+    return p
+
+
+def test_help_does_not_import_heavy_frameworks():
+    code = (
+        "import sys, mconv, mconv.cli\n"
+        "from mconv.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'openvino', 'ncnn', 'tensorrt', 'nncf', 'onnxruntime') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert p.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_targets_lists_builtins(cli):
+    r = cli("targets", "--json")
+    assert r.code == 0
+    names = {t["name"] for t in r.json["targets"]}
+    assert {"onnx", "ncnn", "openvino", "trt"} <= names
+
+
+def test_passes_lists_default_pipeline(cli):
+    r = cli("passes", "--json")
+    assert r.code == 0
+    assert "fold_constants" in r.json["passes"]
+    assert r.json["default_pipeline"][0] == "infer_shapes"
+
+
+def test_build_onnx_json_lists_artifacts_and_nothing_else(cli, small_onnx, in_tmp):
+    r = cli("build", small_onnx, "--target", "onnx", "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)  # the whole stdout is one JSON object
+    assert report["artifacts"] == [str(in_tmp / "small_onnx" / "small.onnx")]
+    assert report["verification"]["passed"] is True
+    assert (in_tmp / "small_onnx" / "small.onnx").is_file()
+
+
+def test_default_output_paths_follow_the_input_name(cli, small_onnx, in_tmp):
+    assert cli("optimize", small_onnx).code == 0
+    assert (in_tmp / "small.opt.onnx").is_file()
+    assert cli("build", small_onnx, "-t", "onnx").code == 0
+    assert sorted(p.name for p in (in_tmp / "small_onnx").iterdir()) == ["small.onnx"]
+
+
+def test_missing_file(cli, in_tmp):
+    r = cli("build", "nope.onnx", "--target", "onnx")
+    assert_clean_error(r, 2, "nope.onnx", "no such file")
+    assert not any(in_tmp.iterdir())
+
+
+def test_random_bytes_onnx(cli, in_tmp):
+    bad = in_tmp / "bad.onnx"
+    bad.write_bytes(bytes(range(7, 250)) * 3)
+    for cmd in (("optimize", bad), ("build", bad, "-t", "onnx"), ("inspect", bad)):
+        r = cli(*cmd)
+        assert_clean_error(r, 2, "bad.onnx")
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["bad.onnx"]
+
+
+def test_truncated_onnx(cli, small_onnx, in_tmp):
+    data = small_onnx.read_bytes()
+    t = in_tmp / "trunc.onnx"
+    t.write_bytes(data[: len(data) // 2])
+    r = cli("build", t, "-t", "onnx", "-o", in_tmp / "out")
+    assert_clean_error(r, 2, "trunc.onnx")
+    assert not (in_tmp / "out").exists()
+
+
+def test_empty_file(cli, in_tmp):
+    (in_tmp / "empty.onnx").write_bytes(b"")
+    assert_clean_error(cli("optimize", in_tmp / "empty.onnx"), 2, "empty")
+
+
+def test_malformed_input_spec(cli, small_onnx):
+    assert_clean_error(cli("build", small_onnx, "-t", "onnx", "--input", "x:1xAx3"), 2, "--input", "1x3x224x224")
+    assert_clean_error(cli("build", small_onnx, "-t", "onnx", "--input", "x"), 2, "NAME:SHAPE")
+
+
+def test_unknown_target_and_pass(cli, small_onnx):
+    assert_clean_error(cli("build", small_onnx, "--target", "coreml"), 2, "--target 'coreml'", "mconv targets")
+    assert_clean_error(cli("optimize", small_onnx, "--passes", "infer_shapes,frobnicate"), 2, "frobnicate")
+
+
+def test_usage_errors_from_option_parsing(cli, small_onnx):
+    assert_clean_error(cli("build", small_onnx), 2, "--target")
+    assert_clean_error(cli("build", small_onnx, "-t", "onnx", "--no-such-flag"), 2, "--no-such-flag")
+    assert_clean_error(cli("build", small_onnx, "-t", "onnx", "--fp16", "--int8"), 2, "exclusive")
+    assert_clean_error(cli("build", small_onnx, "-t", "onnx", "--int8"), 2, "--calib")
+
+
+def test_json_error_object(cli, in_tmp):
+    r = cli("optimize", "missing.onnx", "--json")
+    assert r.code == 2
+    obj = json.loads(r.out)
+    assert obj["ok"] is False and obj["exit_code"] == 2 and "missing.onnx" in obj["error"]
+
+
+def test_no_traceback_in_a_real_process_and_debug_shows_it(mconv_proc, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x01\x02garbage")
+    r = mconv_proc("optimize", bad)
+    assert_clean_error(r, 2, "bad.onnx")
+    r = mconv_proc("--debug", "optimize", bad)
+    assert r.code == 2 and "Traceback" in r.err
+
+
+def test_inspect_reports_ops_params_and_targets(cli, small_onnx):
+    r = cli("inspect", small_onnx, "--json")
+    assert r.code == 0, r.err
+    rep = r.json
+    assert rep["ops"] == {"BatchNormalization": 1, "Conv": 1, "Relu": 1}
+    assert rep["inputs"] == [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}]
+    assert rep["parameters"] == 4 * 3 * 3 * 3 + 4 * 5
+    assert rep["targets"]["onnx"]["unsupported"] == {}
+
+
+def test_inspect_lists_ops_a_target_cannot_lower(cli, tmp_path):
+    from onnx import TensorProto, helper
+
+    from tests.models import make_graph_model
+
+    m = make_graph_model(
+        [helper.make_node("FancyOp", ["x"], ["y"], name="fancy_1", domain="com.example")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    p = tmp_path / "fancy.onnx"
+    onnx.save(m, str(p))
+    r = cli("inspect", p, "--json", "--target", "openvino")
+    assert r.code == 0, r.err
+    assert "fancy_1" in json.dumps(r.json["targets"])

@@ -1,0 +1,121 @@
+"""Test models, generated from source (no binary blobs): small real PyTorch modules and
+hand-built ONNX graphs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+LIGHT_DIR = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light"
+LIGHT_MODELS = sorted(p.name.removeprefix("light_").removesuffix(".onnx") for p in LIGHT_DIR.glob("light_*.onnx"))
+
+
+def light_model(name: str) -> Path:
+    return LIGHT_DIR / f"light_{name}.onnx"
+
+
+def small_cnn():
+    """A ResNet-style CNN: conv/bn/relu, a residual block, pooling, classifier."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c)
+            self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(x + self.bn2(self.conv2(y)))
+
+    class SmallCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+            self.layer = nn.Sequential(Block(16), Block(16))
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.pool(self.layer(self.stem(x))), 1))
+
+    torch.manual_seed(0)
+    m = SmallCNN().eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+    return m
+
+
+def transformer_encoder():
+    """nn.TransformerEncoder (batch_first) whose traced inference graph uses the fused fast path."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+
+
+def save_torchscript_cnn(path: Path) -> Path:
+    import torch
+
+    torch.jit.save(torch.jit.trace(small_cnn(), torch.randn(1, 3, 32, 32)), str(path))
+    return path
+
+
+def make_graph_model(nodes, inputs, outputs, initializers=(), opset: int = 17, value_info=()) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "test", inputs, outputs, initializer=list(initializers), value_info=list(value_info))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def conv_bn_relu_model(channels: int = 4, size: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """x -> Conv -> BatchNormalization -> Relu, with constant weights."""
+    rng = np.random.default_rng(seed)
+    c = channels
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((c, 3, 3, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "B"),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), "scale"),
+        numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "beta"),
+        numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "mean"),
+        numpy_helper.from_array(rng.uniform(0.5, 2.0, c).astype(np.float32), "var"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "beta", "mean", "var"], ["bn"], name="bn"),
+        helper.make_node("Relu", ["bn"], ["y"], name="relu"),
+    ]
+    return make_graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, size, size])],
+        inits,
+    )
+
+
+def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def random_feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    from mconv.data import random_feeds
+    from mconv.graphinfo import graph_inputs
+
+    return random_feeds(graph_inputs(model), seed=seed)[0]
