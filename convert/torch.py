@@ -318,6 +318,7 @@ def _exporter_order(kind: str, exporter: str) -> list[str]:
 def _run_exporter(which, src, args, names, n_out, dynamic, opset):
     torch = _torch()
     import onnx
+
     from mconv.convert.torch_symbolics import register
 
     out_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import onnx
+
+from mconv.errors import ConversionError, MconvError, UsageError
 from mconv.passes.base import Pass, PassReport, PassResult
 from mconv.passes.dce import EliminateDeadNodesPass
 from mconv.passes.eliminate import EliminateIdentityPass
@@ -17,8 +19,6 @@ from mconv.passes.fold import FoldConstantsPass
 from mconv.passes.fuse import FuseConvBatchNormPass
 from mconv.passes.shape_inference import InferShapesPass
 from mconv.passes.simplify import SimplifyPass
-
-from mconv.errors import ConversionError, MconvError, UsageError
 
 __all__ = [
     "DEFAULT_PIPELINE",
@@ -99,8 +99,13 @@ def optimize(model: onnx.ModelProto, passes: Sequence[str] | None = None) -> tup
     names = list(passes) if passes is not None else list(DEFAULT_PIPELINE)
     if model.ir_version < 4:
         # IR < 4 requires every initializer to be a graph input; folding adds
-        # initializers, and IR 4 is valid for every opset >= 1.
+        # initializers, and IR 4 is valid for every opset >= 1. Weights listed as
+        # inputs would stay overridable (runtimes cannot treat them as constants).
         model.ir_version = 4
+        inits = {t.name for t in model.graph.initializer}
+        real = [i for i in model.graph.input if i.name not in inits]
+        del model.graph.input[:]
+        model.graph.input.extend(real)
     reports: list[PassReport] = []
     for name in names:
         p = get_pass(name)

@@ -10,6 +10,7 @@ Cases rewritten:
 from __future__ import annotations
 
 import onnx
+
 from mconv.passes.base import Pass, PassResult
 from mconv.passes.graph import subgraph_outer_reads
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
+
 from mconv.passes.base import Pass, PassResult
 from mconv.passes.graph import (
     apply_renames,
@@ -22,7 +24,6 @@ from mconv.passes.graph import (
     is_default_domain,
     static_shapes,
 )
-from onnx import numpy_helper
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:

@@ -16,9 +16,10 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
+
 from mconv.passes.base import Pass, PassResult
 from mconv.passes.graph import attr, constant_node_value, is_default_domain, static_shapes
-from onnx import numpy_helper
 
 # Ops never folded: random or with side effects / control flow.
 _NEVER = {

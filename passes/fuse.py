@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
+
 from mconv.passes.base import Pass, PassResult
 from mconv.passes.graph import attr, consumers, graph_output_names, is_default_domain
-from onnx import numpy_helper
 
 
 class FuseConvBatchNormPass(Pass):

@@ -6,6 +6,7 @@ import os
 import tempfile
 
 import onnx
+
 from mconv.passes.base import Pass, PassResult
 
 # Initializers above this size are not needed for shape inference (only small

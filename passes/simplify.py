@@ -7,6 +7,7 @@ import contextlib
 import io
 
 import onnx
+
 from mconv.passes.base import Pass, PassResult
 
 

@@ -8,9 +8,8 @@ import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from mconv.targets.base import Artifact, BuildOptions, Runner, Target
-
 from mconv.errors import ConversionError, UsageError
+from mconv.targets.base import Artifact, BuildOptions, Runner, Target
 
 __all__ = ["Artifact", "BuildOptions", "Runner", "Target", "all_targets", "get_target", "register"]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
-from mconv.targets.base import Artifact, BuildOptions, Runner, Target
 
 from mconv.errors import ConversionError, InputError, UsageError
 from mconv.modelio import parse_model, save_onnx
+from mconv.targets.base import Artifact, BuildOptions, Runner, Target
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -119,3 +119,39 @@ def random_feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndar
     from mconv.graphinfo import graph_inputs
 
     return random_feeds(graph_inputs(model), seed=seed)[0]
+
+
+def randomize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """Replace float initializers with seeded random values of realistic magnitude.
+
+    The onnx package's light models generate every weight with ConstantOfShape, so all
+    weights are equal and the outputs are constant: a comparison on them proves little.
+    Conv/Gemm weights get He-scaled normals, BatchNorm variances stay positive.
+    """
+    rng = np.random.default_rng(seed)
+    var_inputs = {n.input[4] for n in model.graph.node if n.op_type == "BatchNormalization" and len(n.input) > 4}
+    scale_inputs = {n.input[1] for n in model.graph.node if n.op_type == "BatchNormalization"}
+    for i, t in enumerate(model.graph.initializer):
+        if t.data_type != TensorProto.FLOAT or len(t.dims) == 0:
+            continue
+        shape = tuple(t.dims)
+        if t.name in var_inputs:
+            arr = rng.uniform(0.5, 2.0, shape)
+        elif t.name in scale_inputs:
+            arr = rng.uniform(0.5, 1.5, shape)
+        elif len(shape) >= 2:
+            fan_in = int(np.prod(shape[1:]))
+            arr = rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))
+        else:
+            arr = rng.standard_normal(shape) * 0.1
+        model.graph.initializer[i].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), t.name))
+    return model
+
+
+def randomized_light_model(name: str, seed: int = 0) -> onnx.ModelProto:
+    """A light model with its ConstantOfShape weights folded and then randomized."""
+    from mconv.modelio import load_onnx
+    from mconv.passes import optimize
+
+    model, _ = optimize(load_onnx(light_model(name)), ["infer_shapes", "fold_constants", "eliminate_dead_nodes"])
+    return randomize_weights(model, seed)
