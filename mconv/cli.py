@@ -391,6 +391,10 @@ def passes_cmd(as_json: JsonOpt = False):
     _emit(report, as_json, render)
 
 
+# Commands defined in their own modules register themselves on ``app`` when imported.
+from mconv import cli_run, cli_verify  # noqa: E402, F401
+
+
 # ---- entry point ----------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: run the app, map errors to exit codes."""
@@ -471,3 +475,4 @@ def entry() -> None:
 
 if __name__ == "__main__":
     entry()
+
