@@ -186,3 +186,22 @@ def random_feeds(
                 feeds[info.name] = rng.integers(0, 10, shape).astype(dt)
         out.append(feeds)
     return out
+
+
+CALIB_COUNT_LOW = 100
+
+
+def calibration_warnings(have: int, asked: int | None) -> list[str]:
+    """What to tell the user about a calibration set: fewer samples than asked, or few at all."""
+    warnings = []
+    if asked is not None and have < int(asked):
+        warnings.append(
+            f"--calib-count {asked} asked for, but the calibration data holds only {have} "
+            f"sample(s); calibrating on {have}"
+        )
+    if have < CALIB_COUNT_LOW:
+        warnings.append(
+            f"INT8 calibration on {have} sample(s) (fewer than {CALIB_COUNT_LOW}) can give poor "
+            "activation ranges; give more representative samples with --calib DATA"
+        )
+    return warnings

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from mconv.data import ImageOptions, load_samples, random_feeds
+from mconv.data import ImageOptions, calibration_warnings, load_samples, random_feeds
 from mconv.errors import ConversionError, InputError, UnsupportedOpsError, UsageError, VerificationError
 from mconv.fsutil import StagingDir
 from mconv.graphinfo import graph_inputs, graph_outputs, op_histogram, opset, parameter_stats
@@ -234,9 +234,10 @@ class BuildRequest:
 def build_model(req: BuildRequest) -> dict[str, Any]:
     """Source -> ONNX -> passes -> target writer -> verification against onnxruntime."""
     from mconv.passes import optimize
-    from mconv.runner import reference_outputs, run_artifact
+    from mconv.runner import reference_outputs
     from mconv.targets import get_target
     from mconv.targets.base import BuildOptions
+    from mconv.verify import check_artifact
 
     t0 = time.perf_counter()
     target = get_target(req.target)
@@ -266,12 +267,7 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
     warnings: list[str] = []
     if req.calib:
         calib = load_samples(req.calib, graph_inputs(model), limit=req.calib_count, image=req.image)
-        if len(calib) < req.calib_count:
-            warnings.append(
-                f"--calib {req.calib}: {len(calib)} sample(s) found, fewer than the {req.calib_count} asked for"
-            )
-        if len(calib) < 100:
-            warnings.append(f"calibrating on {len(calib)} sample(s); 100 or more give steadier int8 scales")
+        warnings += calibration_warnings(len(calib), req.calib_count)
     extra = dict(req.extra)
     extra.setdefault("input_shapes", shapes)
     extra.setdefault("batch", req.batch)
@@ -298,9 +294,8 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
         if req.verify.enabled:
             samples = verification_samples(source, req.verify, calib, shapes, req.image)
             refs, names = reference_outputs(source, samples)
-            gots = run_artifact(artifact, samples, timeout=req.verify.timeout)
             tol = req.verify.tolerance or target.default_tolerance(req.precision)
-            comp = compare_outputs(refs, gots, tol, names)
+            comp = check_artifact(artifact, samples, refs, names, tol, timeout=req.verify.timeout)
             report["verification"] = {
                 "reference": "onnxruntime",
                 "samples": len(samples),
@@ -318,7 +313,7 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
     final = artifact.relocated(staging.path, out_dir)
     report["artifacts"] = [str(f) for f in final.files]
     report["artifact"] = final.to_json()
-    report["warnings"] = warnings
+    report["warnings"] = list(dict.fromkeys(warnings))  # targets may repeat the shared ones
     report["seconds"] = round(time.perf_counter() - t0, 3)
     if comp is not None and not comp.passed:
         raise VerificationError(

@@ -1,0 +1,584 @@
+"""OpenVINO target: ONNX -> OpenVINO IR (``<stem>.xml`` + ``<stem>.bin``).
+
+The heavy lifting is OpenVINO's own: ``openvino.convert_model`` reads the ONNX
+model, ``openvino.save_model`` writes the IR (``compress_to_fp16`` only for
+``--fp16``; it compresses by default, so FP32 passes ``False`` explicitly) and
+``nncf.quantize`` does INT8 post-training quantization. What this module adds is
+the pipeline around them:
+
+* input shapes: dynamic dims are kept unless ``--input NAME:SHAPE`` or
+  ``--batch N`` fixes them;
+* ``--ignore NODE_OR_TYPE`` resolved against ONNX node names, ONNX op types,
+  OpenVINO op types and OpenVINO friendly names (NNCF only knows the last two);
+* frontend failures reshaped into op type + node name errors (exit 1);
+* deterministic output: OpenVINO names nodes it creates from a process-wide
+  counter (``Constant_161282``), so those names are renumbered in graph order
+  before saving and the same input gives byte-identical files;
+* a runner on the CPU plugin with an FP32 inference-precision hint, so that FP32
+  and FP16-weight IRs are compared with onnxruntime at FP32 (this CPU would
+  otherwise pick BF16 where it has AVX512-BF16/AMX).
+
+``BuildOptions.extra`` keys read here: ``input_shapes`` (name -> tuple), ``batch``
+(int), ``int8_preset`` (performance|mixed, default performance), ``ignore`` (list of
+node names or op types), ``calib_count_requested`` (int, for the "fewer samples than
+asked" warning), ``int8_model_type`` ("transformer" passes NNCF's transformer mode).
+
+Warnings: :func:`int8_warnings` (also returned by ``preflight``) and, after writing,
+``artifact.meta["warnings"]`` hold the same lines; print one of them, not both.
+
+openvino and nncf are imported inside functions: ``import mconv`` stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+
+from mconv.data import calibration_warnings
+from mconv.errors import (
+    ConversionError,
+    InputError,
+    MissingDependencyError,
+    UnsupportedOpsError,
+    UsageError,
+)
+from mconv.targets.base import Artifact, BuildOptions, Feeds, Runner, Target
+
+CALIB_COUNT_DEFAULT = 300  # the CLI's --calib-count default
+
+INT8_PRESETS = ("performance", "mixed")
+# protobuf cannot serialise 2 GiB or more; bigger models go through a file.
+_PROTO_LIMIT = 2**31 - 1
+
+# A name OpenVINO made up from its global counter: "Constant_161282", "Reshape_3318".
+_AUTO_NAME = re.compile(r"(?<![\w.])([A-Z][A-Za-z0-9]*)_(\d+)(?![\w])")
+
+
+def _import_openvino():
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise MissingDependencyError("openvino", "openvino", str(e)) from e
+    return ov
+
+
+def _import_nncf():
+    try:
+        import nncf
+    except ImportError as e:
+        raise MissingDependencyError("nncf (INT8 quantization for OpenVINO)", "openvino", str(e)) from e
+    nncf.set_log_level(logging.ERROR)
+    return nncf
+
+
+# ---------------------------------------------------------------------------
+# Options and warnings
+
+
+def int8_warnings(options: BuildOptions) -> list[str]:
+    """Warnings about the calibration set the pipeline should show the user.
+
+    Cases: fewer samples were found than ``--calib-count`` asked for; fewer than
+    100 samples are used at all (scales from few samples are noisy).
+    """
+    if options.precision != "int8" or not options.calib:
+        return []
+    return calibration_warnings(len(options.calib), options.extra.get("calib_count_requested"))
+
+
+def check_options(options: BuildOptions) -> None:
+    """Raise UsageError for option combinations this target cannot honour."""
+    if options.precision not in OpenVinoTarget.precisions:
+        raise UsageError(
+            f"precision '{options.precision}' is not supported by --target openvino; "
+            "use the default (fp32), --fp16 or --int8"
+        )
+    extra = options.extra
+    if options.precision == "int8" and not options.calib:
+        raise UsageError(
+            "--int8 needs calibration data: add --calib DATA (a folder or glob of .npy/.npz files, or images)"
+        )
+    preset = extra.get("int8_preset") or "performance"
+    if preset not in INT8_PRESETS:
+        raise UsageError(f"--int8-preset '{preset}': choose one of {', '.join(INT8_PRESETS)}")
+    model_type = extra.get("int8_model_type")
+    if model_type not in (None, "transformer"):
+        raise UsageError(f"int8_model_type '{model_type}': only 'transformer' is known")
+    batch = extra.get("batch")
+    if batch is not None and int(batch) < 1:
+        raise UsageError(f"--batch {batch}: the batch size must be >= 1")
+
+
+# ---------------------------------------------------------------------------
+# Conversion helpers
+
+
+def _onnx_names(model: onnx.ModelProto) -> set[str]:
+    """Every node and value name in the graph (these names are the user's, never renamed)."""
+    names: set[str] = set()
+
+    def walk(graph: onnx.GraphProto) -> None:
+        names.update(t.name for t in graph.initializer)
+        names.update(v.name for v in graph.input)
+        names.update(v.name for v in graph.output)
+        for node in graph.node:
+            names.add(node.name)
+            names.update(node.input)
+            names.update(node.output)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    walk(attr.g)
+                for sub in attr.graphs:
+                    walk(sub)
+
+    walk(model.graph)
+    names.discard("")
+    return names
+
+
+def _onnx_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    out: list[onnx.NodeProto] = []
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            out.append(node)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    walk(attr.g)
+                for sub in attr.graphs:
+                    walk(sub)
+
+    walk(model.graph)
+    return out
+
+
+def _op_key(node: onnx.NodeProto) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or (node.output[0] if node.output else f"{node.op_type}_{index}")
+
+
+def _conversion_error(model: onnx.ModelProto, exc: Exception) -> ConversionError:
+    """Reshape an OpenVINO frontend failure into op types and node names.
+
+    The frontend's summary lists ops as ``domain.OpType`` (or ``OpType``) after
+    "No conversion rule found for operations:" or "Conversion is failed for:".
+    """
+    text = str(exc)
+    listed: list[str] = []
+    for line in text.splitlines():
+        m = re.search(r"(?:No conversion rule found for operations|Conversion is failed for):\s*(.*)", line)
+        if m:
+            listed += [t.strip() for t in m.group(1).split(",") if t.strip()]
+    ops: dict[str, list[str]] = {}
+    for i, node in enumerate(_onnx_nodes(model)):
+        dotted = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        if any(tok == dotted or tok.split(":")[0].strip() == dotted for tok in listed):
+            ops.setdefault(_op_key(node), []).append(_node_label(node, i))
+    if ops:
+        return UnsupportedOpsError("openvino", ops)
+    summary = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Check ")]
+    detail = " ".join(summary[:4])[:400] or type(exc).__name__
+    return ConversionError(f"OpenVINO could not convert the model: {detail}. Nothing was written.")
+
+
+def convert_onnx(model: onnx.ModelProto) -> Any:
+    """ONNX ModelProto -> ``openvino.Model`` through OpenVINO's ONNX frontend."""
+    ov = _import_openvino()
+    try:
+        if model.ByteSize() < _PROTO_LIMIT:
+            return ov.convert_model(io.BytesIO(model.SerializeToString()))
+        with tempfile.TemporaryDirectory(prefix="mconv-ov-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save(model, path, save_as_external_data=True, location="model.onnx.data")
+            return ov.convert_model(str(path))
+    except Exception as e:
+        raise _conversion_error(model, e) from e
+
+
+def apply_shapes(
+    ov_model: Any,
+    input_shapes: dict[str, tuple[int, ...]] | None,
+    batch: int | None,
+) -> None:
+    """Fix input shapes in place: ``--input NAME:SHAPE`` wins, ``--batch N`` sets axis 0
+    of every other input; all other dims keep what the model declares (dynamic stays
+    dynamic)."""
+    ov = _import_openvino()
+    input_shapes = dict(input_shapes or {})
+    ports = {}
+    for port in ov_model.inputs:
+        for n in port.get_names():
+            ports[n] = port
+    unknown = sorted(set(input_shapes) - set(ports))
+    if unknown:
+        known = [p.get_any_name() for p in ov_model.inputs]
+        raise UsageError(f"--input {unknown[0]}: the model has no input of that name; its inputs are {known}")
+    if not input_shapes and batch is None:
+        return
+    new: dict[Any, Any] = {}
+    for port in ov_model.inputs:
+        name = next((n for n in port.get_names() if n in input_shapes), None)
+        old = port.get_partial_shape()
+        if name is not None:
+            shape = input_shapes[name]
+            if old.rank.is_static and old.rank.get_length() != len(shape):
+                raise UsageError(
+                    f"--input {name}:{'x'.join(map(str, shape))}: the input has rank "
+                    f"{old.rank.get_length()} ({old}), not {len(shape)}"
+                )
+            new[port] = ov.PartialShape(list(shape))
+        elif batch is not None and old.rank.is_static and old.rank.get_length() >= 1:
+            dims = [old[i] for i in range(old.rank.get_length())]
+            dims[0] = ov.Dimension(int(batch))
+            new[port] = ov.PartialShape(dims)
+    if not new:
+        return
+    try:
+        ov_model.reshape(new)
+    except Exception as e:
+        what = ", ".join(f"{p.get_any_name()}:{s}" for p, s in new.items())
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ConversionError(
+            f"OpenVINO cannot reshape the model to {what} ({first}); the graph likely hard-codes "
+            "a shape: export it with that shape or without --input/--batch"
+        ) from e
+
+
+def _fit_sample(sample: Feeds, port_shapes: dict[str, Any]) -> Feeds:
+    """Make a calibration sample fit static input dims: repeat it along axis 0 when the
+    model's batch is fixed larger than the sample's (``--batch N`` with batch-1 data)."""
+    out = {}
+    for name, arr in sample.items():
+        ps = port_shapes.get(name)
+        if ps is not None and ps.rank.is_static and arr.ndim == ps.rank.get_length() and arr.ndim:
+            d0 = ps[0]
+            if d0.is_static and d0.get_length() != arr.shape[0]:
+                reps = -(-d0.get_length() // arr.shape[0])
+                arr = np.concatenate([arr] * reps, axis=0)[: d0.get_length()]
+        out[name] = arr
+    return out
+
+
+def resolve_ignored(
+    entries: list[str] | tuple[str, ...], model: onnx.ModelProto, ov_model: Any
+) -> dict[str, list[str]]:
+    """``--ignore`` entries -> NNCF ignored-scope fields (``patterns``/``types``/``names``).
+
+    Each entry is tried, in order, as: an ONNX node name (or the name of its first
+    output, for unnamed nodes); an ONNX op type; an OpenVINO op type; an OpenVINO
+    friendly name. OpenVINO names the ops it makes from ONNX node ``X`` ``X`` or
+    ``X/...``, so ONNX nodes become anchored patterns.
+    """
+    nodes = _onnx_nodes(model)
+    by_name: dict[str, onnx.NodeProto] = {}
+    for i, n in enumerate(nodes):
+        by_name.setdefault(_node_label(n, i), n)
+        if n.name:
+            by_name.setdefault(n.name, n)
+    ov_ops = list(ov_model.get_ordered_ops())
+    ov_types = {op.get_type_name() for op in ov_ops}
+    ov_names = {op.get_friendly_name() for op in ov_ops}
+
+    def pattern(label: str) -> str:
+        return f"^{re.escape(label)}(/.*)?$"
+
+    scope: dict[str, list[str]] = {"patterns": [], "types": [], "names": []}
+    for entry in entries:
+        if entry in by_name:
+            scope["patterns"].append(pattern(entry))
+        elif any(n.op_type == entry or _op_key(n) == entry for n in nodes):
+            scope["patterns"] += [
+                pattern(_node_label(n, i)) for i, n in enumerate(nodes) if n.op_type == entry or _op_key(n) == entry
+            ]
+        elif entry in ov_types:
+            scope["types"].append(entry)
+        elif entry in ov_names:
+            scope["names"].append(entry)
+        else:
+            onnx_types = sorted({n.op_type for n in nodes})
+            examples = [_node_label(n, i) for i, n in enumerate(nodes[:3])]
+            raise UsageError(
+                f"--ignore '{entry}': no node or op type of that name in the model; give an ONNX "
+                f"node name (e.g. {', '.join(examples)}) or an op type ({', '.join(onnx_types)})"
+            )
+    # Keep order, drop repeats: the scope is part of what makes the output deterministic.
+    return {k: list(dict.fromkeys(v)) for k, v in scope.items()}
+
+
+def quantize_int8(ov_model: Any, model: onnx.ModelProto, options: BuildOptions) -> Any:
+    """``nncf.quantize`` on the OpenVINO model with the calibration samples."""
+    nncf = _import_nncf()
+    preset = {
+        "performance": nncf.QuantizationPreset.PERFORMANCE,
+        "mixed": nncf.QuantizationPreset.MIXED,
+    }[options.extra.get("int8_preset") or "performance"]
+    scope = resolve_ignored(list(options.extra.get("ignore") or ()), model, ov_model)
+    ignored = nncf.IgnoredScope(**scope, validate=False) if any(scope.values()) else None
+    port_shapes = {}
+    for port in ov_model.inputs:
+        for n in port.get_names():
+            port_shapes[n] = port.get_partial_shape()
+    samples = [_fit_sample(s, port_shapes) for s in options.calib or []]
+    model_type = options.extra.get("int8_model_type")
+    kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if model_type == "transformer" else {}
+    try:
+        # NNCF draws progress bars on stdout; stdout belongs to the CLI's report.
+        with contextlib.redirect_stdout(sys.stderr):
+            return nncf.quantize(
+                ov_model,
+                nncf.Dataset(samples),
+                preset=preset,
+                subset_size=len(samples),
+                ignored_scope=ignored,
+                **kwargs,
+            )
+    except Exception as e:
+        raise ConversionError(
+            f"NNCF INT8 quantization failed ({type(e).__name__}: {str(e).strip()[:300]}); "
+            "check that --calib samples match the model's inputs, or build with --fp16 instead"
+        ) from e
+
+
+def canonicalize_names(ov_model: Any, keep: set[str]) -> int:
+    """Renumber names OpenVINO made from its process-wide counter, in graph order.
+
+    ``Reshape_3318`` in one run is ``Reshape_6543`` in the next; every such token in
+    a friendly name (also inside ``Reshape_3318/fq_weights_1``) becomes
+    ``Reshape_<k>`` with ``k`` counted over the ordered ops, so files are
+    byte-identical across runs. Names from the ONNX model (``keep``) are left alone.
+    Returns how many ops were renamed.
+    """
+    ops = list(ov_model.get_ordered_ops())
+    tokens: list[str] = []
+    for op in ops:
+        tokens += [m.group(0) for m in _AUTO_NAME.finditer(op.get_friendly_name())]
+    tokens = [t for t in dict.fromkeys(tokens) if t not in keep]
+    taken = set(keep) | set(tokens)
+    mapping: dict[str, str] = {}
+    seq = 0
+    for tok in tokens:
+        prefix = tok.rsplit("_", 1)[0]
+        while f"{prefix}_{seq}" in taken:
+            seq += 1
+        mapping[tok] = f"{prefix}_{seq}"
+        taken.add(mapping[tok])
+        seq += 1
+    renamed = 0
+    for op in ops:
+        old = op.get_friendly_name()
+        new = _AUTO_NAME.sub(lambda m: mapping.get(m.group(0), m.group(0)), old)
+        if new != old:
+            op.set_friendly_name(new)
+            renamed += 1
+    return renamed
+
+
+def _port_info(port: Any) -> dict[str, Any]:
+    ps = port.get_partial_shape()
+    shape = None if ps.rank.is_dynamic else [d.get_length() if d.is_static else None for d in ps]
+    return {
+        "name": port.get_any_name(),
+        "shape": shape,
+        "dtype": port.get_element_type().to_dtype().name,
+    }
+
+
+def save_ir(ov_model: Any, out_dir: Path, stem: str, *, compress_to_fp16: bool) -> tuple[Path, Path]:
+    """``openvino.save_model`` into a scratch folder inside ``out_dir``, then rename the
+    finished ``.xml``/``.bin`` into place (nothing half-written is left on failure)."""
+    ov = _import_openvino()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".tmp", dir=out_dir))
+    try:
+        ov.save_model(ov_model, str(scratch / f"{stem}.xml"), compress_to_fp16=compress_to_fp16)
+        xml, bin_ = out_dir / f"{stem}.xml", out_dir / f"{stem}.bin"
+        os.replace(scratch / f"{stem}.bin", bin_)
+        os.replace(scratch / f"{stem}.xml", xml)
+    except OSError as e:
+        raise ConversionError(f"cannot write the OpenVINO IR into {out_dir}: {e}") from e
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return xml, bin_
+
+
+# ---------------------------------------------------------------------------
+# Recognising an IR on disk
+
+
+def _xml_root_tag(path: Path) -> str | None:
+    try:
+        for _event, elem in ET.iterparse(path, events=("start",)):
+            return elem.tag
+    except (ET.ParseError, OSError):
+        return None
+    return None
+
+
+def ir_precision(xml: Path) -> str:
+    """Guess an IR's precision: FakeQuantize or 8-bit weights -> int8, f16 weights -> fp16."""
+    precision = "fp32"
+    for _event, elem in ET.iterparse(xml, events=("start",)):
+        if elem.tag != "layer" and elem.tag != "data":
+            continue
+        if elem.tag == "layer" and elem.get("type") == "FakeQuantize":
+            return "int8"
+        et = elem.get("element_type")
+        if et in ("i8", "u8") and elem.tag == "data":
+            return "int8"
+        if et == "f16":
+            precision = "fp16"
+    return precision
+
+
+# ---------------------------------------------------------------------------
+# Runner and target
+
+
+class OpenVinoRunner(Runner):
+    """Runs an IR on OpenVINO's CPU plugin at FP32 inference precision.
+
+    Outputs are keyed by the ONNX output names (the IR keeps them as tensor names).
+    """
+
+    def __init__(self, artifact: Artifact, *, threads: int | None = None, device: str = "CPU") -> None:
+        super().__init__(artifact, threads=threads)
+        self.device = device
+        self._compiled: Any = None
+        self._request: Any = None
+        self._inputs: list[str] = []
+        self._outputs: list[tuple[str, Any]] = []
+
+    def config(self) -> dict[str, Any]:
+        import openvino.properties.hint as hints
+
+        cfg: dict[str, Any] = {
+            hints.inference_precision: "f32",
+            hints.performance_mode: hints.PerformanceMode.LATENCY,
+        }
+        if self.threads:
+            import openvino.properties as props
+
+            cfg[props.inference_num_threads] = int(self.threads)
+        return cfg
+
+    def load(self) -> None:
+        if self._compiled is not None:
+            return
+        ov = _import_openvino()
+        xml = self.artifact.main
+        try:
+            self._compiled = ov.Core().compile_model(str(xml), self.device, self.config())
+        except Exception as e:
+            raise ConversionError(f"{xml}: OpenVINO cannot load/compile the IR on {self.device}: {e}") from e
+        self._request = self._compiled.create_infer_request()
+        self._inputs = [p.get_any_name() for p in self._compiled.inputs]
+        wanted = list(self.artifact.meta.get("output_names") or [])
+        self._outputs = []
+        for i, port in enumerate(self._compiled.outputs):
+            names = port.get_names()
+            name = next((n for n in wanted if n in names), None)
+            if name is None:
+                name = wanted[i] if i < len(wanted) and not names else port.get_any_name()
+            self._outputs.append((name, port))
+
+    def input_names(self) -> list[str]:
+        self.load()
+        return list(self._inputs)
+
+    def output_names(self) -> list[str]:
+        self.load()
+        return [n for n, _ in self._outputs]
+
+    def infer_impl(self, feeds: Feeds) -> Feeds:
+        self.load()
+        try:
+            result = self._request.infer(feeds)
+        except Exception as e:
+            shapes = {k: list(v.shape) for k, v in feeds.items()}
+            raise InputError(f"{self.artifact.main}: OpenVINO inference failed for inputs {shapes}: {e}") from e
+        # The request reuses its buffers: copy.
+        return {name: np.array(result[port], copy=True) for name, port in self._outputs}
+
+
+class OpenVinoTarget(Target):
+    """OpenVINO IR via ``openvino.convert_model``/``save_model``, INT8 via ``nncf``."""
+
+    name: ClassVar[str] = "openvino"
+    # The registry already maps "ov" -> "openvino"; declaring it again would be a duplicate.
+    aliases: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = "openvino"
+    description: ClassVar[str] = "OpenVINO IR (.xml + .bin); FP32, FP16 weights, INT8 via NNCF"
+
+    def runtime_missing(self) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError as e:
+            return f"openvino is not importable ({e}); install it with `pip install 'mconv[openvino]'`"
+        return None
+
+    def preflight(self, model: onnx.ModelProto, options: BuildOptions) -> list[str]:
+        check_options(options)
+        return []  # the pipeline reports calibration-set warnings for every target
+
+    def write(self, model: onnx.ModelProto, out_dir: Path, stem: str, options: BuildOptions) -> Artifact:
+        check_options(options)
+        warnings = int8_warnings(options)
+        ov = _import_openvino()
+        ov_model = convert_onnx(model)
+        apply_shapes(ov_model, options.extra.get("input_shapes"), options.extra.get("batch"))
+        meta: dict[str, Any] = {}
+        if options.precision == "int8":
+            ov_model = quantize_int8(ov_model, model, options)
+            meta["int8"] = {
+                "calib_samples": len(options.calib or []),
+                "preset": options.extra.get("int8_preset") or "performance",
+                "ignore": list(options.extra.get("ignore") or []),
+            }
+        onnx_outputs = [o.name for o in model.graph.output]
+        # Keep exactly the ONNX output names on the IR's outputs.
+        # (The frontend keeps ONNX output order; an output it dropped leaves the rest unnamed.)
+        for port, name in zip(ov_model.outputs, onnx_outputs, strict=False):
+            if name not in port.get_names():
+                port.get_tensor().add_names({name})
+        canonicalize_names(ov_model, _onnx_names(model))
+        xml, bin_ = save_ir(ov_model, Path(out_dir), stem, compress_to_fp16=options.precision == "fp16")
+        meta.update(
+            {
+                "inputs": [_port_info(p) for p in ov_model.inputs],
+                "outputs": [_port_info(p) for p in ov_model.outputs],
+                "input_names": [p.get_any_name() for p in ov_model.inputs],
+                "output_names": onnx_outputs,
+                "dynamic": any(p.get_partial_shape().is_dynamic for p in ov_model.inputs),
+                "openvino_version": ov.get_version(),
+                "warnings": warnings,
+            }
+        )
+        return Artifact(self.name, xml, [xml, bin_], options.precision, meta)
+
+    def runner(self, artifact: Artifact, *, threads: int | None = None) -> OpenVinoRunner:
+        return OpenVinoRunner(artifact, threads=threads)
+
+    @classmethod
+    def recognise(cls, path: Path) -> Artifact | None:
+        path = Path(path)
+        if path.suffix.lower() != ".xml" or not path.is_file() or _xml_root_tag(path) != "net":
+            return None
+        bin_ = path.with_suffix(".bin")
+        if not bin_.is_file():
+            raise InputError(f"{path}: OpenVINO IR without its weights file {bin_.name}; copy {bin_} beside the .xml")
+        return Artifact(cls.name, path, [path, bin_], ir_precision(path), {})
