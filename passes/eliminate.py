@@ -50,7 +50,7 @@ class EliminateIdentityPass(Pass):
         drop: set[int] = set()
         counts: dict[str, int] = {}
         for node in g.node:
-            if not is_default_domain(node) or not node.output or node.output[0] in outputs:
+            if not is_default_domain(node) or not node.output:
                 continue
             src = node.input[0] if node.input else ""
             out = node.output[0]
@@ -74,7 +74,7 @@ class EliminateIdentityPass(Pass):
                     node.input[0] = prev.input[0]  # Reshape(Reshape(x)) == Reshape(x)
                     counts["Reshape chain"] = counts.get("Reshape chain", 0) + 1
                     continue
-            if kind:
+            if kind and out not in outputs:  # a graph output's name must survive
                 renames[out] = renames.get(src, src)
                 drop.add(id(node))
                 counts[kind] = counts.get(kind, 0) + 1
