@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -47,7 +48,13 @@ def install_signal_cleanup() -> None:
     """On SIGINT/SIGTERM remove temporaries, then exit 130/143."""
 
     def handler(signum: int, _frame: object) -> None:
+        import multiprocessing
+
+        for child in multiprocessing.active_children():  # runners in child processes
+            child.kill()
         cleanup_temporaries()
+        sys.stderr.write(f"mconv: interrupted by {signal.Signals(signum).name}; partial files removed\n")
+        sys.stderr.flush()
         os._exit(128 + signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -35,16 +35,15 @@ class EliminateDeadNodesPass(Pass):
                         for sg in a.graphs:
                             live |= subgraph_outer_reads(sg)
         removed_nodes = len(g.node) - len(keep_rev)
-        inits = [t for t in g.initializer if t.name in live]
-        removed_inits = len(g.initializer) - len(inits)
+        dead_inits = [i for i, t in enumerate(g.initializer) if t.name not in live]
+        removed_inits = len(dead_inits)
         init_names = {t.name for t in g.initializer}
         inputs = [i for i in g.input if i.name not in init_names or i.name in live]
         if removed_nodes:
             del g.node[:]
             g.node.extend(reversed(keep_rev))
-        if removed_inits:
-            del g.initializer[:]
-            g.initializer.extend(inits)
+        if dead_inits:
+            _remove_initializers(g, dead_inits)
         if len(inputs) != len(g.input):
             del g.input[:]
             g.input.extend(inputs)
@@ -57,3 +56,18 @@ class EliminateDeadNodesPass(Pass):
         return PassResult(
             model, modified, [f"removed {removed_nodes} node(s), {removed_inits} initializer(s)"] if modified else []
         )
+
+
+def _remove_initializers(g: onnx.GraphProto, dead: list[int]) -> None:
+    """Drop initializers by index. Rebuilding the list copies every tensor, which is cheap
+    for many small ones but doubles memory for multi-GB weights; deleting in place costs
+    O(n) per deletion, which is cheap for the few large tensors of a big model."""
+    total = sum(len(t.raw_data) for t in g.initializer)
+    if total < (256 << 20):
+        dead_set = set(dead)
+        keep = [t for i, t in enumerate(g.initializer) if i not in dead_set]
+        del g.initializer[:]
+        g.initializer.extend(keep)
+    else:
+        for i in reversed(dead):
+            del g.initializer[i]
