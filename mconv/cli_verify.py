@@ -1,3 +1,223 @@
 """``mconv verify`` and ``mconv bench`` (registered on the app from mconv.cli)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mconv.cli import InputOpt, JsonOpt, ModelOpt, TrustOpt, _console, _emit, _export_options, _tolerance, app
+
+ArtifactsArg = Annotated[
+    list[Path], typer.Argument(metavar="ARTIFACT...", help=".onnx, OpenVINO .xml, ncnn .param, TensorRT .engine.")
+]
+TimeoutOpt = Annotated[
+    float | None, typer.Option("--timeout", help="Seconds before a runner that hangs is killed (per artifact).")
+]
+
+
+def _wide_console():
+    """The CLI's console; when writing to a pipe or file, wide enough that the tables do not fold."""
+    con = _console()
+    if not con.is_terminal:
+        con.width = max(con.width, 160)
+    return con
+
+
+def _num(v: Any, fmt: str = ".3g") -> str:
+    if v is None:
+        return ""
+    try:
+        return format(float(v), fmt)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command()
+def verify(
+    source: Annotated[Path, typer.Argument(metavar="SOURCE", help="The original model: ONNX or any PyTorch source.")],
+    artifacts: ArtifactsArg,
+    inputs_data: Annotated[
+        str | None, typer.Option("--inputs", help="Samples: folder/glob of .npy/.npz/images (default: random).")
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", help="How many samples to use.")] = 2,
+    rtol: Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (overrides the default).")] = None,
+    atol: Annotated[float | None, typer.Option("--atol", help="Absolute tolerance added to --rtol.")] = None,
+    min_cos: Annotated[float | None, typer.Option("--min-cos", help="Minimum cosine similarity.")] = None,
+    locate: Annotated[
+        bool, typer.Option("--locate", help="For a failing artifact, find the first layer that diverges.")
+    ] = False,
+    timeout: TimeoutOpt = 600.0,
+    input: InputOpt = None,
+    model: ModelOpt = None,
+    trust_pickle: TrustOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Check that each artifact computes what SOURCE computes (onnxruntime), each runtime in a child process.
+
+    Default tolerances follow the artifact's precision (fp32: rel <= 1e-4; fp16: cos >= 0.9999;
+    int8: cos >= 0.99). Exit 3 when an artifact misses its tolerance, crashes or hangs.
+    """
+    from mconv.verify import VerifyRequest, raise_for_report
+    from mconv.verify import verify as run_verify
+
+    export = _export_options(input, None, None, "auto", model, trust_pickle)
+    req = VerifyRequest(
+        source=source,
+        artifacts=list(artifacts),
+        inputs=inputs_data,
+        samples=samples,
+        tolerance=_tolerance(rtol, atol, min_cos),
+        timeout=timeout,
+        locate=locate,
+        shapes={s.name: s.shape for s in export.inputs if getattr(s, "shape", None)},
+        export=export,
+    )
+    report = run_verify(req)
+    if not as_json or report["passed"]:
+        _emit(report, as_json, _render_verify)
+    raise_for_report(report)  # on failure, --json prints the report inside the error object
+
+
+def _render_verify(r: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    con = _wide_console()
+    t = Table(
+        title=f"{r['source']} vs artifacts: onnxruntime reference, {r['samples']} sample(s) from {r['inputs']}",
+        title_justify="left",
+    )
+    for col in ("artifact", "target", "prec", "output", "max abs", "rel", "mean abs", "cosine", "top-1", "top-5"):
+        t.add_column(col, justify="right" if col in ("max abs", "rel", "mean abs", "cosine") else "left")
+    t.add_column("result")
+    for row in r["results"]:
+        name = Path(row["path"]).name
+        tol = f" ({row['tolerance']})" if row["tolerance"] else ""
+        if not row["outputs"]:
+            t.add_row(name, row["target"], row["precision"], *[""] * 7, f"[red]{row['status']}[/red]: {row['error']}")
+            continue
+        for o in row["outputs"]:
+            ok = "[green]ok[/green]" + tol if o["passed"] else f"[red]FAIL[/red] {o['reason']}{tol}"
+            t.add_row(
+                name,
+                row["target"],
+                row["precision"],
+                o["name"],
+                _num(o["max_abs"]),
+                _num(o["rel"]),
+                _num(o["mean_abs"]),
+                _num(o["cosine"], ".6f"),
+                _num(o.get("top1"), ".2f"),
+                _num(o.get("top5"), ".2f"),
+                ok,
+            )
+    con.print(t)
+    for row in r["results"]:
+        loc = row.get("locate")
+        if not loc:
+            continue
+        name = Path(row["path"]).name
+        if loc.get("found"):
+            before = loc.get("before")
+            b = "n/a"
+            if before:
+                b = f"rel {_num(before['rel'])}, cos {_num(before['cosine'], '.6f')} (input '{before['tensor']}')"
+            a = loc["after"]
+            an = loc.get("artifact_node")
+            where = f" (in the artifact: node '{an['name']}' {an['op_type']})" if an else ""
+            con.print(
+                f"{name}: first divergence at node '{loc['node']}' ({loc['op_type']}), output '{loc['tensor']}': "
+                f"before: {b} -> after: rel {_num(a['rel'])}, cos {_num(a['cosine'], '.6f')}"
+                + where
+                + f" [{loc['compared']} tensors compared]"
+            )
+        else:
+            con.print(f"{name}: locate: {loc.get('error') or loc.get('message')}")
+
+
+@app.command()
+def bench(
+    artifacts: ArtifactsArg,
+    threads: Annotated[int | None, typer.Option("--threads", help="Runtime threads (default: the runtime's).")] = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Warm-up inferences per artifact.")] = 10,
+    iters: Annotated[
+        int | None, typer.Option("--iters", help="Measured inferences per artifact (default 100).")
+    ] = None,
+    seconds: Annotated[
+        float | None, typer.Option("--seconds", help="Measure for about S seconds per artifact instead of --iters.")
+    ] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Batch size of the random inputs.")] = None,
+    timeout: TimeoutOpt = 600.0,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a latency bar chart (p90 whiskers) to FILE.png.")
+    ] = None,
+    as_json: JsonOpt = False,
+):
+    """Latency (median/p90/p99/min), throughput, load time, peak memory and size of each artifact.
+
+    Every artifact runs in its own process; inferences alternate between them so that the
+    figures are taken under the same machine load and their ratios hold.
+    """
+    from mconv.bench import BenchRequest, raise_for_bench
+    from mconv.bench import bench as run_bench
+
+    req = BenchRequest(
+        artifacts=list(artifacts),
+        threads=threads,
+        warmup=warmup,
+        iters=iters,
+        seconds=seconds,
+        batch=batch,
+        timeout=timeout,
+        plot=plot,
+    )
+    report = run_bench(req)
+    ok = all(r["status"] == "ok" for r in report["results"])
+    if not as_json or ok:
+        _emit(report, as_json, _render_bench)
+    raise_for_bench(report)
+
+
+def _render_bench(r: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    con = _wide_console()
+    rows = r["results"]
+    n = max((row["iterations"] for row in rows), default=0)
+    t = Table(
+        title=f"bench: batch {r['batch']}, threads {r['threads'] or 'default'}, {n} interleaved iterations, "
+        f"{r['warmup']} warm-up",
+        title_justify="left",
+    )
+    cols = ("artifact", "target", "prec", "size", "load+1st ms", "median ms", "p90 ms", "p99 ms", "min ms")
+    for col in (*cols, "items/s", "peak RSS", "vs first"):
+        t.add_column(col, justify="left" if col in ("artifact", "target", "prec") else "right")
+    for row in rows:
+        head = (Path(row["path"]).name, row["target"], row["precision"], _size(row["size_bytes"]))
+        lat = row["latency_ms"]
+        if row["status"] != "ok" or not lat:
+            t.add_row(*head, f"[red]{row['status']}[/red]: {row['error']}", *[""] * 7)
+            continue
+        t.add_row(
+            *head,
+            _num(row["load_ms"], ".1f"),
+            _num(lat["median"], ".3f"),
+            _num(lat["p90"], ".3f"),
+            _num(lat["p99"], ".3f"),
+            _num(lat["min"], ".3f"),
+            _num(row["throughput"], ".1f"),
+            "" if row["peak_rss_mb"] is None else f"{row['peak_rss_mb']:.0f} MB",
+            _num(row["vs_first"], ".2f") + "x",
+        )
+    con.print(t)
+    for a in r.get("artifacts") or []:
+        con.print(f"wrote {a}")

@@ -196,6 +196,8 @@ def compare_outputs(
             got = np.concatenate([g.reshape(1, -1) for g in got_list], axis=0)
             m = compare_arrays(name, ref, got)
             m.shape = list(np.asarray(refs[0][name]).shape)
+            # The (samples, size) stack looks 2-D to compare_arrays: top-k only for real scores.
+            m.top1 = m.top5 = None
             ref0 = np.asarray(refs[0][name])
             if _looks_like_scores(ref0):
                 r2 = np.concatenate([np.asarray(r[name]) for r in refs])

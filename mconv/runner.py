@@ -60,9 +60,48 @@ def _session_from_file(model, so):
     return ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
 
 
-def infer_all(target: str, artifact: dict[str, Any], samples: list[Feeds], threads: int | None = None) -> list[Feeds]:
+def target_ref(name: str) -> str | None:
+    """``module:Class`` of a target registered through the API, else None.
+
+    A spawned child starts with the built-ins and entry points only; a target that a
+    program (or a test) registered with :func:`mconv.targets.register` is re-registered
+    there from this reference by :func:`ensure_target`.
+    """
+    from mconv.targets import all_targets
+
+    for entry in all_targets():
+        if entry.name == name and not isinstance(entry.loader, str) and entry.source == "api":
+            cls = entry.loader
+            return f"{cls.__module__}:{cls.__qualname__}"
+    return None
+
+
+def ensure_target(name: str, ref: str | None):
+    """``get_target(name)``, registering ``ref`` first when this process lacks it."""
+    from mconv.errors import UsageError
+    from mconv.targets import register
+
+    try:
+        return get_target(name)
+    except UsageError:
+        if not ref:
+            raise
+    import importlib
+
+    mod, _, attr = ref.partition(":")
+    register(getattr(importlib.import_module(mod), attr))
+    return get_target(name)
+
+
+def infer_all(
+    target: str,
+    artifact: dict[str, Any],
+    samples: list[Feeds],
+    threads: int | None = None,
+    target_ref: str | None = None,
+) -> list[Feeds]:
     """Load the artifact's runner and run every sample (the body of the child process)."""
-    t = get_target(target)
+    t = ensure_target(target, target_ref)
     runner = t.runner(Artifact.from_json(artifact), threads=threads)
     return [runner.infer(s) for s in samples]
 
@@ -83,7 +122,13 @@ def run_artifact(
         return infer_all(artifact.target, artifact.to_json(), samples, threads)
     return call_isolated(
         "mconv.runner:infer_all",
-        {"target": artifact.target, "artifact": artifact.to_json(), "samples": samples, "threads": threads},
+        {
+            "target": artifact.target,
+            "artifact": artifact.to_json(),
+            "samples": samples,
+            "threads": threads,
+            "target_ref": target_ref(artifact.target),
+        },
         timeout=timeout,
         what=f"{artifact.target} runner on {artifact.main.name}",
     )

@@ -1,0 +1,636 @@
+"""Verification of converted artifacts against their source, and locating where they diverge.
+
+One implementation shared by ``mconv build`` (its verification step calls
+:func:`check_artifact`) and ``mconv verify``:
+
+* :func:`recognise_artifact` asks every registered target's ``recognise()`` whether a
+  file is one of its artifacts (by content, not by trusting the suffix alone);
+* :func:`check_artifact` runs samples through an artifact and compares them with the
+  reference outputs, with the metrics and tolerances of :mod:`mconv.metrics`;
+* :func:`verify` does that for several artifacts, each runtime in its own child
+  process, so that a native crash or a hang fails that artifact's row only;
+* :func:`locate` finds the first tensor (in the source graph's topological order)
+  where a failing artifact leaves the tolerance: for ONNX artifacts every
+  intermediate value becomes a graph output, for ncnn the blobs the writer mapped
+  from ONNX tensor names (``Artifact.meta["blobs"]``) are extracted, for OpenVINO the
+  ONNX tensor names the conversion keeps on output ports are added as results.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from mconv.data import ImageOptions
+from mconv.errors import ConversionError, InputError, MconvError, MissingDependencyError, UsageError, VerificationError
+from mconv.graphinfo import TensorInfo
+from mconv.metrics import Comparison, Tolerance, apply_tolerance, compare_arrays, compare_outputs
+from mconv.targets.base import Artifact
+
+Feeds = dict[str, np.ndarray]
+
+DEFAULT_SAMPLES = 2
+ARTIFACT_KINDS = "ONNX .onnx, OpenVINO .xml (+ .bin), ncnn .param (+ .bin), TensorRT .engine"
+
+
+# ---------------------------------------------------------------------------
+# Recognising artifacts
+
+
+def recognise_artifact(path: str | Path) -> Artifact:
+    """The artifact ``path`` is, asking each registered target in turn.
+
+    Raises:
+        InputError: the file is missing, is not any target's artifact, or lacks its
+            weights (raised by the target that recognised it).
+    """
+    from mconv.targets import all_targets
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give the artifact's main file ({ARTIFACT_KINDS})")
+    for entry in all_targets():
+        if entry.error:
+            continue
+        try:
+            cls = entry.load()
+            found = cls.recognise(path)
+        except MconvError:
+            raise
+        except Exception:  # a broken plugin must not stop the others from recognising
+            continue
+        if found is not None:
+            return found
+    raise InputError(f"{path}: not an artifact mconv recognises ({ARTIFACT_KINDS})")
+
+
+_OV_TYPES = {
+    "f32": "float32",
+    "f16": "float16",
+    "f64": "float64",
+    "i64": "int64",
+    "i32": "int32",
+    "i8": "int8",
+    "u8": "uint8",
+    "boolean": "bool",
+}
+
+
+def _dims(values) -> tuple[int | None, ...]:
+    out: list[int | None] = []
+    for v in values:
+        try:
+            d = int(v)
+        except (TypeError, ValueError):
+            d = -1
+        out.append(d if d > 0 else None)
+    return tuple(out)
+
+
+def _openvino_inputs(xml: Path) -> list[TensorInfo]:
+    out = []
+    for layer in ET.parse(xml).getroot().iter("layer"):
+        if layer.get("type") != "Parameter":
+            continue
+        data = layer.find("data")
+        port = layer.find("output/port")
+        names = (port.get("names") if port is not None else None) or layer.get("name") or ""
+        shape = data.get("shape") if data is not None else None
+        dtype = _OV_TYPES.get(data.get("element_type", "f32") if data is not None else "f32", "float32")
+        dims = None if shape is None else _dims(shape.split(",")) if shape else ()
+        out.append(TensorInfo(names.split(",")[0].strip(), dims, dtype))
+    return out
+
+
+def _ncnn_inputs(param: Path) -> list[TensorInfo]:
+    out = []
+    for line in param.read_text(errors="replace").splitlines()[2:]:
+        parts = line.split()
+        if len(parts) < 4 or parts[0] != "Input":
+            continue
+        n_in, n_out = int(parts[2]), int(parts[3])
+        blob = parts[4 + n_in]
+        kv = dict(p.split("=", 1) for p in parts[4 + n_in + n_out :] if "=" in p)
+        nc = [int(kv[k]) for k in ("2", "11", "1", "0") if k in kv]  # c, d, h, w
+        out.append(TensorInfo(blob, (1, *nc), "float32"))
+    return out
+
+
+def artifact_inputs(artifact: Artifact) -> list[TensorInfo] | None:
+    """The inputs an artifact takes (name, shape, dtype), read from its files; None if unknown."""
+    metas = artifact.meta.get("inputs") if isinstance(artifact.meta, dict) else None
+    if metas and all(isinstance(m, dict) and "shape" in m for m in metas):
+        return [
+            TensorInfo(m["name"], None if m["shape"] is None else _dims(m["shape"]), m.get("dtype") or "float32")
+            for m in metas
+        ]
+    main = artifact.main
+    if artifact.target == "onnx":
+        from mconv.graphinfo import graph_inputs
+
+        return graph_inputs(onnx.load(str(main), load_external_data=False))
+    if artifact.target == "openvino":
+        return _openvino_inputs(main)
+    if artifact.target == "ncnn":
+        return _ncnn_inputs(main)
+    return None
+
+
+def check_inputs(artifact: Artifact, sample: Feeds) -> str | None:
+    """A one-line mismatch between ``sample`` and what ``artifact`` takes, or None."""
+    specs = artifact_inputs(artifact)
+    if specs is None:
+        return None
+    want = [s.name for s in specs]
+    if sorted(want) != sorted(sample):
+        return f"{artifact.main}: the artifact takes inputs {want}, the source model {sorted(sample)}"
+    for s in specs:
+        got = sample[s.name].shape
+        if s.shape is None:
+            continue
+        # ncnn has no batch axis: its inputs may drop (or we may add) a leading 1.
+        fits = len(s.shape) == len(got) and all(d is None or d == g for d, g in zip(s.shape, got))
+        if not fits and int(np.prod([d for d in s.shape if d])) == int(np.prod(got)) and None not in s.shape:
+            fits = artifact.target == "ncnn"
+        if not fits:
+            shown = "x".join("?" if d is None else str(d) for d in s.shape)
+            return (
+                f"{artifact.main}: input '{s.name}' has shape {shown}, the samples "
+                f"{'x'.join(map(str, got))}; give matching --inputs or rebuild the artifact with that shape"
+            )
+    return None
+
+
+# ---------------------------------------------------------------------------
+# One artifact
+
+
+def check_artifact(
+    artifact: Artifact,
+    samples: list[Feeds],
+    refs: list[Feeds],
+    names: list[str],
+    tol: Tolerance,
+    *,
+    timeout: float | None = None,
+    isolate: bool | None = None,
+) -> Comparison:
+    """Run ``samples`` through ``artifact`` and compare with ``refs`` (the build's and verify's one path).
+
+    Raises:
+        IsolatedFailure: the runtime crashed, hung past ``timeout`` or raised in its child.
+    """
+    from mconv.runner import run_artifact
+    from mconv.targets import get_target
+
+    target = get_target(artifact.target)
+    feeds = [target.verify_feeds(s) for s in samples]
+    gots = run_artifact(artifact, feeds, isolate=isolate, timeout=timeout)
+    return compare_outputs(refs, gots, tol, names)
+
+
+@dataclass
+class VerifyRequest:
+    source: Path
+    artifacts: list[Path]
+    inputs: str | None = None  # --inputs: data for the shared loader
+    samples: int = DEFAULT_SAMPLES
+    tolerance: Tolerance | None = None  # None: by the artifact's precision
+    timeout: float | None = 600.0
+    locate: bool = False
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    image: ImageOptions | None = None
+    export: Any = None  # pipeline.ExportOptions for PyTorch sources
+
+
+def _samples(model: onnx.ModelProto, req: VerifyRequest) -> tuple[list[Feeds], str]:
+    from mconv.data import load_samples, random_feeds
+    from mconv.graphinfo import graph_inputs
+
+    infos = graph_inputs(model)
+    if req.inputs:
+        return load_samples(req.inputs, infos, limit=req.samples, image=req.image, option="--inputs"), req.inputs
+    return random_feeds(infos, seed=0, count=req.samples, shapes=req.shapes), "random (seed 0)"
+
+
+def _row(artifact: Artifact) -> dict[str, Any]:
+    return {
+        "path": str(artifact.main),
+        "target": artifact.target,
+        "precision": artifact.precision,
+        "status": "error",
+        "passed": False,
+        "error": None,
+        "exit_code": None,
+        "tolerance": None,
+        "outputs": [],
+        "seconds": None,
+    }
+
+
+def _verify_one(
+    artifact: Artifact,
+    model: onnx.ModelProto,
+    samples: list[Feeds],
+    refs: list[Feeds],
+    names: list[str],
+    req: VerifyRequest,
+) -> dict[str, Any]:
+    from mconv.isolate import IsolatedFailure
+    from mconv.targets import get_target
+
+    row = _row(artifact)
+    try:
+        target = get_target(artifact.target)
+    except MconvError as e:
+        row.update(error=e.message, exit_code=e.exit_code)
+        return row
+    tol = req.tolerance or target.default_tolerance(artifact.precision)
+    row["tolerance"] = tol.describe()
+    missing = target.runtime_missing()
+    if missing:
+        row.update(status="no-runtime", error=_install_hint(missing, target.extra), exit_code=1)
+        return row
+    mismatch = check_inputs(artifact, samples[0])
+    if mismatch:
+        row.update(error=mismatch, exit_code=2)
+        return row
+    t0 = time.perf_counter()
+    try:
+        comp = check_artifact(artifact, samples, refs, names, tol, timeout=req.timeout, isolate=True)
+    except IsolatedFailure as e:
+        status = {"signal": "crashed", "timeout": "timeout"}.get(e.kind, "error")
+        row.update(status=status, error=e.message, exit_code=3 if status != "error" else e.exit_code)
+        return row
+    except MconvError as e:
+        row.update(error=e.message, exit_code=e.exit_code)
+        return row
+    finally:
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+    row["outputs"] = [o.to_json() for o in comp.outputs]
+    row["passed"] = comp.passed
+    row["status"] = "passed" if comp.passed else "failed"
+    row["exit_code"] = 0 if comp.passed else 3
+    if not comp.passed:
+        row["error"] = comp.summary()
+        if req.locate:
+            try:
+                row["locate"] = locate(model, artifact, samples, tol, timeout=req.timeout)
+            except MconvError as e:
+                row["locate"] = {"found": False, "error": e.message}
+    return row
+
+
+def _install_hint(message: str, extra: str) -> str:
+    if extra and "pip install" not in message:
+        return f"{message}; install it with `pip install 'mconv[{extra}]'`"
+    return message
+
+
+def verify(req: VerifyRequest) -> dict[str, Any]:
+    """Verify every artifact in ``req`` against its source; returns the JSON-ready report.
+
+    Errors that concern the whole run (a missing file, an artifact without its weights,
+    ``--inputs`` that do not fit the source) raise at once; per-artifact failures
+    (tolerance, crash, timeout, missing runtime, inputs the artifact does not take)
+    become that artifact's row, and the others still run. :func:`raise_for_report`
+    turns the report into the exit status.
+    """
+    from mconv.pipeline import ExportOptions, load_model_any
+    from mconv.runner import reference_outputs
+
+    if not req.artifacts:
+        raise UsageError("give at least one ARTIFACT to verify")
+    if req.samples < 1:
+        raise UsageError("--samples must be >= 1")
+    artifacts = [recognise_artifact(p) for p in req.artifacts]
+    model, info = load_model_any(Path(req.source), req.export or ExportOptions())
+    samples, origin = _samples(model, req)
+    refs, names = reference_outputs(model, samples)
+    results = [_verify_one(art, model, samples, refs, names, req) for art in artifacts]
+    return {
+        "command": "verify",
+        "source": str(req.source),
+        "source_kind": info["kind"],
+        "reference": "onnxruntime",
+        "inputs": origin,
+        "samples": len(samples),
+        "passed": all(r["passed"] for r in results),
+        "results": results,
+    }
+
+
+def raise_for_report(report: dict[str, Any]) -> None:
+    """Raise the error a finished verify report calls for (nothing when all passed).
+
+    Inputs an artifact does not take are the user's to fix first (exit 2); then
+    artifacts that miss their tolerance, crash or hang (exit 3); then artifacts whose
+    runtime is missing or that fail to load (exit 1).
+    """
+    bad = [r for r in report["results"] if not r["passed"]]
+    if not bad:
+        return
+    for code in (2, 3):
+        hit = [r for r in bad if r["exit_code"] == code]
+        if hit:
+            break
+    else:
+        hit, code = bad, bad[0]["exit_code"] or 1
+    first = hit[0]
+    more = f" (and {len(bad) - 1} more artifact(s) failed)" if len(bad) > 1 else ""
+    if code == 3:
+        msg = f"{first['path']} ({first['target']}): {first['status']}: {first['error']}{more}"
+        loc = first.get("locate") or {}
+        if loc.get("found"):
+            msg += f"; first divergence at {loc['node']} ({loc['op_type']}), output '{loc['tensor']}'"
+        raise VerificationError(msg, report)
+    if code == 2:
+        err: MconvError = InputError(f"{first['error']}{more}")
+    else:
+        err = MconvError(f"{first['path']} ({first['target']}): {first['error']}{more}", exit_code=code)
+    err.report = report  # --json prints it inside the error object
+    raise err
+
+
+# ---------------------------------------------------------------------------
+# Locating the first diverging layer
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    try:
+        return onnx.shape_inference.infer_shapes(m)
+    except Exception:  # shape inference is a help here, not a requirement
+        return m
+
+
+def _toposorted(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Nodes in topological order (valid ONNX is sorted already; this tolerates files that are not)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    out: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(x in known for x in n.input):
+                out.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # a cycle or an outer-scope name: keep file order
+            out += rest
+            break
+        pending = rest
+    return out
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` with ``names`` added as graph outputs (typed where known)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    typed = {v.name: v for v in m.graph.value_info}
+    for n in names:
+        if n in have:
+            continue
+        if n in typed:
+            m.graph.output.append(typed[n])
+        else:
+            m.graph.output.add().name = n
+        have.add(n)
+    return m
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}_{index}"
+
+
+def locate(
+    model: onnx.ModelProto,
+    artifact: Artifact,
+    samples: list[Feeds],
+    tol: Tolerance,
+    *,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """The first source node whose output, as the artifact computes it, misses ``tol``.
+
+    Tensors are matched by ONNX name; only those present in both the source and the
+    artifact are compared, in the source graph's topological order. The result names
+    the node, its op type, the tensor, the error after it (its output) and before it
+    (the worst of its compared inputs; graph inputs count as exact).
+
+    Raises:
+        ConversionError: the artifact's target offers no intermediate tensors.
+    """
+    from mconv.runner import reference_outputs
+
+    src = _inferred(model)
+    order = _toposorted(src.graph)
+    producer: dict[str, tuple[int, onnx.NodeProto]] = {}
+    for i, node in enumerate(order):
+        for o in node.output:
+            if o:
+                producer.setdefault(o, (i, node))
+    candidates = list(producer)
+    got, art_nodes = _intermediates(artifact, candidates, samples, timeout)
+    shared = [n for n in candidates if all(n in g for g in got)]
+    if not shared:
+        raise ConversionError(
+            f"{artifact.main}: no intermediate tensor of the artifact carries a name from the source "
+            "graph, so --locate cannot match layers"
+        )
+    refs, _ = reference_outputs(_with_outputs(src, shared), samples)
+    graph_inputs = {i.name for i in src.graph.input}
+    metrics: dict[str, Any] = {}
+    compared: list[dict[str, Any]] = []
+    first = None
+    for name in shared:
+        m = _compare_tensor(name, [r[name] for r in refs], [g[name] for g in got], tol)
+        if m is None:
+            continue
+        metrics[name] = m
+        idx, node = producer[name]
+        entry = {
+            "tensor": name,
+            "node": _node_label(node, idx),
+            "op_type": node.op_type,
+            "passed": m.passed,
+            "rel": m.rel,
+            "cosine": m.cosine,
+        }
+        compared.append(entry)
+        if first is None and not m.passed:
+            first = (name, idx, node, m)
+    result: dict[str, Any] = {"found": first is not None, "compared": len(compared), "tensors": compared}
+    if first is None:
+        result["message"] = (
+            f"all {len(compared)} tensor(s) shared with the artifact are within {tol.describe()}; "
+            "the divergence lies in tensors the artifact renamed or fused away"
+        )
+        return _json_safe_floats(result)
+    name, idx, node, m = first
+    before = []
+    for x in node.input:
+        if x in metrics:
+            before.append(metrics[x])
+        elif x in graph_inputs:
+            before.append(compare_arrays(x, np.zeros(1), np.zeros(1)))
+    worst_before = max(before, key=lambda b: b.rel, default=None)
+    result.update(
+        node=_node_label(node, idx),
+        op_type=node.op_type,
+        tensor=name,
+        index=idx,
+        before=None if worst_before is None else _brief(worst_before, node_input=worst_before.name),
+        after=_brief(m),
+    )
+    art_node = art_nodes.get(name)
+    if art_node and art_node != (result["node"], node.op_type):
+        result["artifact_node"] = {"name": art_node[0], "op_type": art_node[1]}
+    return _json_safe_floats(result)
+
+
+def _compare_tensor(name: str, refs: list[np.ndarray], gots: list[np.ndarray], tol: Tolerance):
+    """Metrics over all samples, or None when the artifact keeps the tensor in another layout."""
+    r = [np.asarray(x) for x in refs]
+    g = [np.asarray(x) for x in gots]
+    if any(a.size != b.size for a, b in zip(r, g)):
+        return None
+    if any(a.dtype.kind not in "fiub" or b.dtype.kind not in "fiub" for a, b in zip(r, g)):
+        return None
+    ref = np.concatenate([a.reshape(-1) for a in r])
+    got = np.concatenate([b.reshape(-1) for b in g])
+    m = compare_arrays(name, ref, got)
+    m.shape = list(r[0].shape)
+    return apply_tolerance(m, tol)
+
+
+def _brief(m, node_input: str | None = None) -> dict[str, Any]:
+    d = {"max_abs": m.max_abs, "rel": m.rel, "mean_abs": m.mean_abs, "cosine": m.cosine}
+    if node_input is not None:
+        d["tensor"] = node_input
+    return d
+
+
+def _json_safe_floats(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {k: _json_safe_floats(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_json_safe_floats(v) for v in o]
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    return o
+
+
+def _intermediates(
+    artifact: Artifact, names: list[str], samples: list[Feeds], timeout: float | None
+) -> tuple[list[Feeds], dict[str, tuple[str, str]]]:
+    """Per sample, the artifact's values of those ``names`` it has; and, where known, the
+    artifact's own node (name, op type) producing each."""
+    if artifact.target == "onnx":
+        return _onnx_intermediates(artifact, names, samples, timeout)
+    if artifact.target == "ncnn":
+        return _ncnn_intermediates(artifact, names, samples, timeout), {}
+    if artifact.target == "openvino":
+        return _openvino_intermediates(artifact, names, samples, timeout), {}
+    raise ConversionError(
+        f"{artifact.main}: --locate is not supported for {artifact.target} artifacts "
+        "(supported: onnx, openvino, ncnn built by mconv)"
+    )
+
+
+def _onnx_intermediates(artifact, names, samples, timeout):
+    from mconv.modelio import save_onnx
+    from mconv.runner import run_artifact
+
+    model = onnx.load(str(artifact.main))
+    order = _toposorted(model.graph)
+    produced: dict[str, tuple[str, str]] = {}
+    for i, node in enumerate(order):
+        for o in node.output:
+            if o:
+                produced.setdefault(o, (_node_label(node, i), node.op_type))
+    wanted = [n for n in names if n in produced]
+    probe = _with_outputs(_inferred(model), wanted)
+    with tempfile.TemporaryDirectory(prefix="mconv-locate-") as tmp:
+        files = save_onnx(probe, Path(tmp) / artifact.main.name)
+        art = Artifact(artifact.target, files[0], files, artifact.precision, dict(artifact.meta))
+        gots = run_artifact(art, samples, isolate=True, timeout=timeout)
+    return gots, produced
+
+
+def _ncnn_intermediates(artifact, names, samples, timeout):
+    from mconv.runner import run_artifact
+
+    blobs = artifact.meta.get("blobs") if isinstance(artifact.meta, dict) else None
+    if not blobs:
+        raise ConversionError(
+            f"{artifact.main}: --locate is not supported for this ncnn artifact: it has no ONNX-name to "
+            "blob map (the .mconv.json written beside it by `mconv build` is missing)"
+        )
+    meta = dict(artifact.meta)
+    meta["outputs"] = [{"name": n, "blob": blobs[n]} for n in names if blobs.get(n)]
+    probe = Artifact(artifact.target, artifact.main, artifact.files, artifact.precision, meta)
+    return run_artifact(probe, samples, isolate=True, timeout=timeout)
+
+
+def _openvino_intermediates(artifact, names, samples, timeout):
+    from mconv.isolate import call_isolated
+
+    return call_isolated(
+        "mconv.verify:openvino_tensors",
+        {"xml": str(artifact.main), "names": names, "samples": samples},
+        timeout=timeout,
+        what=f"openvino runner on {artifact.main.name}",
+    )
+
+
+def openvino_tensors(xml: str, names: list[str], samples: list[Feeds]) -> list[Feeds]:
+    """Values of the ONNX-named tensors an OpenVINO IR keeps (runs in a child process).
+
+    The conversion keeps ONNX tensor names on output ports; each such port becomes an
+    extra result of the model before compiling, at the FP32 precision hint the runner uses.
+    """
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise MissingDependencyError("openvino", "openvino", str(e)) from e
+    from mconv.targets.openvino import OpenVinoRunner
+
+    core = ov.Core()
+    model = core.read_model(xml)
+    wanted = set(names)
+    ports: list[tuple[str, Any]] = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in ("Parameter", "Result", "Constant"):
+            continue
+        for out in op.outputs():
+            hit = sorted(out.get_names() & wanted)
+            if hit:
+                ports.append((hit[0], out))
+    if ports:
+        model.add_outputs([p for _, p in ports])
+    config = OpenVinoRunner(Artifact("openvino", Path(xml), [Path(xml)])).config()
+    compiled = core.compile_model(model, "CPU", config)
+    by_name = {}
+    for out in compiled.outputs:
+        for n in out.get_names():
+            by_name.setdefault(n, out)
+    request = compiled.create_infer_request()
+    results = []
+    for feeds in samples:
+        res = request.infer(feeds)
+        results.append({n: np.array(res[by_name[n]], copy=True) for n, _ in ports if n in by_name})
+    return results
