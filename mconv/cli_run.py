@@ -1,3 +1,109 @@
 """``mconv run`` and ``mconv recipe`` (registered on the app from mconv.cli)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mconv.cli import JsonOpt, _console, _emit, app
+
+recipe_app = typer.Typer(
+    help="Recipe tools: the JSON Schema for editors, and validation without running.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(recipe_app, name="recipe")
+
+RecipesArg = Annotated[list[Path], typer.Argument(metavar="RECIPE", help="YAML recipe files.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a recipe value: key.path=value (YAML value), e.g. targets.0.precision=fp16."),
+]
+
+
+@app.command("run")
+def run(
+    recipes: RecipesArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder (one subfolder per recipe).")] = Path(
+        "mconv_out"
+    ),
+    set_: SetOpt = None,
+    jobs: Annotated[int, typer.Option("-j", "--jobs", help="Recipes run in parallel processes.")] = 1,
+    as_json: JsonOpt = False,
+):
+    """Run recipes: export, passes, build and verify each target, bench; reports per recipe and a summary.
+
+    Exit 0 when every step passed (or was skipped for a missing runtime), 3 when only verification
+    failed, 1 otherwise; an invalid recipe is exit 2 before anything runs.
+    """
+    from mconv.errors import MconvError, UsageError
+    from mconv.recipes import load_recipes, parse_override
+    from mconv.runjobs import RunOptions, failure_message, run_batch
+
+    if jobs < 1:
+        raise UsageError("-j/--jobs must be >= 1")
+    overrides = [parse_override(s) for s in set_ or []]
+    loaded = load_recipes([str(r) for r in recipes], overrides)
+    summary = run_batch(loaded, RunOptions(out_dir=output, jobs=jobs, as_json=as_json))
+    if not summary["ok"]:
+        if not as_json:
+            _print_summary(summary)
+        err = MconvError(failure_message(summary), exit_code=summary["exit_code"])
+        err.report = summary  # with --json, printed in the failure object
+        raise err
+    _emit(summary, as_json, _print_summary)
+
+
+def _print_summary(s) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"mconv run: {len(s['recipes'])} recipe(s) in {s['seconds']:.1f} s", title_justify="left")
+    for col in ("recipe", "status", "ok", "failed", "skipped", "seconds", "report"):
+        t.add_column(col)
+    for r in s["recipes"]:
+        color = "green" if r["exit_code"] == 0 else "red"
+        t.add_row(
+            r["name"],
+            f"[{color}]{r['status']}[/{color}]",
+            str(r["steps"]["ok"]),
+            str(r["steps"]["failed"]),
+            str(r["steps"]["skipped"]),
+            f"{r['seconds']:.1f}",
+            r["report"] or "",
+        )
+    con = _console()
+    con.print(t)
+    con.print(f"summary: {Path(s['out_dir']) / 'summary.md'}")
+
+
+@recipe_app.command("schema")
+def schema():
+    """Print the JSON Schema of recipes (for editors: yaml-language-server, VS Code)."""
+    import json
+    import sys
+
+    from mconv.recipes import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@recipe_app.command("check")
+def check(recipes: RecipesArg, set_: SetOpt = None, as_json: JsonOpt = False):
+    """Validate recipes without running them (exit 2 on the first invalid one)."""
+    from mconv.recipes import load_recipes, parse_override
+    from mconv.runjobs import plan
+
+    loaded = load_recipes([str(r) for r in recipes], [parse_override(s) for s in set_ or []])
+    report = {
+        "command": "recipe check",
+        "recipes": [{"file": r.file, "name": r.name, "steps": plan(r)} for r in loaded],
+    }
+
+    def render(rep):
+        con = _console()
+        for r in rep["recipes"]:
+            con.print(f"{r['file']}: ok ({r['name']}: {', '.join(r['steps'])})")
+
+    _emit(report, as_json, render)
