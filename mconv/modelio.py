@@ -19,6 +19,8 @@ from onnx import TensorProto, external_data_helper, helper
 from mconv.errors import InputError
 from mconv.fsutil import commit, discard, temp_path_for
 
+# The oldest default-domain opset onnxruntime implements.
+MIN_OPSET = 7
 # protobuf cannot serialise a message of 2 GiB or more.
 PROTO_LIMIT = 2**31 - 1
 # Above this many tensor bytes, save weights as external data.
@@ -117,6 +119,12 @@ def _check_tensor_sizes(model: onnx.ModelProto, path: Path) -> None:
 def _check_opset(model: onnx.ModelProto, path: Path) -> None:
     known = onnx.defs.onnx_opset_version()
     for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version < MIN_OPSET:
+            raise InputError(
+                f"{path}: opset {imp.version} is older than any runtime mconv targets supports "
+                f"(onnxruntime, OpenVINO and TensorRT need opset {MIN_OPSET} or newer); upgrade it with "
+                "onnx.version_converter.convert_version(model, 13) or re-export the model"
+            )
         if imp.domain in ("", "ai.onnx") and imp.version > known:
             raise InputError(
                 f"{path}: opset {imp.version} is newer than the installed onnx "

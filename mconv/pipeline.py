@@ -204,7 +204,17 @@ def optimize_model(path: Path, out: Path | None, passes: list[str] | None) -> di
     model, reports = optimize(model, passes)
     dest = out or Path.cwd() / f"{_stem(path)}.opt.onnx"
     files = save_onnx(model, dest)
+    unknown = unknown_ops(model)
+    warnings = (
+        [
+            "ops no schema describes pass through untouched: "
+            + ", ".join(f"{op} ({', '.join(n[:3])})" for op, n in unknown.items())
+        ]
+        if unknown
+        else []
+    )
     return {
+        "warnings": warnings,
         "command": "optimize",
         "source": str(path),
         "nodes_before": before,
@@ -370,6 +380,21 @@ def inspect_model(path: Path, target: str | None, opts: ExportOptions) -> dict[s
             entry["findings"] = [f.to_json() for f in findings]
         report["targets"][t.name] = entry
     return _json_safe(report)
+
+
+def unknown_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Op type -> node names for ops neither onnx's schemas nor the model's functions define."""
+    from mconv.graphinfo import nodes_by_op
+
+    local = {(f.domain, f.name) for f in model.functions}
+    out = {}
+    for key, names in nodes_by_op(model).items():
+        domain, _, op = key.rpartition("::")
+        if (domain, op) in local:
+            continue
+        if not onnx.defs.has(op, domain or ""):
+            out[key] = names
+    return out
 
 
 def is_onnx_artifact(path: Path) -> bool:

@@ -363,7 +363,11 @@ def _line_map(node: yaml.Node) -> dict[tuple[str, ...], int]:
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, dict[tuple[str, ...], int]]:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader already rejects binary content here
+    except yaml.YAMLError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RecipeError(file, None, "", f"not a YAML recipe ({first})") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -379,7 +383,8 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[tuple[str, ...], int]]:
         line = mark.line + 1 if mark is not None else None
         raise RecipeError(file, line, "", f"invalid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
-        raise RecipeError(file, None, "", f"invalid YAML: {e}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RecipeError(file, None, "", f"invalid YAML: {first}") from None
     except RecursionError:
         raise RecipeError(file, None, "", "YAML nested too deeply") from None
     finally:
