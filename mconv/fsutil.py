@@ -62,10 +62,21 @@ def install_signal_cleanup() -> None:
             signal.signal(sig, handler)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def temp_path_for(dest: Path) -> Path:
     """A fresh, tracked temporary path beside ``dest`` (same filesystem)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    # mkstemp makes the file private (0600); the finished artifact gets the usual mode.
+    os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     _track(name)
     return Path(name)

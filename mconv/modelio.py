@@ -202,9 +202,15 @@ def model_nbytes(model: onnx.ModelProto) -> int:
     return sum(tensor_nbytes(t) for t in iter_tensors(model) if t.data_location != TensorProto.EXTERNAL)
 
 
-def save_onnx(model: onnx.ModelProto, dest: str | os.PathLike[str], *, external: bool | None = None) -> list[Path]:
+def save_onnx(
+    model: onnx.ModelProto, dest: str | os.PathLike[str], *, external: bool | None = None, keep: bool = True
+) -> list[Path]:
     """Write ``model`` atomically. Weights go to ``<name>.data`` beside it when the
-    model is too big for one protobuf (or ``external=True``). Returns the files written."""
+    model is too big for one protobuf (or ``external=True``). Returns the files written.
+
+    With ``keep=False`` the weights written to external data are not put back into
+    ``model`` (it is left without them), which saves holding them twice while writing.
+    """
     dest = Path(dest)
     if external is None:
         external = model_nbytes(model) >= EXTERNAL_THRESHOLD
@@ -223,7 +229,7 @@ def save_onnx(model: onnx.ModelProto, dest: str | os.PathLike[str], *, external:
     tmp_data = temp_path_for(data_dest)
     tmp_model = temp_path_for(dest)
     try:
-        _write_external(model, tmp_data, data_name, tmp_model)
+        _write_external(model, tmp_data, data_name, tmp_model, keep)
     except BaseException:
         discard(tmp_data)
         discard(tmp_model)
@@ -233,32 +239,36 @@ def save_onnx(model: onnx.ModelProto, dest: str | os.PathLike[str], *, external:
     return [dest, data_dest]
 
 
-def _write_external(model: onnx.ModelProto, data_path: Path, location: str, model_path: Path) -> None:
+def _write_external(model: onnx.ModelProto, data_path: Path, location: str, model_path: Path, keep: bool) -> None:
     """Stream every large tensor to ``data_path`` and serialise the rest, without copying
     the whole model in memory."""
     moved: list[tuple[TensorProto, bytes]] = []
     offset = 0
     with open(data_path, "wb") as f:
         for t in iter_tensors(model):
-            if not t.HasField("raw_data") or len(t.raw_data) < 1024:
+            # tensor_nbytes reads dims only: touching t.raw_data copies the whole buffer.
+            if not t.HasField("raw_data") or tensor_nbytes(t) < 1024:
                 continue
             raw = t.raw_data
+            size = len(raw)
             pad = (-offset) % 4096
             f.write(b"\0" * pad)
             offset += pad
             f.write(raw)
-            moved.append((t, raw))
+            if keep:
+                moved.append((t, raw))
+            del raw
             del t.external_data[:]
-            for k, v in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+            for k, v in (("location", location), ("offset", str(offset)), ("length", str(size))):
                 e = t.external_data.add()
                 e.key, e.value = k, v
             t.data_location = TensorProto.EXTERNAL
             t.ClearField("raw_data")
-            offset += len(raw)
+            offset += size
     try:
         model_path.write_bytes(model.SerializeToString(deterministic=True))
     finally:
-        # Restore the in-memory model so callers can keep using it.
+        # Restore the in-memory model so callers can keep using it (keep=True).
         for t, raw in moved:
             t.raw_data = raw
             t.data_location = TensorProto.DEFAULT

@@ -18,10 +18,12 @@ from mconv.errors import ConversionError, InputError, UnsupportedOpsError, Usage
 from mconv.fsutil import StagingDir
 from mconv.graphinfo import graph_inputs, graph_outputs, op_histogram, opset, parameter_stats
 from mconv.metrics import Comparison, Tolerance, compare_outputs, default_tolerance
-from mconv.modelio import load_onnx, parse_model, save_onnx
+from mconv.modelio import load_onnx, model_nbytes, parse_model, save_onnx
 from mconv.specs import DynamicAxis, InputSpec
 
 VERIFY_SAMPLES = 2
+# Above this many weight bytes, build avoids holding a second copy of the model.
+BIG_MODEL_BYTES = 512 << 20
 
 
 @dataclass
@@ -203,7 +205,7 @@ def optimize_model(path: Path, out: Path | None, passes: list[str] | None) -> di
     t0 = time.perf_counter()
     model, reports = optimize(model, passes)
     dest = out or Path.cwd() / f"{_stem(path)}.opt.onnx"
-    files = save_onnx(model, dest)
+    files = save_onnx(model, dest, keep=False)  # the weights are not needed afterwards
     unknown = unknown_ops(model)
     warnings = (
         [
@@ -261,8 +263,25 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
     shapes = {s.name: s.shape for s in req.export.inputs} if info["kind"] == "onnx" else {}
     if info["kind"] == "onnx":
         apply_input_shapes(source, shapes, req.batch)
-    model = onnx.ModelProto()
-    model.CopyFrom(source)
+    # Calibration and verification samples depend only on the inputs, which passes keep.
+    calib = None
+    warnings: list[str] = []
+    if req.calib:
+        calib = load_samples(req.calib, graph_inputs(source), limit=req.calib_count, image=req.image)
+        warnings += calibration_warnings(len(calib), req.calib_count)
+    samples = refs = names = None
+    if req.verify.enabled:
+        samples = verification_samples(source, req.verify, calib, shapes, req.image)
+    big = model_nbytes(source) >= BIG_MODEL_BYTES
+    if big:
+        # Never hold the weights twice: take the reference now, in a child process reading
+        # the file, then let the passes work on the loaded model in place.
+        if samples is not None:
+            refs, names = _reference_from_file(source, samples, req, info, shapes)
+        model = source
+    else:
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
     passes = list(req.passes) if req.passes is not None else None
     if passes is None:
         from mconv.passes import DEFAULT_PIPELINE
@@ -273,11 +292,6 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
     missing = target.unsupported(model)
     if missing:
         raise UnsupportedOpsError(target.name, missing)
-    calib = None
-    warnings: list[str] = []
-    if req.calib:
-        calib = load_samples(req.calib, graph_inputs(model), limit=req.calib_count, image=req.image)
-        warnings += calibration_warnings(len(calib), req.calib_count)
     extra = dict(req.extra)
     extra.setdefault("input_shapes", shapes)
     extra.setdefault("batch", req.batch)
@@ -301,11 +315,13 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
         artifact = target.write(model, staging.path, stem, options)
         warnings += list(artifact.meta.pop("warnings", []) or [])
         comp = None
-        if req.verify.enabled:
-            samples = verification_samples(source, req.verify, calib, shapes, req.image)
-            refs, names = reference_outputs(source, samples)
+        if samples is not None:
+            if refs is None:
+                refs, names = reference_outputs(source, samples)
             tol = req.verify.tolerance or target.default_tolerance(req.precision)
-            comp = check_artifact(artifact, samples, refs, names, tol, timeout=req.verify.timeout)
+            comp = check_artifact(
+                artifact, samples, refs, names, tol, timeout=req.verify.timeout, isolate=True if big else None
+            )
             report["verification"] = {
                 "reference": "onnxruntime",
                 "samples": len(samples),
@@ -331,6 +347,20 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
             _json_safe(report),
         )
     return _json_safe(report)
+
+
+def _reference_from_file(source: onnx.ModelProto, samples: list, req: BuildRequest, info: dict, shapes: dict) -> tuple:
+    """Reference outputs for a big model, computed by a child process from a file."""
+    import tempfile
+
+    from mconv.runner import reference_outputs_isolated
+
+    if info["kind"] == "onnx" and not shapes and req.batch is None:
+        return reference_outputs_isolated(str(req.path), samples, timeout=req.verify.timeout)
+    with tempfile.TemporaryDirectory(prefix="mconv-ref-") as d:
+        path = f"{d}/source.onnx"
+        save_onnx(source, path, external=True)
+        return reference_outputs_isolated(path, samples, timeout=req.verify.timeout)
 
 
 def inspect_model(path: Path, target: str | None, opts: ExportOptions) -> dict[str, Any]:

@@ -18,19 +18,35 @@ from mconv.targets.base import Artifact
 Feeds = dict[str, np.ndarray]
 
 
-def reference_outputs(model: onnx.ModelProto, samples: list[Feeds]) -> tuple[list[Feeds], list[str]]:
-    """Run ``model`` with onnxruntime on the CPU; returns outputs per sample and output names."""
+def _session(model: onnx.ModelProto | str):
+    """An onnxruntime CPU session on a ModelProto or on a file path (external data beside it)."""
+    import tempfile
+
     import onnxruntime as ort
 
-    from mconv.modelio import EXTERNAL_THRESHOLD, model_nbytes
+    from mconv.modelio import EXTERNAL_THRESHOLD, model_nbytes, save_onnx
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if isinstance(model, str):
+        return ort.InferenceSession(model, so, providers=providers)
+    if model_nbytes(model) < EXTERNAL_THRESHOLD:
+        return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+    # Too big for one protobuf: through a file; the session has read it when this returns.
+    with tempfile.TemporaryDirectory(prefix="mconv-ref-") as d:
+        path = f"{d}/ref.onnx"
+        save_onnx(model, path, external=True)
+        return ort.InferenceSession(path, so, providers=providers)
+
+
+def reference_outputs(model: onnx.ModelProto | str, samples: list[Feeds]) -> tuple[list[Feeds], list[str]]:
+    """Run ``model`` (a ModelProto or an .onnx path) with onnxruntime on the CPU.
+
+    Returns the outputs per sample and the output names.
+    """
     try:
-        if model_nbytes(model) < EXTERNAL_THRESHOLD:
-            sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        else:
-            sess = _session_from_file(model, so)
+        sess = _session(model)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConversionError(f"onnxruntime cannot run the source model: {first[:300]}") from e
@@ -47,17 +63,14 @@ def reference_outputs(model: onnx.ModelProto, samples: list[Feeds]) -> tuple[lis
     return outs, names
 
 
-def _session_from_file(model, so):
-    import tempfile
-
-    import onnxruntime as ort
-
-    from mconv.modelio import save_onnx
-
-    d = tempfile.mkdtemp(prefix="mconv-ref-")
-    p = f"{d}/ref.onnx"
-    save_onnx(model, p, external=True)
-    return ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+def reference_outputs_isolated(
+    path: str, samples: list[Feeds], *, timeout: float | None = None
+) -> tuple[list[Feeds], list[str]]:
+    """:func:`reference_outputs` on a file, in a child process: for models whose weights
+    should not be held twice by this process (onnxruntime keeps its own copy)."""
+    return call_isolated(
+        "mconv.runner:reference_outputs", {"model": path, "samples": samples}, timeout=timeout, what="onnxruntime"
+    )
 
 
 def target_ref(name: str) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import onnx
 
+from mconv.modelio import tensor_nbytes
 from mconv.passes.base import Pass, PassResult
 from mconv.passes.graph import subgraph_outer_reads
 
@@ -62,7 +63,7 @@ def _remove_initializers(g: onnx.GraphProto, dead: list[int]) -> None:
     """Drop initializers by index. Rebuilding the list copies every tensor, which is cheap
     for many small ones but doubles memory for multi-GB weights; deleting in place costs
     O(n) per deletion, which is cheap for the few large tensors of a big model."""
-    total = sum(len(t.raw_data) for t in g.initializer)
+    total = sum(tensor_nbytes(t) for t in g.initializer)  # dims only: raw_data access copies
     if total < (256 << 20):
         dead_set = set(dead)
         keep = [t for i, t in enumerate(g.initializer) if i not in dead_set]

@@ -7,6 +7,7 @@ import tempfile
 
 import onnx
 
+from mconv.modelio import tensor_nbytes
 from mconv.passes.base import Pass, PassResult
 
 # Initializers above this size are not needed for shape inference (only small
@@ -28,7 +29,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     declared = {i.name for i in g.input}
     sg.input.extend(g.input)
     for t in g.initializer:
-        if len(t.raw_data) > _SKELETON_BYTES or t.data_location == onnx.TensorProto.EXTERNAL:
+        if tensor_nbytes(t) > _SKELETON_BYTES or t.data_location == onnx.TensorProto.EXTERNAL:
             if t.name not in declared:
                 sg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:

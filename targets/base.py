@@ -148,7 +148,11 @@ class Target(ABC):
 
     @abstractmethod
     def write(self, model: onnx.ModelProto, out_dir: Path, stem: str, options: BuildOptions) -> Artifact:
-        """Write the artifact's files into ``out_dir`` (a staging folder) and describe them."""
+        """Write the artifact's files into ``out_dir`` (a staging folder) and describe them.
+
+        The writer may consume ``model`` (e.g. move multi-GB weights to disk instead of
+        copying them); callers must not use it afterwards.
+        """
 
     @abstractmethod
     def runner(self, artifact: Artifact, *, threads: int | None = None) -> Runner:

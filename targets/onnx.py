@@ -71,7 +71,7 @@ class OnnxTarget(Target):
                 method=options.extra.get("calib_method") or "minmax",
                 ignore=tuple(options.extra.get("ignore") or ()),
             )
-        files = save_onnx(model, out_dir / f"{stem}.onnx")
+        files = save_onnx(model, out_dir / f"{stem}.onnx", keep=False)  # write() may consume the model
         return Artifact(self.name, files[0], files, options.precision)
 
     def runner(self, artifact: Artifact, *, threads: int | None = None) -> Runner:

@@ -60,7 +60,6 @@ CALIB_COUNT_DEFAULT = 300  # the CLI's --calib-count default
 
 INT8_PRESETS = ("performance", "mixed")
 # protobuf cannot serialise 2 GiB or more; bigger models go through a file.
-_PROTO_LIMIT = 2**31 - 1
 
 # A name OpenVINO made up from its global counter: "Constant_161282", "Reshape_3318".
 _AUTO_NAME = re.compile(r"(?<![\w.])([A-Z][A-Za-z0-9]*)_(\d+)(?![\w])")
@@ -199,12 +198,17 @@ def _conversion_error(model: onnx.ModelProto, exc: Exception) -> ConversionError
 def convert_onnx(model: onnx.ModelProto) -> Any:
     """ONNX ModelProto -> ``openvino.Model`` through OpenVINO's ONNX frontend."""
     ov = _import_openvino()
+    from mconv.modelio import EXTERNAL_THRESHOLD, model_nbytes, save_onnx
+
     try:
-        if model.ByteSize() < _PROTO_LIMIT:
+        if model_nbytes(model) < EXTERNAL_THRESHOLD:
             return ov.convert_model(io.BytesIO(model.SerializeToString()))
+        # Over protobuf's 2 GiB: through a file with external data. The frontend maps the
+        # weights file, which stays readable after the folder is removed (Linux unlink
+        # semantics); keep=False moves the weights to disk instead of copying them.
         with tempfile.TemporaryDirectory(prefix="mconv-ov-") as tmp:
             path = Path(tmp) / "model.onnx"
-            onnx.save(model, path, save_as_external_data=True, location="model.onnx.data")
+            save_onnx(model, path, external=True, keep=False)
             return ov.convert_model(str(path))
     except Exception as e:
         raise _conversion_error(model, e) from e

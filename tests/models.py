@@ -123,3 +123,51 @@ def randomized_light_model(name: str, seed: int = 0) -> onnx.ModelProto:
 
     model, _ = optimize(load_onnx(light_model(name)), ["infer_shapes", "fold_constants", "eliminate_dead_nodes"])
     return randomize_weights(model, seed)
+
+
+def write_big_model(path: str, gib: float, width: int = 16384, seed: int = 0) -> int:
+    """Write a MatMul chain with ~``gib`` GiB of float32 weights; return the weight bytes.
+
+    Layers alternate between width x width/2 and width/2 x width weights (512 MiB each at
+    the default width), like the few huge projection matrices of a large transformer.
+    """
+    from mconv.modelio import save_onnx, tensor_nbytes
+
+    half = width // 2
+    per = width * half * 4
+    layers = max(1, round(gib * 2**30 / per))
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    x = "input"
+    for i in range(layers):
+        d_in, d_out = (width, half) if i % 2 == 0 else (half, width)
+        w = rng.random((d_in, d_out), dtype=np.float32)
+        w -= np.float32(0.5)
+        w *= np.float32(2.0 / np.sqrt(width))
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        del w
+        bias = (rng.random(d_out, dtype=np.float32) - np.float32(0.5)) * np.float32(0.1)
+        inits.append(numpy_helper.from_array(bias, f"b{i}"))
+        nodes += [
+            helper.make_node("MatMul", [x, f"w{i}"], [f"mm{i}"], name=f"matmul{i}"),
+            helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"add{i}"], name=f"add{i}"),
+            helper.make_node("Relu", [f"add{i}"], [f"y{i}"], name=f"relu{i}"),
+        ]
+        x = f"y{i}"
+    g = helper.make_graph(
+        nodes,
+        "big",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, width])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, width if layers % 2 == 0 else half])],
+    )
+    for t in inits:  # one tensor at a time: protobuf cannot copy a list over 2 GiB at once
+        dst = g.initializer.add()
+        dst.name, dst.data_type = t.name, t.data_type
+        dst.dims.extend(t.dims)
+        dst.raw_data = t.raw_data
+        t.ClearField("raw_data")
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    weight_bytes = sum(tensor_nbytes(t) for t in m.graph.initializer)
+    save_onnx(m, path, external=True, keep=False)
+    return weight_bytes
