@@ -61,12 +61,22 @@ def _slice(node, arrs):
     sl = [slice(None)] * x.ndim
     for s, e, a, st in zip(starts, ends, axes, steps):
         a = int(a) % x.ndim
-        dim = x.shape[a]
-        s, e, st = int(s), int(e), int(st)
-        s = max(-dim - 1, min(s, dim)) if st < 0 else s
-        e = max(-dim - 1, min(e, dim)) if st < 0 else min(e, dim) if e > 0 else e
-        sl[a] = slice(s, e if not (st < 0 and e < -dim) else None, st)
+        s, e = _slice_bounds(x.shape[a], int(s), int(e), int(st))
+        sl[a] = slice(s, None if e < 0 else e, int(st))  # e == -1: up to and including index 0
     return [x[tuple(sl)]]
+
+
+def _slice_bounds(dim: int, start: int, end: int, step: int) -> tuple[int, int]:
+    """Start and end after ONNX Slice's clamping.
+
+    Not Python's: with a negative step, a start below ``-dim`` is clamped to index 0
+    (one element), where Python's slicing gives nothing (tests/property/test_regressions.py).
+    """
+    start += dim if start < 0 else 0
+    end += dim if end < 0 else 0
+    if step > 0:
+        return min(max(start, 0), dim), min(max(end, 0), dim)
+    return min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
 
 
 def _reshape(node, arrs):
