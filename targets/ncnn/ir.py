@@ -1,0 +1,206 @@
+"""The in-memory ncnn graph the lowering rules build, and its serialization.
+
+A :class:`NcnnGraph` is a list of :class:`Layer` objects in execution order plus
+the shape of every blob. Serialization writes the text ``.param`` and the binary
+``.bin`` deterministically (same graph, same bytes): layer order is creation
+order, parameters are written sorted by id, floats in ``%.8e`` (exact float32
+round trip within ncnn's 15-character value token).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAGIC = 7767517
+
+# Tags that prefix "tagged" weight buffers (ncnn src/modelbin.cpp).
+TAG_FP32 = 0x00000000
+TAG_FP16 = 0x01306B47
+TAG_INT8 = 0x000D4B38
+
+# float32 limits: inf cannot be written in a param file (it has no '.' or 'e').
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+ParamValue = int | float | list[int] | list[float] | tuple
+
+
+@dataclass
+class Weight:
+    """One weight buffer of a layer.
+
+    Attributes:
+        data: the values (float32, or int8 when ``kind`` is "int8").
+        tagged: whether ncnn reads this buffer with a leading type tag (the
+            buffers listed as "tagged" in ncnn-format.md §2); raw buffers are
+            always float32 without a tag.
+        kind: "fp32", "fp16" or "int8" storage for tagged buffers.
+    """
+
+    data: np.ndarray
+    tagged: bool
+    kind: str = "fp32"
+
+
+@dataclass
+class Layer:
+    """One ncnn layer: type, unique name, blob names, ``id -> value`` params, weights."""
+
+    type: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    params: dict[int, ParamValue] = field(default_factory=dict)
+    weights: list[Weight] = field(default_factory=list)
+    onnx_node: str = ""
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.\-/:]")
+
+
+def sanitize(name: str, fallback: str) -> str:
+    """A name ncnn can read back: no whitespace or exotic characters, ≤ 200 chars."""
+    s = _SAFE.sub("_", name or "")
+    s = s.strip("_") or fallback
+    return s[:200]
+
+
+class NcnnGraph:
+    """Layers in execution order, blob shapes (ncnn dims, outermost first), name pools."""
+
+    def __init__(self) -> None:
+        self.layers: list[Layer] = []
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._names: set[str] = set()
+        self._blobs: set[str] = set()
+
+    def unique_layer_name(self, base: str) -> str:
+        name = sanitize(base, "layer")
+        if name in self._names:
+            i = 1
+            while f"{name}_{i}" in self._names:
+                i += 1
+            name = f"{name}_{i}"
+        self._names.add(name)
+        return name
+
+    def unique_blob_name(self, base: str) -> str:
+        name = sanitize(base, "blob")
+        if name in self._blobs:
+            i = 1
+            while f"{name}_{i}" in self._blobs:
+                i += 1
+            name = f"{name}_{i}"
+        self._blobs.add(name)
+        return name
+
+    def add(self, layer: Layer, shapes: list[tuple[int, ...]] | None = None) -> Layer:
+        self.layers.append(layer)
+        if shapes is not None:
+            for b, s in zip(layer.outputs, shapes):
+                self.shapes[b] = tuple(int(v) for v in s)
+        return layer
+
+    def producers(self) -> dict[str, Layer]:
+        return {b: layer for layer in self.layers for b in layer.outputs}
+
+    def consumers(self) -> dict[str, list[Layer]]:
+        out: dict[str, list[Layer]] = {}
+        for layer in self.layers:
+            for b in layer.inputs:
+                out.setdefault(b, []).append(layer)
+        return out
+
+    def insert_splits(self) -> None:
+        """Give every blob with several consumers its own Split layer.
+
+        ncnn lets a blob feed one layer only; a second consumer silently reads
+        a blob the first one may have modified in place (ncnn-format.md §1).
+        The Split goes right after the producer so file order stays topological.
+        """
+        consumers = self.consumers()
+        new_layers: list[Layer] = []
+        for layer in self.layers:
+            new_layers.append(layer)
+            for b in layer.outputs:
+                users = consumers.get(b, [])
+                n_uses = sum(u.inputs.count(b) for u in users)
+                if n_uses < 2:
+                    continue
+                outs = []
+                for u in users:
+                    for i, name in enumerate(u.inputs):
+                        if name == b:
+                            nb = self.unique_blob_name(f"{b}_splitncnn_{len(outs)}")
+                            self.shapes[nb] = self.shapes.get(b, ())
+                            u.inputs[i] = nb
+                            outs.append(nb)
+                split = Layer("Split", self.unique_layer_name(f"splitncnn_{b}"), [b], outs)
+                new_layers.append(split)
+        self.layers = new_layers
+
+    def blob_count(self) -> int:
+        names: set[str] = set()
+        for layer in self.layers:
+            names.update(layer.inputs)
+            names.update(layer.outputs)
+        return len(names)
+
+    def to_param(self) -> str:
+        lines = [str(MAGIC), f"{len(self.layers)} {self.blob_count()}"]
+        for layer in self.layers:
+            head = [
+                f"{layer.type:<16}",
+                f"{layer.name:<24}",
+                str(len(layer.inputs)),
+                str(len(layer.outputs)),
+                *layer.inputs,
+                *layer.outputs,
+            ]
+            params = [_format_param(k, v) for k, v in sorted(layer.params.items())]
+            lines.append(" ".join(head + params))
+        return "\n".join(lines) + "\n"
+
+    def to_bin(self) -> bytes:
+        parts: list[bytes] = []
+        for layer in self.layers:
+            for w in layer.weights:
+                parts.append(_weight_bytes(w))
+        return b"".join(parts)
+
+
+def _format_scalar(v: float | int | np.generic) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return str(int(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    f = float(v)
+    if f != f:  # NaN: nothing sensible to write
+        raise ValueError("NaN parameter value")
+    f = max(-_FLT_MAX, min(_FLT_MAX, f))
+    return f"{f:.8e}"
+
+
+def _format_param(key: int, value: ParamValue) -> str:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        vals = list(value)
+        # Arrays always in the long form: `9=1` would read as a scalar.
+        return f"{-(23300 + key)}=" + ",".join([str(len(vals))] + [_format_scalar(v) for v in vals])
+    return f"{key}={_format_scalar(value)}"
+
+
+def _pad4(b: bytes) -> bytes:
+    return b + b"\0" * (-len(b) % 4)
+
+
+def _weight_bytes(w: Weight) -> bytes:
+    if not w.tagged:
+        return np.ascontiguousarray(w.data, dtype="<f4").tobytes()
+    if w.kind == "fp16":
+        return struct.pack("<I", TAG_FP16) + _pad4(np.ascontiguousarray(w.data, dtype="<f2").tobytes())
+    if w.kind == "int8":
+        return struct.pack("<I", TAG_INT8) + _pad4(np.ascontiguousarray(w.data, np.int8).tobytes())
+    return struct.pack("<I", TAG_FP32) + np.ascontiguousarray(w.data, dtype="<f4").tobytes()

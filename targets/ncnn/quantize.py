@@ -1,0 +1,173 @@
+"""Reduced precision: FP16 weight storage and INT8 post-training quantization.
+
+FP16 (:func:`to_fp16`): every *tagged* weight buffer (convolution, InnerProduct,
+Gemm, RNN weights) is stored as half floats with ncnn's fp16 tag; raw buffers
+(biases, norms, MemoryData) stay float32, as ncnn reads them.
+
+INT8 (:func:`quantize_int8`), ncnn's own scheme reimplemented in Python:
+activation scales per tensor for the input blob of every Convolution,
+ConvolutionDepthWise and InnerProduct, found by running the FP32 model on the
+calibration samples and picking the threshold that minimizes the KL divergence
+between the clipped 2048-bin histogram of |x| and its 128-level quantized
+version (``extra["calib_method"] == "minmax"``: the absolute maximum instead);
+weight scales per output channel (per group for depthwise), 127/absmax. The
+weights are written as int8 (tag 0x000D4B38) followed by the raw weight scales
+and the bottom-blob scale, with ``8=int8_scale_term``. The same scales are
+returned in ncnn2table's text format for ``<stem>.table``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from mconv.errors import UsageError
+from mconv.targets.base import BuildOptions
+from mconv.targets.ncnn.ir import Layer, NcnnGraph, Weight
+
+QUANTIZABLE = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
+_BINS = 2048
+_LEVELS = 128
+
+
+def to_fp16(g: NcnnGraph) -> None:
+    """Store every tagged weight as fp16 (values beyond ±65504 saturate)."""
+    fmax = float(np.finfo(np.float16).max)
+    for layer in g.layers:
+        for w in layer.weights:
+            if w.tagged and w.kind == "fp32":
+                w.data = np.clip(w.data, -fmax, fmax).astype(np.float16)
+                w.kind = "fp16"
+
+
+def kl_threshold(hist: np.ndarray, bin_width: float) -> float:
+    """The |x| threshold whose 128-level quantization loses least information.
+
+    ``hist`` is a histogram of |x| over ``[0, len(hist) * bin_width)``. For each
+    candidate threshold t (in bins) the reference distribution P is the first
+    t bins with the clipped tail added to the last one; Q merges the same t bins
+    (without the tail) into 128 levels and spreads each level evenly over its
+    non-empty bins.
+    """
+    hist = hist.astype(np.float64)
+    n = len(hist)
+    if hist.sum() == 0:
+        return n * bin_width
+    tails = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])
+    best_t, best_kl = n, np.inf
+    for t in range(_LEVELS, n + 1):
+        p = hist[:t].copy()
+        p[t - 1] += tails[t]
+        level = np.arange(t) * _LEVELS // t
+        # Q is built from the bins without the clipped tail, so clipping
+        # costs something (otherwise t=128 would always be a perfect fit).
+        sliced = hist[:t]
+        nz = sliced != 0
+        sums = np.bincount(level, weights=sliced, minlength=_LEVELS)
+        cnt = np.bincount(level, weights=nz, minlength=_LEVELS)
+        q = np.where(nz, sums[level] / np.maximum(cnt[level], 1), 0.0)
+        pn = p / p.sum()
+        qn = q / q.sum()
+        m = pn > 0
+        kl = float(np.sum(pn[m] * np.log(pn[m] / np.maximum(qn[m], 1e-12))))
+        if kl < best_kl:
+            best_kl, best_t = kl, t
+    return (best_t + 0.5) * bin_width
+
+
+def _weight_scales(layer: Layer) -> np.ndarray:
+    w = layer.weights[0].data.astype(np.float32)
+    if layer.type == "ConvolutionDepthWise":
+        groups = int(layer.params[7])
+        per = w.reshape(groups, -1)
+    else:
+        per = w.reshape(int(layer.params[0]), -1)
+    amax = np.abs(per).max(axis=1)
+    return np.where(amax > 0, 127.0 / np.maximum(amax, 1e-30), 1.0).astype(np.float32)
+
+
+def _collect(g: NcnnGraph, blobs: list[str], calib: list[dict], meta: dict) -> dict[str, list]:
+    """Run the FP32 graph on the calibration samples; return blob -> arrays."""
+    from mconv.targets.base import Artifact
+    from mconv.targets.ncnn.runner import NcnnRunner
+
+    with tempfile.TemporaryDirectory(prefix="mconv-calib-") as tmp:
+        p = Path(tmp) / "calib.param"
+        p.write_text(g.to_param())
+        p.with_suffix(".bin").write_bytes(g.to_bin())
+        outs = [{"name": b, "blob": b} for b in blobs]
+        art = Artifact("ncnn", p, [p], "fp32", {"inputs": meta["inputs"], "outputs": outs})
+        runner = NcnnRunner(art, keep_intermediates=True)
+        runner.load()
+        values: dict[str, list] = {b: [] for b in blobs}
+        for sample in calib:
+            res = runner.infer(sample)
+            for b in blobs:
+                values[b].append(np.abs(np.asarray(res[b], np.float32)).ravel())
+    return values
+
+
+def activation_scales(values: dict[str, list], method: str) -> dict[str, float]:
+    scales = {}
+    for blob, arrs in values.items():
+        x = np.concatenate(arrs) if arrs else np.zeros(1, np.float32)
+        amax = float(x.max()) if x.size else 0.0
+        if amax == 0:
+            scales[blob] = 1.0
+            continue
+        if method == "minmax":
+            t = amax
+        else:
+            width = amax / _BINS
+            hist, _ = np.histogram(x, bins=_BINS, range=(0, amax))
+            t = kl_threshold(hist, width)
+        scales[blob] = 127.0 / t
+    return scales
+
+
+def quantize_int8(lowered, model: onnx.ModelProto, options: BuildOptions) -> str:
+    """Quantize ``lowered.graph`` in place; return the calibration table text.
+
+    Raises:
+        UsageError: no calibration samples were given.
+    """
+    if not options.calib:
+        raise UsageError("--int8 needs calibration data: pass --calib FOLDER_OR_GLOB")
+    method = str(options.extra.get("calib_method") or "kl").lower()  # None: not set (recipes)
+    if method not in ("kl", "minmax"):
+        raise UsageError(f"calib_method '{method}': choose kl or minmax")
+    ignore = set(options.extra.get("ignore", []) or [])
+    g = lowered.graph
+    targets = [
+        layer
+        for layer in g.layers
+        if layer.type in QUANTIZABLE
+        and layer.name not in ignore
+        and layer.type not in ignore
+        and layer.onnx_node not in ignore
+    ]
+    blobs = sorted({layer.inputs[0] for layer in targets})
+    values = _collect(g, blobs, options.calib, lowered.meta)
+    act = activation_scales(values, method)
+    lines = []
+    for layer in targets:
+        ws = _weight_scales(layer)
+        lines.append(f"{layer.name}_param_0 " + " ".join(f"{v:g}" for v in ws))
+    for layer in targets:
+        lines.append(f"{layer.name} {act[layer.inputs[0]]:g}")
+    for layer in targets:
+        _apply(layer, _weight_scales(layer), act[layer.inputs[0]])
+    return "\n".join(lines) + "\n"
+
+
+def _apply(layer: Layer, wscales: np.ndarray, in_scale: float) -> None:
+    w = layer.weights[0].data.astype(np.float32)
+    per = w.reshape(len(wscales), -1)
+    q = np.clip(np.round(per * wscales[:, None]), -127, 127).astype(np.int8).ravel()
+    layer.weights[0] = Weight(q, tagged=True, kind="int8")
+    layer.weights.append(Weight(wscales.astype(np.float32), tagged=False))
+    layer.weights.append(Weight(np.array([in_scale], np.float32), tagged=False))
+    layer.params[8] = 1 if layer.type == "ConvolutionDepthWise" else 2

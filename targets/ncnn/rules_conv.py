@@ -1,0 +1,170 @@
+"""Convolutions: Conv (1-D, 2-D, 3-D; grouped and depthwise) and ConvTranspose
+(1-D, 2-D; grouped).
+
+Cases:
+    Conv group=1 -> Convolution1D / Convolution / Convolution3D; group>1 ->
+    ConvolutionDepthWise1D / ConvolutionDepthWise (7=group). auto_pad SAME_* and
+    VALID become explicit pads from the static shapes. ConvTranspose ->
+    Deconvolution1D / Deconvolution / DeconvolutionDepthWise with pads as crops,
+    output_padding (or the difference to ``output_shape``) as 18/19. Weights
+    (tagged) must be constant; the bias (raw) is optional. The activation that
+    follows is fused into key 9 later by ``optimize``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mconv.targets.ncnn.ir import Weight
+from mconv.targets.ncnn.lower import Ctx, Node, NotLowerable, nc_shape
+from mconv.targets.ncnn.registry import rule
+
+
+def _pads(node: Node, in_sp, k, s, d) -> tuple[list[int], list[int]]:
+    """(begin, end) pads per spatial dim, auto_pad resolved."""
+    n = len(in_sp)
+    auto = node.attr("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for i in range(n):
+            out = -(-in_sp[i] // s[i])
+            total = max((out - 1) * s[i] + (k[i] - 1) * d[i] + 1 - in_sp[i], 0)
+            small = total // 2
+            if auto == "SAME_UPPER":
+                begin.append(small)
+                end.append(total - small)
+            else:
+                begin.append(total - small)
+                end.append(small)
+        return begin, end
+    if auto == "VALID":
+        return [0] * n, [0] * n
+    pads = list(node.attr("pads", [0] * (2 * n)))
+    return pads[:n], pads[n:]
+
+
+def _spatial_attrs(node: Node, w: np.ndarray):
+    n = w.ndim - 2
+    k = list(node.attr("kernel_shape", list(w.shape[2:])))
+    s = list(node.attr("strides", [1] * n))
+    d = list(node.attr("dilations", [1] * n))
+    return n, k, s, d
+
+
+@rule("Conv")
+def conv(ctx: Ctx, node: Node) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    w = node.const(1, "weight")
+    b = node.const(2, "bias")
+    n, k, s, d = _spatial_attrs(node, w)
+    group = int(node.attr("group", 1))
+    if n not in (1, 2, 3):
+        raise NotLowerable(f"{n}-D convolution")
+    if n == 3 and group != 1:
+        raise NotLowerable("grouped 3-D convolution")
+    keep = tuple(range(1, x.rank))
+    xb = ctx.blob_as(x, keep)
+    begin, end = _pads(node, x.shape[2:], k, s, d)
+    out_c = w.shape[0]
+    p: dict = {0: out_c, 5: int(b is not None), 6: int(w.size)}
+    if n == 1:
+        p.update({1: k[0], 2: d[0], 3: s[0], 4: begin[0], 15: end[0]})
+        type_ = "Convolution1D" if group == 1 else "ConvolutionDepthWise1D"
+    elif n == 2:
+        p.update(
+            {
+                1: k[1], 11: k[0], 2: d[1], 12: d[0], 3: s[1], 13: s[0],
+                4: begin[1], 14: begin[0], 15: end[1], 16: end[0],
+            }
+        )  # fmt: skip
+        type_ = "Convolution" if group == 1 else "ConvolutionDepthWise"
+    else:
+        p.update(
+            {
+                1: k[2], 11: k[1], 21: k[0], 2: d[2], 12: d[1], 22: d[0],
+                3: s[2], 13: s[1], 23: s[0], 4: begin[2], 14: begin[1], 24: begin[0],
+                15: end[2], 16: end[1], 17: end[0],
+            }
+        )  # fmt: skip
+        type_ = "Convolution3D"
+    if group != 1:
+        p[7] = group
+    weights = [Weight(np.asarray(w, np.float32).ravel(), tagged=True)]
+    if b is not None:
+        weights.append(Weight(np.asarray(b, np.float32).ravel(), tagged=False))
+    out_shape = ctx.out_shape()
+    blob = ctx.emit(type_, [xb], nc_shape(out_shape, keep), p, weights, out_name=node.outputs[0])
+    ctx.bind(node.outputs[0], blob, keep)
+
+
+@rule("ConvTranspose")
+def conv_transpose(ctx: Ctx, node: Node) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    w = np.asarray(node.const(1, "weight"), np.float32)
+    b = node.const(2, "bias")
+    n, k, s, d = _spatial_attrs(node, w)
+    group = int(node.attr("group", 1))
+    if n not in (1, 2):
+        raise NotLowerable(f"{n}-D transposed convolution")
+    if n == 1 and group != 1:
+        raise NotLowerable("grouped 1-D transposed convolution")
+    keep = tuple(range(1, x.rank))
+    xb = ctx.blob_as(x, keep)
+    out_shape = ctx.out_shape()
+    in_sp = x.shape[2:]
+    out_sp = out_shape[2:]
+    opad = list(node.attr("output_padding", [0] * n))
+    auto = node.attr("auto_pad", "NOTSET")
+    begin, end = [], []
+    for i in range(n):
+        full = s[i] * (in_sp[i] - 1) + (k[i] - 1) * d[i] + 1
+        if "pads" in node.attrs and auto == "NOTSET":
+            pb, pe = node.attrs["pads"][i], node.attrs["pads"][i + n]
+            extra = out_sp[i] - (full - pb - pe)
+        else:
+            total = full + opad[i] - out_sp[i]
+            if total < 0:
+                pb, pe, extra = 0, 0, out_sp[i] - full
+            else:
+                # onnxruntime: SAME_UPPER puts the smaller half first, every
+                # other mode (NOTSET with output_shape included) the larger.
+                if auto == "SAME_UPPER":
+                    pb = total // 2
+                    pe = total - pb
+                else:
+                    pe = total // 2
+                    pb = total - pe
+                extra = out_sp[i] - (full - pb - pe)
+        if extra < 0 or pb < 0 or pe < 0:
+            raise NotLowerable("negative padding")
+        # ncnn adds output padding at the end before cropping pads; extra
+        # size beyond the crop is exactly ONNX's output_padding.
+        begin.append(pb)
+        end.append(pe)
+        opad[i] = extra
+    cin, cout_g = w.shape[0], w.shape[1]
+    cout = cout_g * group
+    # ONNX [I, O/g, k...] -> ncnn per group [O/g, I/g, k...].
+    wg = w.reshape(group, cin // group, cout_g, *w.shape[2:])
+    wg = np.swapaxes(wg, 1, 2)
+    p: dict = {0: cout, 5: int(b is not None), 6: int(w.size)}
+    if n == 1:
+        p.update({1: k[0], 2: d[0], 3: s[0], 4: begin[0], 15: end[0], 18: opad[0]})
+        type_ = "Deconvolution1D"
+    else:
+        p.update(
+            {
+                1: k[1], 11: k[0], 2: d[1], 12: d[0], 3: s[1], 13: s[0],
+                4: begin[1], 14: begin[0], 15: end[1], 16: end[0], 18: opad[1], 19: opad[0],
+            }
+        )  # fmt: skip
+        type_ = "Deconvolution" if group == 1 else "DeconvolutionDepthWise"
+        if group != 1:
+            p[7] = group
+    weights = [Weight(np.ascontiguousarray(wg).ravel(), tagged=True)]
+    if b is not None:
+        weights.append(Weight(np.asarray(b, np.float32).ravel(), tagged=False))
+    blob = ctx.emit(type_, [xb], nc_shape(out_shape, keep), p, weights, out_name=node.outputs[0])
+    ctx.bind(node.outputs[0], blob, keep)

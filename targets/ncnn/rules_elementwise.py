@@ -1,0 +1,171 @@
+"""Binary element-wise ops with ONNX (numpy) broadcasting.
+
+ncnn's BinaryOp broadcasts like numpy only between Mats of the same rank (a
+lower-rank operand is expanded by ncnn's own rules, see ncnn-format.md §3), so
+both operands are always brought to the output's rank first: constants become
+MemoryData of exactly that rank, dynamic operands get a Reshape.
+
+Cases:
+    Add, Sub, Mul, Div, Pow, Max, Min, Mod(fmod=1) -> BinaryOp; a one-element
+    constant becomes the scalar form ``1=1 2=b`` (RSUB/RDIV/RPOW when it is the
+    left operand); Sum of equal shapes -> Eltwise sum; variadic Sum/Max/Min/Mean
+    -> chains.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mconv.targets.ncnn.lower import Ctx, Node, NotLowerable, Tensor, default_keep, nc_shape
+from mconv.targets.ncnn.registry import rule
+
+ADD, SUB, MUL, DIV, MAX, MIN, POW, RSUB, RDIV, RPOW = range(10)
+FMOD = 12
+_REVERSED = {SUB: RSUB, DIV: RDIV, POW: RPOW, ADD: ADD, MUL: MUL, MAX: MAX, MIN: MIN}
+
+
+def _out_keep(out_shape: tuple[int, ...], dyn: list[Tensor]) -> tuple[int, ...]:
+    r = len(out_shape)
+    for t in dyn:
+        if t.keep is None:
+            continue
+        off = r - t.rank
+        keep = tuple(range(off)) + tuple(a + off for a in t.keep)
+        # Axes the operand drops must stay size 1 in the output, and the Mat
+        # must fit in ncnn's dims.
+        if all(out_shape[a] == 1 for a in range(r) if a not in keep) and len(keep) <= 4:
+            return _trim(keep, out_shape)
+    return default_keep(out_shape)
+
+
+def _trim(keep: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Drop leading size-1 axes added by left-padding (keeps Mats small)."""
+    k = list(keep)
+    while len(k) > 1 and shape[k[0]] == 1 and k[0] == 0:
+        k.pop(0)
+    return tuple(k)
+
+
+def _operand(ctx: Ctx, t: Tensor, out_shape: tuple[int, ...], keep: tuple[int, ...]) -> str:
+    r = len(out_shape)
+    padded = (1,) * (r - t.rank) + tuple(t.shape)
+    nc = nc_shape(padded, keep)
+    if t.const is not None:
+        from mconv.targets.ncnn.lower import sanitize_hint
+
+        return ctx.const_blob(np.asarray(t.const).reshape(padded), nc, sanitize_hint(t.name))
+    assert t.blob is not None
+    return ctx.reshape(t.blob, nc, name_hint=t.name)
+
+
+def binary_tensors(
+    ctx: Ctx,
+    op: int,
+    a: Tensor,
+    b: Tensor,
+    out_shape: tuple[int, ...],
+    out_name: str | None = None,
+) -> tuple[str, tuple[int, ...]]:
+    """Emit ``a <op> b`` with numpy broadcasting; returns (blob, keep)."""
+    dyn = [t for t in (a, b) if t.const is None]
+    if not dyn:
+        raise NotLowerable("both operands constant (fold first)")
+    keep = _out_keep(out_shape, dyn)
+    nc = nc_shape(out_shape, keep)
+    for scalar, other, opx in ((b, a, op), (a, b, _REVERSED.get(op))):
+        if scalar.const is not None and np.asarray(scalar.const).size == 1 and opx is not None:
+            if tuple(np.broadcast_shapes(other.shape, scalar.shape)) != tuple(out_shape):
+                continue
+            ob = _operand(ctx, other, out_shape, keep)
+            value = float(np.asarray(scalar.const).ravel()[0])
+            out = ctx.emit("BinaryOp", [ob], nc, {0: opx, 1: 1, 2: value}, out_name=out_name)
+            return out, keep
+    ab = _operand(ctx, a, out_shape, keep)
+    bb = _operand(ctx, b, out_shape, keep)
+    out = ctx.emit("BinaryOp", [ab, bb], nc, {0: op}, out_name=out_name)
+    return out, keep
+
+
+def _binary_rule(op: int):
+    def lower(ctx: Ctx, node: Node) -> None:
+        a, b = node.inputs[0], node.inputs[1]
+        assert a is not None and b is not None
+        out = node.outputs[0]
+        blob, keep = binary_tensors(ctx, op, a, b, ctx.out_shape(), out)
+        ctx.bind(out, blob, keep)
+
+    return lower
+
+
+for _op, _code in (
+    ("Add", ADD),
+    ("Sub", SUB),
+    ("Mul", MUL),
+    ("Div", DIV),
+    ("Pow", POW),
+):
+    rule(_op)(_binary_rule(_code))
+
+
+@rule("Mod")
+def mod(ctx: Ctx, node: Node) -> None:
+    if int(node.attr("fmod", 0)) != 1:
+        # Python-style modulo (sign of the divisor): ncnn's REMAINDER differs
+        # on mixed signs (checked against the runtime).
+        raise NotLowerable("Mod with fmod=0")
+    _binary_rule(FMOD)(ctx, node)
+
+
+def _variadic(ctx: Ctx, node: Node, op: int, mean: bool = False) -> None:
+    ins = [t for t in node.inputs if t is not None]
+    out_shape = ctx.out_shape()
+    out = node.outputs[0]
+    if len(ins) == 1:
+        ctx.alias(out, ins[0])
+        return
+    same = all(t.shape == tuple(out_shape) and t.const is None for t in ins)
+    if op == ADD and same and not mean:
+        keep = ins[0].keep
+        assert keep is not None
+        blobs = [ctx.blob_as(t, keep) for t in ins]
+        blob = ctx.emit("Eltwise", blobs, nc_shape(out_shape, keep), {0: 1}, out_name=out)
+        ctx.bind(out, blob, keep)
+        return
+    acc = ins[0]
+    for i, t in enumerate(ins[1:]):
+        shape = tuple(np.broadcast_shapes(acc.shape, t.shape))
+        last = i == len(ins) - 2 and not mean
+        blob, keep = binary_tensors(ctx, op, acc, t, shape, out if last else None)
+        acc = Tensor(f"{out}_acc{i}", shape, np.dtype("float32"), blob=blob, keep=keep)
+    if mean:
+        blob, keep = binary_tensors(
+            ctx,
+            MUL,
+            acc,
+            Tensor("n", (), np.dtype("float32"), const=np.array(1.0 / len(ins), np.float32)),
+            tuple(out_shape),
+            out,
+        )
+        acc = Tensor(out, tuple(out_shape), np.dtype("float32"), blob=blob, keep=keep)
+    assert acc.blob is not None and acc.keep is not None
+    ctx.bind(out, acc.blob, acc.keep)
+
+
+@rule("Sum")
+def sum_(ctx: Ctx, node: Node) -> None:
+    _variadic(ctx, node, ADD)
+
+
+@rule("Max")
+def max_(ctx: Ctx, node: Node) -> None:
+    _variadic(ctx, node, MAX)
+
+
+@rule("Min")
+def min_(ctx: Ctx, node: Node) -> None:
+    _variadic(ctx, node, MIN)
+
+
+@rule("Mean")
+def mean(ctx: Ctx, node: Node) -> None:
+    _variadic(ctx, node, ADD, mean=True)

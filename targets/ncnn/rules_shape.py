@@ -1,0 +1,429 @@
+"""Layout and indexing: Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout,
+Cast, Transpose, Concat, Split, Slice, Gather (constant indices), Pad, Expand,
+Tile.
+
+Cases:
+    Shape-only ops (Reshape, Flatten, Squeeze, Unsqueeze) -> one ncnn Reshape
+    (values keep their C order; only the Mat shape changes). The batch axis is
+    carried when it stays a separate size-1 axis; a batch that came from a
+    dynamic input dimension and is merged into another axis is refused.
+    Identity / Dropout (inference) / float->float Cast -> no layer.
+    Transpose -> Permute after squeezing size-1 axes and merging axes that stay
+    adjacent (so 5-D/6-D window partitions still fit ncnn's 4 dims).
+    Concat -> Concat; Split -> Slice; Slice step 1 -> Crop (numpy style);
+    step -1 -> Flip + Crop; step > 1 -> Crop + Reshape + Crop, else per-index
+    crops + Concat. Gather with constant indices -> Crop (+ Concat) + Reshape.
+    Pad constant/edge/reflect -> Padding (negative pads -> Crop).
+    Expand -> BinaryOp add of zeros; Tile -> Tile.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from mconv.targets.ncnn.lower import (
+    Ctx,
+    Node,
+    NotLowerable,
+    Tensor,
+    default_keep,
+    nc_shape,
+)
+from mconv.targets.ncnn.registry import rule
+
+
+def perm_order_type(p: tuple[int, ...]) -> int:
+    """ncnn Permute order_type: the index of ``p`` among lexicographic permutations
+    (checked against the runtime for 2-, 3- and 4-D Mats)."""
+    return list(itertools.permutations(range(len(p)))).index(tuple(p))
+
+
+def carried_keep(ctx: Ctx, x: Tensor, out_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The output representation of a shape-only op on ``x`` (see module doc)."""
+    if x.keep is None:
+        return default_keep(out_shape)
+    dropped = [a for a in range(x.rank) if a not in x.keep]
+    if not dropped:
+        return default_keep(out_shape)
+    b = dropped[0]
+    prefix = int(np.prod(x.shape[:b]))
+    acc = 1
+    for k, d in enumerate(out_shape):
+        if acc == prefix and d == 1:
+            keep = tuple(a for a in range(len(out_shape)) if a != k)
+            if len(keep) <= 4:
+                return keep
+            return default_keep(out_shape)
+        acc *= d
+        if acc > prefix:
+            break
+    if x.dyn_batch:
+        raise ctx.fail(
+            f"the batch axis {b} of '{x.name}' {list(x.shape)} is merged into other axes "
+            f"(output {list(out_shape)}); ncnn has no batch axis, so this model cannot run "
+            "with a batch other than 1: re-export it with a fixed batch of 1"
+        )
+    return default_keep(out_shape)
+
+
+def _reshape_like(ctx: Ctx, node: Node) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    out = node.outputs[0]
+    out_shape = ctx.out_shape()
+    if x.const is not None:
+        ctx.bind_const(out, np.asarray(x.const).reshape(out_shape))
+        return
+    assert x.blob is not None
+    try:
+        keep = carried_keep(ctx, x, out_shape)
+    except NotLowerable:
+        # More than 4 axes larger than 1 (window partitions): keep the blob
+        # as it is; the consumer (a Transpose, a Reshape) reshapes it.
+        ctx.bind_flat(out, x.blob)
+        return
+    blob = ctx.reshape(x.blob, nc_shape(out_shape, keep), name_hint=out)
+    ctx.bind(out, blob, keep)
+
+
+for _op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+    rule(_op)(_reshape_like)
+
+
+@rule("Identity", "Dropout")
+def identity(ctx: Ctx, node: Node) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    ctx.alias(node.outputs[0], x)
+    if len(node.outputs) > 1 and node.outputs[1]:
+        # Inference-mode Dropout keeps everything: the mask is constant True.
+        ctx.bind_const(node.outputs[1], np.ones(x.shape, bool))
+
+
+@rule("Cast")
+def cast(ctx: Ctx, node: Node) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    to = ctx.prep.dtypes.get(node.outputs[0])
+    if to is None or to.kind != "f" or x.dtype.kind != "f":
+        raise NotLowerable(f"Cast {x.dtype} -> {to} (ncnn computes float32 only)")
+    ctx.alias(node.outputs[0], x)
+
+
+def _groups(shape: tuple[int, ...], perm: list[int]) -> list[list[int]]:
+    """Input axes (size-1 ones dropped) in output order, adjacent runs merged."""
+    big = [a for a in range(len(shape)) if shape[a] != 1]
+    groups: list[list[int]] = []
+    for a in (a for a in perm if shape[a] != 1):
+        if groups and big.index(a) == big.index(groups[-1][-1]) + 1:
+            groups[-1].append(a)
+        else:
+            groups.append([a])
+    return groups
+
+
+def permute_blob(ctx: Ctx, blob: str, shape: tuple[int, ...], perm: list[int]) -> str:
+    """A blob holding ``transpose(values of blob viewed as shape, perm)``.
+
+    Size-1 axes are ignored and axes that stay adjacent merge, so most
+    transposes are one 2-4-D Permute. More than 4 independent axes are done
+    in steps: move the first output axis to the front (a 3-group Permute),
+    then transpose the rest, which now has one group fewer.
+    """
+    groups = _groups(shape, perm)
+    out_shape = tuple(shape[p] for p in perm)
+    if len(groups) <= 1:
+        return blob
+    if len(groups) > 4:
+        head = groups[0]
+        rest = [a for a in range(len(shape)) if a not in head]
+        step1 = head + rest
+        b1 = permute_blob(ctx, blob, shape, step1)
+        shape1 = tuple(shape[a] for a in step1)
+        perm2 = [step1.index(a) for a in perm]
+        return permute_blob(ctx, b1, shape1, perm2)
+    in_groups = sorted(groups, key=lambda g: g[0])
+    in_g = tuple(int(np.prod([shape[a] for a in g])) for g in in_groups)
+    p = tuple(in_groups.index(g) for g in groups)
+    xb = ctx.reshape(blob, in_g)
+    out_g = tuple(in_g[i] for i in p)
+    del out_shape
+    return ctx.emit("Permute", [xb], out_g, {0: perm_order_type(p)})
+
+
+def permute(ctx: Ctx, x: Tensor, perm: list[int], out_name: str) -> None:
+    """Emit ``transpose(x, perm)`` as reshape + Permute(s) + reshape."""
+    out_shape = tuple(x.shape[p] for p in perm)
+    assert x.blob is not None
+    try:
+        keep_out: tuple[int, ...] | None = default_keep(out_shape)
+    except NotLowerable:
+        keep_out = None
+    src = x.blob if x.keep is None else ctx.blob_as(x)
+    blob = permute_blob(ctx, src, x.shape, perm)
+    if keep_out is None:
+        ctx.bind_flat(out_name, blob)
+        return
+    blob = ctx.reshape(blob, nc_shape(out_shape, keep_out), name_hint=out_name)
+    ctx.bind(out_name, blob, keep_out)
+
+
+@rule("Transpose")
+def transpose(ctx: Ctx, node: Node) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    perm = list(node.attr("perm", list(range(x.rank))[::-1]))
+    permute(ctx, x, perm, node.outputs[0])
+
+
+def _common_keep(out_shape: tuple[int, ...], ins: list[Tensor], need: tuple[int, ...]):
+    for t in ins:
+        if t.const is None and t.keep is not None and t.rank == len(out_shape):
+            keep = t.keep
+            if all(a in keep for a in need) and all(out_shape[a] == 1 for a in range(len(out_shape)) if a not in keep):
+                return keep
+    return default_keep(out_shape, need)
+
+
+@rule("Concat")
+def concat(ctx: Ctx, node: Node) -> None:
+    ins = [t for t in node.inputs if t is not None and int(np.prod(t.shape)) > 0]
+    out_shape = ctx.out_shape()
+    axis = int(node.attr("axis"))
+    axis = axis + len(out_shape) if axis < 0 else axis
+    if len(ins) == 1:
+        ctx.alias(node.outputs[0], ins[0])
+        return
+    keep = _common_keep(out_shape, ins, (axis,))
+    blobs = [ctx.blob_as(t, keep) for t in ins]
+    ax = keep.index(axis)
+    blob = ctx.emit("Concat", blobs, nc_shape(out_shape, keep), {0: ax}, out_name=node.outputs[0])
+    ctx.bind(node.outputs[0], blob, keep)
+
+
+@rule("Split")
+def split(ctx: Ctx, node: Node) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    axis = int(node.attr("axis", 0))
+    axis = axis + x.rank if axis < 0 else axis
+    outs = [o for o in node.outputs]
+    sizes = [ctx.shape(o)[axis] for o in outs]
+    keep = _common_keep(x.shape, [x], (axis,))
+    xb = ctx.blob_as(x, keep)
+    ax = keep.index(axis)
+    shapes = [nc_shape(ctx.shape(o), keep) for o in outs]
+    blobs = ctx.layer(
+        "Slice",
+        [xb],
+        shapes,
+        {0: [*sizes[:-1], -233], 1: ax},
+        out_names=outs,
+    )
+    for o, b in zip(outs, blobs):
+        ctx.bind(o, b, keep)
+
+
+def _crop(ctx: Ctx, blob: str, nc: tuple[int, ...], axis: int, start: int, end: int) -> str:
+    out = list(nc)
+    out[axis] = end - start
+    if start == 0 and end == nc[axis]:
+        return blob
+    return ctx.emit("Crop", [blob], tuple(out), {9: [start], 10: [end], 11: [axis]})
+
+
+def slice_axis(
+    ctx: Ctx, blob: str, nc: tuple[int, ...], axis: int, start: int, step: int, count: int
+) -> tuple[str, tuple[int, ...]]:
+    """Elements ``start, start+step, ...`` (``count`` of them) along Mat ``axis``."""
+    n = nc[axis]
+    out = list(nc)
+    out[axis] = count
+    if count == 0:
+        raise NotLowerable("empty slice")
+    if step == 1:
+        return _crop(ctx, blob, nc, axis, start, start + count), tuple(out)
+    if step < 0:
+        flipped = ctx.emit("Flip", [blob], nc, {0: [axis]})
+        return slice_axis(ctx, flipped, nc, axis, n - 1 - start, -step, count)
+    if start + step * count <= n and len(nc) < 4:
+        # Crop [start, start+step*count), view it as (count, step), keep column 0.
+        c = _crop(ctx, blob, nc, axis, start, start + step * count)
+        v = (*nc[:axis], count, step, *nc[axis + 1 :])
+        c = ctx.reshape(c, v)
+        c = ctx.emit("Crop", [c], (*nc[:axis], count, 1, *nc[axis + 1 :]),
+                     {9: [0], 10: [1], 11: [axis + 1]})  # fmt: skip
+        return ctx.reshape(c, tuple(out)), tuple(out)
+    if count > 64:
+        raise NotLowerable(f"strided slice of {count} elements")
+    parts = [_crop(ctx, blob, nc, axis, start + i * step, start + i * step + 1) for i in range(count)]
+    return ctx.emit("Concat", parts, tuple(out), {0: axis}), tuple(out)
+
+
+@rule("Slice")
+def slice_(ctx: Ctx, node: Node) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    if "starts" in node.attrs:  # opset < 10
+        starts = list(node.attr("starts"))
+        ends = list(node.attr("ends"))
+        axes = list(node.attr("axes", range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        starts = [int(v) for v in node.const(1, "starts")]
+        ends = [int(v) for v in node.const(2, "ends")]
+        a = node.const(3, "axes")
+        axes = [int(v) for v in a] if a is not None else list(range(len(starts)))
+        s = node.const(4, "steps")
+        steps = [int(v) for v in s] if s is not None else [1] * len(starts)
+    out_shape = ctx.out_shape()
+    if x.const is not None:
+        raise NotLowerable("constant input (fold it first)")
+    axes = [a + x.rank if a < 0 else a for a in axes]
+    moved = [a for a, d_in in enumerate(x.shape) if d_in != out_shape[a]]
+    keep = _common_keep(x.shape, [x], tuple(moved))
+    blob = ctx.blob_as(x, keep)
+    nc = nc_shape(x.shape, keep)
+    for st, en, ax, sp in zip(starts, ends, axes, steps):
+        n = x.shape[ax]
+        if sp == 0:
+            raise NotLowerable("step 0")
+        first, _, _ = slice(st, en, sp).indices(n)
+        count = out_shape[ax]
+        if count == n and sp == 1:
+            continue
+        blob, nc = slice_axis(ctx, blob, nc, keep.index(ax), first, sp, count)
+    ctx.bind(node.outputs[0], blob, keep)
+
+
+@rule("Gather")
+def gather(ctx: Ctx, node: Node) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    idx = np.asarray(node.const(1, "indices")).astype(np.int64)
+    if x.const is not None:
+        raise NotLowerable("gather from a constant table with dynamic indices")
+    axis = int(node.attr("axis", 0))
+    axis = axis + x.rank if axis < 0 else axis
+    n = x.shape[axis]
+    flat = [int(i) + n if i < 0 else int(i) for i in idx.ravel()]
+    try:
+        keep = _common_keep(x.shape, [x], (axis,))
+        blob = ctx.blob_as(x, keep)
+        nc = nc_shape(x.shape, keep)
+        ax = keep.index(axis)
+    except NotLowerable:
+        # Too many axes for a Mat: view as (outer, n, inner) around the axis.
+        assert x.blob is not None
+        outer, inner = int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis + 1 :]))
+        nc = (outer, n, inner) if outer > 1 else (n, inner)
+        ax = 1 if outer > 1 else 0
+        blob = ctx.reshape(x.blob, nc, name_hint=x.name)
+    if flat and flat == list(range(flat[0], flat[0] + len(flat))):
+        blob = _crop(ctx, blob, nc, ax, flat[0], flat[0] + len(flat))
+    else:
+        if len(flat) > 64:
+            raise NotLowerable(f"gather of {len(flat)} scattered indices")
+        parts = [_crop(ctx, blob, nc, ax, i, i + 1) for i in flat]
+        out = list(nc)
+        out[ax] = len(flat)
+        blob = ctx.emit("Concat", parts, tuple(out), {0: ax})
+    out_shape = ctx.out_shape()
+    keep_out = default_keep(out_shape)
+    blob = ctx.reshape(blob, nc_shape(out_shape, keep_out), name_hint=node.outputs[0])
+    ctx.bind(node.outputs[0], blob, keep_out)
+
+
+_PAD_MODES = {"constant": 0, "edge": 1, "reflect": 2}
+
+
+@rule("Pad")
+def pad(ctx: Ctx, node: Node) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    mode = node.attr("mode", "constant")
+    if mode not in _PAD_MODES:
+        raise NotLowerable(f"pad mode {mode}")
+    if "pads" in node.attrs:
+        pads = list(node.attr("pads"))
+        value = float(node.attr("value", 0.0))
+        axes = list(range(x.rank))
+    else:
+        pads = [int(v) for v in node.const(1, "pads")]
+        cv = node.const(2, "constant_value") if len(node.inputs) > 2 else None
+        value = float(np.asarray(cv).ravel()[0]) if cv is not None and cv.size else 0.0
+        a = node.const(3, "axes") if len(node.inputs) > 3 else None
+        axes = [int(v) for v in a] if a is not None else list(range(x.rank))
+    axes = [a + x.rank if a < 0 else a for a in axes]
+    k = len(axes)
+    begin = dict.fromkeys(range(x.rank), 0)
+    end = dict.fromkeys(range(x.rank), 0)
+    for i, a in enumerate(axes):
+        begin[a], end[a] = pads[i], pads[i + k]
+    touched = tuple(a for a in range(x.rank) if begin[a] or end[a])
+    keep = _common_keep(x.shape, [x], touched)
+    blob = ctx.blob_as(x, keep)
+    nc = nc_shape(x.shape, keep)
+    m = len(nc)
+    slots = {m - 1: (2, 3), m - 2: (0, 1), m - 3: (7, 8)}
+    p: dict = {4: _PAD_MODES[mode], 5: value}
+    padded = list(nc)
+    crops = []
+    for a in touched:
+        i = keep.index(a)
+        if i not in slots:
+            raise NotLowerable(f"padding the outermost axis of a {m}-D Mat")
+        b, e = begin[a], end[a]
+        if b > 0 or e > 0:
+            p[slots[i][0]] = max(b, 0)
+            p[slots[i][1]] = max(e, 0)
+            padded[i] += max(b, 0) + max(e, 0)
+        if b < 0 or e < 0:
+            crops.append((i, -min(b, 0), -min(e, 0)))
+    if any(k_ in p for k_ in (0, 1, 2, 3, 7, 8)):
+        blob = ctx.emit("Padding", [blob], tuple(padded), p)
+    cur = tuple(padded)
+    for i, cb, ce in crops:
+        blob = _crop(ctx, blob, cur, i, cb, cur[i] - ce)
+        cur = (*cur[:i], cur[i] - cb - ce, *cur[i + 1 :])
+    ctx.bind(node.outputs[0], blob, keep)
+
+
+@rule("Expand")
+def expand(ctx: Ctx, node: Node) -> None:
+    from mconv.targets.ncnn.rules_elementwise import ADD, binary_tensors
+
+    x = node.inputs[0]
+    assert x is not None
+    out_shape = ctx.out_shape()
+    if tuple(x.shape) == tuple(out_shape):
+        ctx.alias(node.outputs[0], x)
+        return
+    padded = (1,) * (len(out_shape) - x.rank) + tuple(x.shape)
+    zshape = tuple(o if p == 1 else 1 for o, p in zip(out_shape, padded))
+    zeros = Tensor("zeros", zshape, np.dtype("float32"), const=np.zeros(zshape, np.float32))
+    # A float zeros operand broadcasts x exactly like Expand does.
+    blob, keep = binary_tensors(ctx, ADD, x, zeros, tuple(out_shape), node.outputs[0])
+    ctx.bind(node.outputs[0], blob, keep)
+
+
+@rule("Tile")
+def tile(ctx: Ctx, node: Node) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    reps = [int(v) for v in node.const(1, "repeats")]
+    out_shape = ctx.out_shape()
+    touched = tuple(a for a, r in enumerate(reps) if r != 1)
+    keep = _common_keep(x.shape, [x], touched)
+    blob = ctx.blob_as(x, keep)
+    nc = list(nc_shape(x.shape, keep))
+    for a in touched:
+        i = keep.index(a)
+        out = list(nc)
+        out[i] *= reps[a]
+        blob = ctx.emit("Tile", [blob], tuple(out), {0: i, 1: reps[a]})
+        nc = out
+    ctx.bind(node.outputs[0], blob, keep)
+    assert tuple(nc) == nc_shape(out_shape, keep)

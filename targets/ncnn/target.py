@@ -1,0 +1,127 @@
+"""The ncnn target: ONNX -> ``.param``/``.bin`` written in pure Python."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import onnx
+
+from mconv.errors import InputError, UnsupportedOpsError
+from mconv.targets.base import Artifact, BuildOptions, Runner, Target
+
+MAGIC = b"7767517"
+
+
+class NcnnTarget(Target):
+    """ncnn writer: rule table in ``rules_*.py``, runner via the ncnn wheel."""
+
+    name: ClassVar[str] = "ncnn"
+    extra: ClassVar[str] = "ncnn"
+    description: ClassVar[str] = "Tencent ncnn .param/.bin (pure-Python writer; fp32, fp16, int8)"
+    isolate: ClassVar[bool] = True
+
+    def supported_ops(self) -> set[str]:
+        from mconv.targets.ncnn.writer import supported_ops
+
+        return supported_ops() | {"Constant"}
+
+    def unsupported(self, model: onnx.ModelProto) -> dict[str, list[str]]:
+        """Nodes left after constant folding that no rule lowers."""
+        from mconv.targets.ncnn.fold import prepare
+
+        try:
+            prep = prepare(model)
+        except Exception:
+            return super().unsupported(model)
+        ops = self.supported_ops()
+        out: dict[str, list[str]] = {}
+        for i, n in enumerate(prep.nodes):
+            key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+            if key not in ops:
+                out.setdefault(key, []).append(n.name or f"{n.op_type}_{i}")
+        return out
+
+    def runtime_missing(self) -> str | None:
+        try:
+            import ncnn  # noqa: F401
+        except ImportError:
+            return "the ncnn Python package is not installed (pip install 'mconv[ncnn]')"
+        return None
+
+    def preflight(self, model: onnx.ModelProto, options: BuildOptions) -> list[str]:
+        """Lower in memory: raises UnsupportedOpsError / ConversionError on blockers."""
+        from mconv.targets.ncnn.writer import lower_model
+
+        lowered = lower_model(model, input_shapes=options.extra.get("input_shapes"))
+        warnings = []
+        if lowered.meta.get("dyn_batch_inputs"):
+            warnings.append(
+                "ncnn has no batch axis: dynamic batch of "
+                + ", ".join(lowered.meta["dyn_batch_inputs"])
+                + " fixed to 1"
+            )
+        return warnings
+
+    def write(self, model: onnx.ModelProto, out_dir: Path, stem: str, options: BuildOptions) -> Artifact:
+        from mconv.fsutil import write_text_atomic
+        from mconv.targets.ncnn.writer import lower_model, write_files
+
+        out_dir = Path(out_dir)
+        if options.precision not in self.precisions:
+            raise UnsupportedOpsError("ncnn", {f"precision {options.precision}": []})
+        lowered = lower_model(model, input_shapes=options.extra.get("input_shapes"))
+        files: list[Path] = []
+        if options.precision == "fp16":
+            from mconv.targets.ncnn.quantize import to_fp16
+
+            to_fp16(lowered.graph)
+        elif options.precision == "int8":
+            from mconv.targets.ncnn.quantize import quantize_int8
+
+            table = quantize_int8(lowered, model, options)
+            tpath = out_dir / f"{stem}.table"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(tpath, table)
+            files.append(tpath)
+        param, binf = write_files(lowered, out_dir, stem)
+        meta = dict(lowered.meta)
+        meta["precision"] = options.precision
+        side = out_dir / f"{stem}.mconv.json"
+        write_text_atomic(side, json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        return Artifact("ncnn", param, [param, binf, side, *files], options.precision, meta)
+
+    def runner(self, artifact: Artifact, *, threads: int | None = None) -> Runner:
+        from mconv.targets.ncnn.runner import NcnnRunner
+
+        return NcnnRunner(artifact, threads=threads)
+
+    @classmethod
+    def recognise(cls, path: Path) -> Artifact | None:
+        """A ``.param`` whose first line is the ncnn magic 7767517 (any file name).
+
+        Raises:
+            InputError: the ``.bin`` beside it is missing.
+        """
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError:
+            return None
+        if head.split(b"\n", 1)[0].strip() != MAGIC:
+            return None
+        binf = path.with_suffix(".bin")
+        if not binf.is_file():
+            raise InputError(f"{path}: an ncnn .param needs its weights beside it, but {binf} does not exist")
+        meta: dict = {}
+        side = path.with_suffix(".mconv.json")
+        files = [path, binf]
+        if side.is_file():
+            try:
+                meta = json.loads(side.read_text())
+                files.append(side)
+            except ValueError:
+                meta = {}
+        return Artifact("ncnn", path, files, meta.get("precision", "fp32"), meta)

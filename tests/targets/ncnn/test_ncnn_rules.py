@@ -1,0 +1,253 @@
+"""One small graph per rule family: writer + ncnn vs onnxruntime (FP32 tolerance),
+plus structural checks on the emitted layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+H = helper.make_node
+
+
+def _w(rng, *shape, scale=0.5):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("group", [1, 2, 8])
+def test_conv2d_grouped_depthwise_with_relu_fused(check, make_model, rng, group):
+    m = make_model(
+        [H("Conv", ["x", "w", "b"], ["c"], pads=[1, 0, 2, 1], strides=[2, 1], group=group),
+         H("Relu", ["c"], ["y"])],
+        {"x": (1, 8, 9, 10)}, ["y"],
+        {"w": _w(rng, 16, 8 // group, 3, 3), "b": _w(rng, 16)},
+    )  # fmt: skip
+    check(m)
+    text = check.param_text()
+    layer = "Convolution " if group == 1 else "ConvolutionDepthWise"
+    assert layer in text and " 9=1" in text and "ReLU" not in text
+
+
+def test_conv1d_and_autopad_same(check, make_model, rng):
+    m = make_model(
+        [H("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER", strides=[2])],
+        {"x": (1, 4, 17)}, ["y"], {"w": _w(rng, 6, 4, 3)},
+    )  # fmt: skip
+    check(m)
+    assert "Convolution1D" in check.param_text()
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_conv_transpose_output_padding(check, make_model, rng, group):
+    m = make_model(
+        [H("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2], pads=[1, 1, 0, 1],
+           output_padding=[1, 0], group=group)],
+        {"x": (1, 4, 5, 6)}, ["y"], {"w": _w(rng, 4, 6 // group, 3, 3), "b": _w(rng, 6)},
+    )  # fmt: skip
+    check(m)
+
+
+def test_gemm_and_matmul_const_and_dynamic(check, make_model, rng):
+    m = make_model(
+        [H("Gemm", ["x", "w", "c"], ["g"], transB=1, alpha=0.5, beta=2.0),
+         H("MatMul", ["g", "m"], ["h"]),
+         H("Reshape", ["h", "s"], ["r"]),
+         H("Transpose", ["r"], ["rt"], perm=[0, 2, 1]),
+         H("MatMul", ["r", "rt"], ["y"])],
+        {"x": (1, 12)}, ["y"],
+        {"w": _w(rng, 24, 12), "c": _w(rng, 24), "m": _w(rng, 24, 24),
+         "s": np.array([1, 4, 6], np.int64)},
+    )  # fmt: skip
+    check(m)
+    text = check.param_text()
+    assert "InnerProduct" in text and "MatMul" in text
+
+
+@pytest.mark.parametrize(
+    "op,attrs",
+    [("Relu", {}), ("LeakyRelu", {"alpha": 0.2}), ("Sigmoid", {}), ("Tanh", {}),
+     ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}), ("HardSwish", {}), ("Elu", {"alpha": 0.7}),
+     ("Softplus", {}), ("Erf", {}), ("Mish", {}), ("Abs", {}), ("Neg", {}), ("Exp", {}),
+     ("Sin", {}), ("Floor", {}), ("Softsign", {})],
+)  # fmt: skip
+def test_activations(check, make_model, op, attrs):
+    check(make_model([H(op, ["x"], ["y"], **attrs)], {"x": (1, 3, 5, 7)}, ["y"], opset=18))
+
+
+@pytest.mark.parametrize("approx", ["none", "tanh"])
+def test_gelu_exact_and_tanh(check, make_model, approx):
+    m = make_model([H("Gelu", ["x"], ["y"], approximate=approx)], {"x": (1, 6, 7)}, ["y"], opset=20)
+    check(m)
+    assert (" 0=1" in check.param_text()) == (approx == "tanh")
+
+
+def test_clip_prelu(check, make_model, rng):
+    m = make_model(
+        [H("Clip", ["x", "lo", "hi"], ["c"]), H("PRelu", ["c", "s"], ["y"])],
+        {"x": (1, 4, 3, 3)}, ["y"],
+        {"lo": np.array(-0.5, np.float32), "hi": np.array(0.8, np.float32),
+         "s": _w(rng, 4, 1, 1)},
+    )  # fmt: skip
+    check(m)
+    assert "PReLU" in check.param_text()
+
+
+def test_swish_and_mish_patterns(check, make_model):
+    m = make_model(
+        [H("Sigmoid", ["x"], ["s"]), H("Mul", ["x", "s"], ["sw"]),
+         H("Softplus", ["sw"], ["sp"]), H("Tanh", ["sp"], ["t"]), H("Mul", ["sw", "t"], ["y"])],
+        {"x": (1, 4, 5, 5)}, ["y"],
+    )  # fmt: skip
+    check(m)
+    text = check.param_text()
+    assert "Swish" in text and "Mish" in text
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [H("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+     H("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+     H("AveragePool", ["x"], ["y"], kernel_shape=[2, 3], strides=[2, 2], pads=[0, 1, 1, 0]),
+     H("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+       count_include_pad=1),
+     H("GlobalAveragePool", ["x"], ["y"]), H("GlobalMaxPool", ["x"], ["y"])],
+)  # fmt: skip
+def test_pooling(check, make_model, pool):
+    check(make_model([pool], {"x": (1, 3, 10, 11)}, ["y"]))
+
+
+def test_binary_broadcasting(check, make_model, rng):
+    m = make_model(
+        [H("Add", ["x", "c1"], ["a"]), H("Mul", ["a", "c2"], ["b"]),
+         H("Sub", ["k", "b"], ["d"]), H("Div", ["d", "z"], ["e"]),
+         H("Max", ["e", "c3"], ["f"]), H("Pow", ["f", "two"], ["g"]),
+         H("Min", ["g", "z"], ["y"])],
+        {"x": (1, 3, 4, 5), "z": (1, 1, 4, 1)}, ["y"],
+        {"c1": _w(rng, 3, 1, 1), "c2": _w(rng, 5), "k": np.array(2.0, np.float32),
+         "c3": _w(rng, 1, 3, 4, 5), "two": np.array(2.0, np.float32)},
+    )  # fmt: skip
+    feeds = {"x": _w(rng, 1, 3, 4, 5), "z": (np.abs(_w(rng, 1, 1, 4, 1)) + 0.5)}
+    check(m, feeds)
+
+
+def test_norms(check, make_model, rng):
+    m = make_model(
+        [H("BatchNormalization", ["x", "s", "b", "m", "v"], ["bn"]),
+         H("InstanceNormalization", ["bn", "s", "b"], ["inn"]),
+         H("GroupNormalization", ["inn", "s", "b"], ["gn"], num_groups=2),
+         H("LayerNormalization", ["gn", "ls", "lb"], ["y"], axis=-1)],
+        {"x": (1, 4, 5, 6)}, ["y"],
+        {"s": _w(rng, 4), "b": _w(rng, 4), "m": _w(rng, 4),
+         "v": np.abs(_w(rng, 4)) + 0.5, "ls": _w(rng, 6), "lb": _w(rng, 6)},
+        opset=21,
+    )  # fmt: skip
+    check(m)
+    text = check.param_text()
+    assert "LayerNorm" in text and " 0=6" in text  # affine_size always written
+
+
+def test_shape_ops(check, make_model):
+    m = make_model(
+        [H("Split", ["x", "sp"], ["a", "b"], axis=1),
+         H("Concat", ["b", "a"], ["c"], axis=2),
+         H("Slice", ["c", "st", "en", "ax", "steps"], ["s"]),
+         H("Transpose", ["s"], ["t"], perm=[0, 3, 1, 2]),
+         H("Flatten", ["t"], ["f"], axis=2),
+         H("Unsqueeze", ["f", "ua"], ["u"]),
+         H("Squeeze", ["u", "ua"], ["g"]),
+         H("Gather", ["g", "idx"], ["y"], axis=1)],
+        {"x": (1, 6, 4, 5)}, ["y"],
+        {"sp": np.array([3, 3], np.int64), "st": np.array([1, 4], np.int64),
+         "en": np.array([7, 0], np.int64), "ax": np.array([2, 3], np.int64),
+         "steps": np.array([2, -1], np.int64), "ua": np.array([1], np.int64),
+         "idx": np.array([3, 0, 5], np.int64)},
+    )  # fmt: skip
+    check(m)
+    assert "Permute" in check.param_text()
+
+
+def test_softmax_axes_and_reduce(check, make_model):
+    m = make_model(
+        [H("Softmax", ["x"], ["s1"], axis=1), H("Softmax", ["s1"], ["s2"], axis=-1),
+         H("ReduceMean", ["s2", "ax"], ["r"], keepdims=1),
+         H("ReduceSum", ["r", "ax2"], ["y"], keepdims=0)],
+        {"x": (1, 3, 4, 5)}, ["y"],
+        {"ax": np.array([2], np.int64), "ax2": np.array([1, 3], np.int64)}, opset=18,
+    )  # fmt: skip
+    check(m)
+
+
+@pytest.mark.parametrize(
+    "mode,ctm",
+    [("nearest", "asymmetric"), ("linear", "half_pixel"), ("linear", "align_corners"),
+     ("cubic", "half_pixel")],
+)  # fmt: skip
+def test_resize(check, make_model, mode, ctm):
+    attrs = {"mode": mode, "coordinate_transformation_mode": ctm}
+    if mode == "nearest":
+        attrs["nearest_mode"] = "floor"
+    m = make_model(
+        [H("Resize", ["x", "", "sc"], ["y"], **attrs)], {"x": (1, 3, 5, 6)}, ["y"],
+        {"sc": np.array([1, 1, 2, 2], np.float32)},
+    )  # fmt: skip
+    check(m)
+
+
+@pytest.mark.parametrize("mode", ["constant", "edge", "reflect"])
+def test_pad(check, make_model, mode):
+    m = make_model(
+        [H("Pad", ["x", "p", "v"], ["y"], mode=mode)], {"x": (1, 3, 5, 6)}, ["y"],
+        {"p": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64), "v": np.array(0.5, np.float32)},
+    )  # fmt: skip
+    check(m)
+
+
+def test_depth_space(check, make_model):
+    m = make_model(
+        [H("DepthToSpace", ["x"], ["d"], blocksize=2, mode="CRD"),
+         H("SpaceToDepth", ["d"], ["y"], blocksize=2)],
+        {"x": (1, 8, 3, 4)}, ["y"],
+    )  # fmt: skip
+    check(m)
+
+
+def test_attention_block(check, make_model, rng):
+    # MatMul-Softmax-MatMul over heads, as exported from PyTorch.
+    m = make_model(
+        [H("MatMul", ["x", "wq"], ["q"]), H("MatMul", ["x", "wk"], ["k"]),
+         H("MatMul", ["x", "wv"], ["v"]),
+         H("Reshape", ["q", "hs"], ["q2"]), H("Transpose", ["q2"], ["q3"], perm=[0, 2, 1, 3]),
+         H("Reshape", ["k", "hs"], ["k2"]), H("Transpose", ["k2"], ["k3"], perm=[0, 2, 3, 1]),
+         H("Reshape", ["v", "hs"], ["v2"]), H("Transpose", ["v2"], ["v3"], perm=[0, 2, 1, 3]),
+         H("MatMul", ["q3", "k3"], ["a"]), H("Mul", ["a", "sc"], ["a2"]),
+         H("Softmax", ["a2"], ["p"], axis=-1), H("MatMul", ["p", "v3"], ["o"]),
+         H("Transpose", ["o"], ["o2"], perm=[0, 2, 1, 3]),
+         H("Reshape", ["o2", "bs"], ["y"])],
+        {"x": (1, 7, 16)}, ["y"],
+        {"wq": _w(rng, 16, 16), "wk": _w(rng, 16, 16), "wv": _w(rng, 16, 16),
+         "hs": np.array([1, 7, 4, 4], np.int64), "bs": np.array([1, 7, 16], np.int64),
+         "sc": np.array(0.5, np.float32)},
+    )  # fmt: skip
+    check(m)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_recurrent(check, make_model, rng, op, direction):
+    dirs = 2 if direction == "bidirectional" else 1
+    g = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    hid, inp, seq = 5, 3, 6
+    attrs = {"hidden_size": hid, "direction": direction}
+    if op == "GRU":
+        attrs["linear_before_reset"] = 1
+    outs = ["y", "yh"] + (["yc"] if op == "LSTM" else [])
+    states = ["", "h0"] + (["c0"] if op == "LSTM" else [])
+    m = make_model(
+        [H(op, ["x", "w", "r", "b", *states], outs, **attrs)],
+        {"x": (seq, 1, inp), "h0": (dirs, 1, hid), **({"c0": (dirs, 1, hid)} if op == "LSTM" else {})},
+        outs,
+        {"w": _w(rng, dirs, g * hid, inp), "r": _w(rng, dirs, g * hid, hid),
+         "b": _w(rng, dirs, 2 * g * hid)},
+    )  # fmt: skip
+    check(m)
+    assert op in check.param_text()
