@@ -257,8 +257,6 @@ def build(
         "workspace": parse_size(workspace) if workspace else None,
         "timing_cache": str(timing_cache) if timing_cache else None,
     }
-    # Unset options are left out, so targets see their own defaults via extra.get(key, default).
-    extra = {k: v for k, v in extra.items() if v not in (None, [], "")}
     req = BuildRequest(
         path=model_path,
         target=target,

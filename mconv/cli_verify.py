@@ -134,6 +134,8 @@ def _render_verify(r: dict[str, Any]) -> None:
             a = loc["after"]
             an = loc.get("artifact_node")
             where = f" (in the artifact: node '{an['name']}' {an['op_type']})" if an else ""
+            if loc.get("span"):
+                where += " (fused in the artifact: " + " -> ".join(loc["span"]) + ")"
             con.print(
                 f"{name}: first divergence at node '{loc['node']}' ({loc['op_type']}), output '{loc['tensor']}': "
                 f"before: {b} -> after: rel {_num(a['rel'])}, cos {_num(a['cosine'], '.6f')}"

@@ -292,7 +292,8 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
     missing = target.unsupported(model)
     if missing:
         raise UnsupportedOpsError(target.name, missing)
-    extra = dict(req.extra)
+    # Unset options are left out, so targets see their own defaults via extra.get(key, default).
+    extra = {k: v for k, v in req.extra.items() if v not in (None, [], "")}
     extra.setdefault("input_shapes", shapes)
     extra.setdefault("batch", req.batch)
     extra.setdefault("calib_count_requested", req.calib_count)

@@ -353,6 +353,8 @@ def raise_for_report(report: dict[str, Any]) -> None:
         loc = first.get("locate") or {}
         if loc.get("found"):
             msg += f"; first divergence at {loc['node']} ({loc['op_type']}), output '{loc['tensor']}'"
+            if loc.get("span"):
+                msg += " (fused in the artifact: " + " -> ".join(loc["span"]) + ")"
         raise VerificationError(msg, report)
     if code == 2:
         err: MconvError = InputError(f"{first['error']}{more}")
@@ -481,8 +483,10 @@ def locate(
         )
         return _json_safe_floats(result)
     name, idx, node, m = first
+    fused = _uncompared_ancestors(node, metrics, producer)
+    start = fused[0][1] if fused else node
     before = []
-    for x in node.input:
+    for x in (start.input if not fused else [i for _, n in fused for i in n.input]):
         if x in metrics:
             before.append(metrics[x])
         elif x in graph_inputs:
@@ -496,10 +500,34 @@ def locate(
         before=None if worst_before is None else _brief(worst_before, node_input=worst_before.name),
         after=_brief(m),
     )
+    if fused:
+        # The tensors between the last matching one and this node were fused away in the
+        # artifact: the divergence starts somewhere in that span, so name its first node.
+        j0, n0 = fused[0]
+        result.update(node=_node_label(n0, j0), op_type=n0.op_type, index=j0)
+        result["span"] = [f"{_node_label(n, j)} ({n.op_type})" for j, n in fused] + [
+            f"{_node_label(node, idx)} ({node.op_type})"
+        ]
     art_node = art_nodes.get(name)
     if art_node and art_node != (result["node"], node.op_type):
         result["artifact_node"] = {"name": art_node[0], "op_type": art_node[1]}
     return _json_safe_floats(result)
+
+
+def _uncompared_ancestors(node, metrics, producer) -> list[tuple[int, onnx.NodeProto]]:
+    """Source nodes feeding ``node`` whose outputs the artifact does not expose, in order."""
+    found: dict[int, onnx.NodeProto] = {}
+    stack = [x for x in node.input if x]
+    seen: set[str] = set()
+    while stack:
+        t = stack.pop()
+        if t in seen or t in metrics or t not in producer:
+            continue
+        seen.add(t)
+        j, n = producer[t]
+        found[j] = n
+        stack.extend(x for x in n.input if x)
+    return sorted(found.items())
 
 
 def _compare_tensor(name: str, refs: list[np.ndarray], gots: list[np.ndarray], tol: Tolerance):

@@ -26,8 +26,9 @@ def _vi(name, shape):
 
 
 def _model(nodes, inits=(), opset=17, inputs=None, outputs=None):
-    g = helper.make_graph(nodes, "corpus", inputs or [_vi("x", [1, 4])], outputs or [_vi("y", [1, 4])],
-                          initializer=list(inits))
+    g = helper.make_graph(
+        nodes, "corpus", inputs or [_vi("x", [1, 4])], outputs or [_vi("y", [1, 4])], initializer=list(inits)
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 8
     return m
@@ -85,9 +86,13 @@ def make_corpus(out: Path) -> dict[str, Path]:
         add(f"random.{suffix}", rng.bytes(4096))
     good = _good().SerializeToString()
     add("truncated.onnx", good[: len(good) // 2])
-    add("cycle.onnx", _model([helper.make_node("Add", ["x", "b"], ["a"], name="n1"),
-                              helper.make_node("Relu", ["a"], ["b"], name="n2")],
-                             outputs=[_vi("b", [1, 4])]).SerializeToString())
+    add(
+        "cycle.onnx",
+        _model(
+            [helper.make_node("Add", ["x", "b"], ["a"], name="n1"), helper.make_node("Relu", ["a"], ["b"], name="n2")],
+            outputs=[_vi("b", [1, 4])],
+        ).SerializeToString(),
+    )
     add("dangling.onnx", _model([helper.make_node("Relu", ["nowhere"], ["y"], name="r")]).SerializeToString())
     unknown = _model([helper.make_node("Frobnicate", ["x"], ["y"], name="frob", domain="com.unknown")])
     unknown.opset_import.append(helper.make_opsetid("com.unknown", 1))
@@ -101,8 +106,12 @@ def make_corpus(out: Path) -> dict[str, Path]:
     short.graph.initializer[0].raw_data = short.graph.initializer[0].raw_data[:8]
     add("declared_exceeds_data.onnx", short.SerializeToString())
     add("opset1.onnx", _model([helper.make_node("Relu", ["x"], ["y"], name="r")], opset=1).SerializeToString())
-    add("opset_future.onnx", _model([helper.make_node("Relu", ["x"], ["y"], name="r")],
-                                    opset=onnx.defs.onnx_opset_version() + 10).SerializeToString())
+    add(
+        "opset_future.onnx",
+        _model(
+            [helper.make_node("Relu", ["x"], ["y"], name="r")], opset=onnx.defs.onnx_opset_version() + 10
+        ).SerializeToString(),
+    )
     p = add("not_torchscript.pt")
     with zipfile.ZipFile(p, "w") as z:
         z.writestr("archive/readme.txt", "a zip, but no model in it")

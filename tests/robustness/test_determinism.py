@@ -6,28 +6,33 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import pytest
 
-from tests.models import randomized_light_model
-
-CASES = [
-    (target, precision)
-    for target in ("onnx", "openvino", "ncnn")
-    for precision in ("fp32", "fp16", "int8")
-]
+CASES = [(target, precision) for target in ("onnx", "openvino", "ncnn") for precision in ("fp32", "fp16", "int8")]
 
 
 @pytest.fixture(scope="module")
 def model_and_calib(tmp_path_factory):
+    import torch
+
+    from tests.models import small_cnn
+
     d = tmp_path_factory.mktemp("det")
-    src = d / "shufflenet.onnx"
-    onnx.save(randomized_light_model("shufflenet", seed=2), str(src))
+    src = d / "cnn.onnx"
+    torch.onnx.export(
+        small_cnn(),
+        (torch.randn(1, 3, 32, 32),),
+        str(src),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+    )
     calib = d / "calib"
     calib.mkdir()
     rng = np.random.default_rng(0)
     for i in range(8):
-        np.save(calib / f"{i}.npy", rng.uniform(0, 1, (1, 3, 224, 224)).astype(np.float32))
+        np.save(calib / f"{i}.npy", rng.uniform(0, 1, (1, 3, 32, 32)).astype(np.float32))
     return src, calib
 
 
