@@ -475,4 +475,3 @@ def entry() -> None:
 
 if __name__ == "__main__":
     entry()
-

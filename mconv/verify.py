@@ -486,7 +486,7 @@ def locate(
     fused = _uncompared_ancestors(node, metrics, producer)
     start = fused[0][1] if fused else node
     before = []
-    for x in (start.input if not fused else [i for _, n in fused for i in n.input]):
+    for x in start.input if not fused else [i for _, n in fused for i in n.input]:
         if x in metrics:
             before.append(metrics[x])
         elif x in graph_inputs:

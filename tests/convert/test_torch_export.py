@@ -149,8 +149,11 @@ def test_malicious_pickle_is_not_executed(cli, in_tmp, protocol_zip):
         torch.save({"state": _Payload(str(marker))}, path)
     else:
         path.write_bytes(pickle.dumps(_Payload(str(marker)), protocol=2))
-    for cmd in (("export", path, "--input", "x:1x3"), ("build", path, "-t", "onnx", "--input", "x:1x3"),
-                ("inspect", path)):
+    for cmd in (
+        ("export", path, "--input", "x:1x3"),
+        ("build", path, "-t", "onnx", "--input", "x:1x3"),
+        ("inspect", path),
+    ):
         r = cli(*cmd)
         assert r.code == 2, r.err
         assert "--trust-pickle" in r.err

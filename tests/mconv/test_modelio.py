@@ -44,8 +44,9 @@ def test_external_data_roundtrip(tmp_path):
     files = save_onnx(m, tmp_path / "m.onnx", external=True)
     assert [f.name for f in files] == ["m.onnx", "m.onnx.data"]
     back = load_onnx(tmp_path / "m.onnx")
-    np.testing.assert_array_equal(numpy_helper.to_array(back.graph.initializer[0]),
-                                  numpy_helper.to_array(m.graph.initializer[0]))
+    np.testing.assert_array_equal(
+        numpy_helper.to_array(back.graph.initializer[0]), numpy_helper.to_array(m.graph.initializer[0])
+    )
 
 
 @pytest.mark.parametrize("location", ["../secret.bin", "../../etc/passwd", "sub/../../x.bin"])

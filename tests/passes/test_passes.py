@@ -63,12 +63,14 @@ def test_fold_constants_folds_shape_subgraph():
 
 def test_fold_constants_materialises_constant_of_shape_weights():
     nodes = [
-        helper.make_node("ConstantOfShape", ["wshape"], ["W"], name="cos",
-                         value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node(
+            "ConstantOfShape", ["wshape"], ["W"], name="cos", value=numpy_helper.from_array(np.array([0.5], np.float32))
+        ),
         helper.make_node("MatMul", ["x", "W"], ["y"], name="mm"),
     ]
-    m = make_graph_model(nodes, [_vi("x", [1, 4])], [_vi("y", [1, 3])],
-                         [numpy_helper.from_array(np.array([4, 3], np.int64), "wshape")])
+    m = make_graph_model(
+        nodes, [_vi("x", [1, 4])], [_vi("y", [1, 3])], [numpy_helper.from_array(np.array([4, 3], np.int64), "wshape")]
+    )
     res, report = get_pass("fold_constants")(_copy(m))
     assert res.modified and report.nodes_after == 1
     w = next(t for t in res.model.graph.initializer if t.name == "W")
@@ -107,8 +109,10 @@ def test_eliminate_reshape_chain():
         helper.make_node("Reshape", ["x", "s1"], ["a"], name="r1"),
         helper.make_node("Reshape", ["a", "s2"], ["y"], name="r2"),
     ]
-    inits = [numpy_helper.from_array(np.array([6, 4], np.int64), "s1"),
-             numpy_helper.from_array(np.array([4, 6], np.int64), "s2")]
+    inits = [
+        numpy_helper.from_array(np.array([6, 4], np.int64), "s1"),
+        numpy_helper.from_array(np.array([4, 6], np.int64), "s2"),
+    ]
     m = make_graph_model(nodes, [_vi("x", [2, 3, 4])], [_vi("y", [4, 6])], inits)
     m2, _ = optimize(_copy(m), ["eliminate_identity", "eliminate_dead_nodes"])
     assert [n.name for n in m2.graph.node] == ["r2"] and m2.graph.node[0].input[0] == "x"
@@ -132,8 +136,9 @@ def test_fuse_conv_bn_skips_shared_conv_output():
 
 def test_eliminate_dead_nodes():
     nodes = [helper.make_node("Relu", ["x"], ["y"], name="live"), helper.make_node("Neg", ["x"], ["z"], name="dead")]
-    m = make_graph_model(nodes, [_vi("x", [2])], [_vi("y", [2])],
-                         [numpy_helper.from_array(np.ones(2, np.float32), "unused")])
+    m = make_graph_model(
+        nodes, [_vi("x", [2])], [_vi("y", [2])], [numpy_helper.from_array(np.ones(2, np.float32), "unused")]
+    )
     res, report = get_pass("eliminate_dead_nodes")(_copy(m))
     assert res.modified and [n.name for n in res.model.graph.node] == ["live"]
     assert not res.model.graph.initializer

@@ -84,7 +84,8 @@ def _plugin_dir(tmp_path):
     d = tmp_path / "site"
     pkg = d / "mconv_echo_plugin"
     pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(textwrap.dedent("""
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""
         from mconv.modelio import save_onnx
         from mconv.targets import Artifact, Target
         from mconv.targets.onnx import OnnxRunner
@@ -103,7 +104,8 @@ def _plugin_dir(tmp_path):
                 r = OnnxRunner(artifact, threads=threads)
                 r.load()
                 return r
-    """))
+    """)
+    )
     dist = d / "mconv_echo_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mconv-echo-plugin\nVersion: 0.1\n")
@@ -133,8 +135,22 @@ def test_entry_point_plugin_is_listed_and_builds(tmp_path, mconv_proc):
 def test_normal_install_maps_the_top_level_folders(tmp_path):
     """A wheel (non-editable) install exposes convert/, passes/, targets/ as mconv.*."""
     wheel_dir = tmp_path / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(wheel_dir), str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(wheel_dir.glob("mconv-*.whl"))
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "zipfile", "-e", str(wheel), str(site)], check=True)
