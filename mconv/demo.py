@@ -8,39 +8,40 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 OUT = Path("demo_out")
 
 
-def make_model():
-    import torch
-    from torch import nn
+class TinyNet(nn.Module):
+    """conv-bn-relu stem, a depthwise residual block, global pool and a classifier."""
 
-    class TinyNet(nn.Module):
-        """conv-bn-relu x3, residual add, global pool, classifier: a typical small CNN."""
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.block = nn.Sequential(
+            nn.Conv2d(16, 16, 3, 1, 1, groups=16),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 16, 1),
+            nn.BatchNorm2d(16),
+        )
+        self.head = nn.Sequential(
+            nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, classes)
+        )
 
-        def __init__(self, classes: int = 10) -> None:
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
-            self.block = nn.Sequential(
-                nn.Conv2d(16, 16, 3, 1, 1, groups=16),
-                nn.BatchNorm2d(16),
-                nn.ReLU(),
-                nn.Conv2d(16, 16, 1),
-                nn.BatchNorm2d(16),
-            )
-            self.head = nn.Sequential(
-                nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, classes)
-            )
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.relu(x + self.block(x))
+        return self.head(x)
 
-        def forward(self, x):
-            x = self.stem(x)
-            x = torch.relu(x + self.block(x))
-            return self.head(x)
 
+def make_model() -> TinyNet:
+    """TinyNet with seeded weights and non-trivial BatchNorm statistics (so fusion matters)."""
     torch.manual_seed(0)
     m = TinyNet().eval()
-    with torch.no_grad():  # non-trivial BN statistics so the fusion is exercised
+    with torch.no_grad():
         for mod in m.modules():
             if isinstance(mod, nn.BatchNorm2d):
                 mod.running_mean.uniform_(-0.5, 0.5)
@@ -65,7 +66,6 @@ def calibration_images(folder: Path, count: int = 32, size: int = 64) -> None:
 
 
 def main() -> int:
-    import torch
     from rich.console import Console
     from rich.table import Table
 

@@ -286,13 +286,7 @@ class RecipeRun:
                 gots, _ = reference_outputs(model, samples)
                 tol = self._fp32_tolerance() or default_tolerance("fp32")
                 comp = compare_outputs(refs, gots, tol, names)
-                rec["verification"] = {
-                    "reference": "onnxruntime on the export",
-                    "samples": len(samples),
-                    "inputs": label,
-                    "tolerance": tol.describe(),
-                    **comp.to_json(),
-                }
+                rec["verification"] = _verification_record(samples, label, tol, comp)
                 if not comp.passed:
                     raise VerificationError(f"the passes changed the model's outputs: {comp.summary()}")
         return dest if rec["status"] == "ok" else None
@@ -430,13 +424,7 @@ class RecipeRun:
                 t.verify, v.tolerances.get(t.precision), ToleranceSpec(rtol=v.rtol, atol=v.atol, min_cos=v.min_cos)
             ) or target.default_tolerance(t.precision)
             comp = check_artifact(Artifact.from_json(artifact), samples, refs, names, tol, timeout=v.timeout)
-            rec["verification"] = {
-                "reference": "onnxruntime on the export",
-                "samples": len(samples),
-                "inputs": label,
-                "tolerance": tol.describe(),
-                **comp.to_json(),
-            }
+            rec["verification"] = _verification_record(samples, label, tol, comp)
             if not comp.passed:
                 raise VerificationError(f"{t.label} differs from onnxruntime beyond {tol.describe()}: {comp.summary()}")
         return rec["status"] == "ok"
@@ -921,3 +909,14 @@ def failure_message(summary: dict[str, Any]) -> str:
         + more
         + f"; see {Path(summary['out_dir']) / 'summary.md'}"
     )
+
+
+def _verification_record(samples: list, label: str, tol: Any, comp: Any) -> dict[str, Any]:
+    """The report entry for one comparison against onnxruntime on the exported model."""
+    return {
+        "reference": "onnxruntime on the export",
+        "samples": len(samples),
+        "inputs": label,
+        "tolerance": tol.describe(),
+        **comp.to_json(),
+    }
