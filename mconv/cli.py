@@ -403,9 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         args = [a for a in args if a != "--debug"]
         _state["debug"] = True
     as_json = "--json" in args
-    from mconv.fsutil import cleanup_temporaries, install_signal_cleanup
+    from mconv.fsutil import cleanup_temporaries
 
-    install_signal_cleanup()
     try:
         app(args=args, prog_name="mconv", standalone_mode=False)
         return 0
@@ -470,6 +469,10 @@ def _fail(message: str, code: int, as_json: bool, report: Any = None) -> None:
 
 
 def entry() -> None:
+    """The console script: SIGINT/SIGTERM remove partial files and exit 130/143."""
+    from mconv.fsutil import install_signal_cleanup
+
+    install_signal_cleanup()  # here, not in main(): in-process callers keep their own handlers
     sys.exit(main())
 
 
