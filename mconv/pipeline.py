@@ -301,7 +301,8 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
     warnings += target.preflight(model, options)
     missing_rt = target.runtime_missing()
     if missing_rt:
-        raise ConversionError(missing_rt)
+        hint = f"; install it with `pip install 'mconv[{target.extra}]'`" if target.extra else ""
+        raise ConversionError(f"target '{target.name}' cannot run here: {missing_rt}{hint}")
     stem = _stem(req.path)
     out_dir = req.out_dir or Path.cwd() / f"{stem}_{target.name}"
     report: dict[str, Any] = {

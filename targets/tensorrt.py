@@ -482,6 +482,10 @@ class TensorRTTarget(Target):
         engine_config(options)
         return raise_on_blocking(preflight_report(model, options))
 
+    def preflight_report(self, model: onnx.ModelProto, options: BuildOptions) -> list:
+        """The findings `mconv inspect --target trt` lists (none raise)."""
+        return preflight_report(model, options)
+
     def _backend(self) -> tuple[str, str | None]:
         """("python", None) or ("trtexec", path); raise what is missing otherwise."""
         trt, err = import_tensorrt()
