@@ -150,3 +150,23 @@ def test_inspect_lists_ops_a_target_cannot_lower(cli, tmp_path):
     r = cli("inspect", p, "--json", "--target", "openvino")
     assert r.code == 0, r.err
     assert "fancy_1" in json.dumps(r.json["targets"])
+
+
+def test_inspect_trt_lists_preflight_findings_without_tensorrt(cli):
+    from tests.models import light_model
+
+    r = cli("inspect", light_model("shufflenet"), "--target", "trt", "--json")
+    assert r.code == 0, r.err
+    trt = r.json["targets"]["trt"]
+    assert "tensorrt" in trt["runtime"]  # not installed here, said so
+    assert any("INT64" in f["message"] for f in trt["findings"])
+
+
+def test_build_trt_without_tensorrt_names_the_extra(cli, small_onnx, in_tmp):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    r = cli("build", small_onnx, "-t", "trt", "-o", in_tmp / "out")
+    assert_clean_error(r, 1, "pip install 'mconv[tensorrt]'")
+    assert not (in_tmp / "out").exists()
