@@ -133,4 +133,577 @@ def fuse_patterns(prep: Prepared) -> list[onnx.NodeProto]:
         if id(n) in removed:
             continue
         out.append(replace.get(id(n), n))
+    return fuse_linear_bias(prep, split_slices(prep, fuse_attention(prep, out)))
+
+
+# ----------------------------------------------------------------------------- attention
+#
+# torch.onnx exports nn.MultiheadAttention (and TransformerEncoderLayer's
+# self-attention) as: an input projection (MatMul + Add, or Gemm), a chain of
+# pure data movement (Reshape / Transpose / Squeeze / Unsqueeze / Gather /
+# Slice / Split) into per-head q, k, v, scalar scales, MatMul, optional
+# additive mask, Softmax, MatMul, movement back to [rows, embed] and the output
+# projection. Rather than matching one exporter's exact node list, the matcher
+# walks those movement chains and *evaluates them on index arrays*: the
+# result says which projected column feeds each (head, position, channel),
+# and the fusion applies only when every row maps to its own position, the
+# column map is position-independent and the batch is 1. The projection
+# weights are then permuted accordingly, so the fused node is exact.
+
+ATTENTION_OP = "MconvAttention"
+_MOVES = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Slice", "Split", "Flatten", "Identity"}
+
+
+def _attrs(n: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in n.attribute}
+
+
+class _AttnGraph(_Graph):
+    def __init__(self, prep: Prepared, nodes: list[onnx.NodeProto]) -> None:
+        super().__init__(prep, nodes)
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in nodes:
+            for i in n.input:
+                if i:
+                    self.consumers.setdefault(i, []).append(n)
+
+    def const(self, name: str) -> np.ndarray | None:
+        return None if not name else self.prep.consts.get(name)
+
+    def is_move(self, n: onnx.NodeProto | None) -> bool:
+        if n is None or n.op_type not in _MOVES or not n.input or self.const(n.input[0]) is not None:
+            return False
+        return all(self.const(i) is not None for i in n.input[1:] if i)
+
+    def scalar_scale(self, n: onnx.NodeProto | None) -> tuple[str, float] | None:
+        """(dynamic input, factor) when ``n`` multiplies/divides by a scalar constant."""
+        if n is None or n.op_type not in ("Mul", "Div") or len(n.input) != 2:
+            return None
+        for k in (0, 1) if n.op_type == "Mul" else (1,):
+            c = self.scalar(n.input[k])
+            if c is not None and self.const(n.input[1 - k]) is None:
+                return n.input[1 - k], (c if n.op_type == "Mul" else 1.0 / c)
+        return None
+
+    def back(self, name: str, scales: bool = True):
+        """Walk producers of ``name`` through moves (and scalar scales):
+        (source, [(node, output)] in forward order, product of scales)."""
+        chain: list[tuple[onnx.NodeProto, str]] = []
+        scale = 1.0
+        while True:
+            p = self.producer.get(name)
+            if self.is_move(p):
+                chain.append((p, name))
+                name = p.input[0]
+                continue
+            s = self.scalar_scale(p) if scales else None
+            if s is not None:
+                chain.append((p, name))
+                name, f = s
+                scale *= f
+                continue
+            break
+        chain.reverse()
+        return name, chain, scale
+
+    def forward(self, name: str):
+        """Follow sole consumers of ``name`` through moves: (end, [(node, output)])."""
+        chain: list[tuple[onnx.NodeProto, str]] = []
+        while name not in self.prep.outputs:
+            users = self.consumers.get(name, [])
+            if len(users) != 1 or not self.is_move(users[0]) or users[0].input[0] != name:
+                break
+            u = users[0]
+            if u.op_type == "Split" or len(u.output) != 1:
+                break
+            chain.append((u, u.output[0]))
+            name = u.output[0]
+        return name, chain
+
+    def eval_moves(self, idx: np.ndarray, chain) -> np.ndarray:
+        """Apply a movement chain (scales skipped) to an index array."""
+        for n, out in chain:
+            if n.op_type in ("Mul", "Div"):
+                continue
+            idx = _apply_move(self, n, out, idx)
+            want = self.prep.shapes.get(out)
+            if want is None or tuple(idx.shape) != tuple(want):
+                raise ValueError("shape mismatch")
+        return idx
+
+
+def _apply_move(g: _AttnGraph, n: onnx.NodeProto, out: str, x: np.ndarray) -> np.ndarray:
+    at = _attrs(n)
+    op = n.op_type
+    ins = [g.const(i) if i else None for i in n.input]
+    if op == "Identity":
+        return x
+    if op == "Reshape":
+        shape = [int(v) for v in ins[1]]
+        if not at.get("allowzero", 0):
+            shape = [x.shape[i] if v == 0 else v for i, v in enumerate(shape)]
+        return x.reshape(shape)
+    if op == "Flatten":
+        a = int(at.get("axis", 1))
+        a = a + x.ndim if a < 0 else a
+        return x.reshape(int(np.prod(x.shape[:a])), -1)
+    if op == "Transpose":
+        perm = at.get("perm")
+        return np.transpose(x, perm if perm is not None else None)
+    if op in ("Squeeze", "Unsqueeze"):
+        axes = at.get("axes") if "axes" in at else (ins[1] if len(ins) > 1 else None)
+        if op == "Squeeze":
+            if axes is None:
+                return np.squeeze(x)
+            return np.squeeze(x, tuple(int(a) for a in axes))
+        out_rank = x.ndim + len(axes)
+        for a in sorted(int(v) + out_rank if v < 0 else int(v) for v in axes):
+            x = np.expand_dims(x, a)
+        return x
+    if op == "Gather":
+        return np.take(x, np.asarray(ins[1]).astype(np.int64), axis=int(at.get("axis", 0)))
+    if op == "Slice":
+        if "starts" in at:
+            starts, ends = at["starts"], at["ends"]
+            axes = at.get("axes", list(range(len(starts))))
+            steps = [1] * len(starts)
+        else:
+            starts, ends = list(ins[1]), list(ins[2])
+            axes = list(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
+            steps = list(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+        sl = [slice(None)] * x.ndim
+        for s, e, a, st in zip(starts, ends, axes, steps):
+            sl[int(a)] = slice(int(s), int(e), int(st))
+        return x[tuple(sl)]
+    if op == "Split":
+        a = int(at.get("axis", 0))
+        sizes = [g.prep.shapes[o][a] for o in n.output]
+        k = list(n.output).index(out)
+        start = int(sum(sizes[:k]))
+        return np.take(x, np.arange(start, start + sizes[k]), axis=a)
+    raise ValueError(op)
+
+
+def _projection(g: _AttnGraph, name: str):
+    """``name = rows(x) @ W + b``: (x, W [K, N], b [N], nodes) or None."""
+    p = g.producer.get(name)
+    if p is None:
+        return None
+    n_out = g.prep.shapes.get(name, (0,))[-1]
+    if p.op_type == "Gemm":
+        at = _attrs(p)
+        w = g.const(p.input[1])
+        if at.get("transA", 0) or w is None or g.const(p.input[0]) is not None:
+            return None
+        w = np.asarray(w, np.float64)
+        w = (w.T if at.get("transB", 0) else w) * float(at.get("alpha", 1.0))
+        b = np.zeros(w.shape[1])
+        if len(p.input) > 2 and p.input[2]:
+            c = g.const(p.input[2])
+            if c is None or c.size not in (1, w.shape[1]) or (c.ndim == 2 and c.shape[0] != 1):
+                return None
+            b = np.broadcast_to(np.asarray(c, np.float64).ravel(), (w.shape[1],)) * float(at.get("beta", 1.0))
+        return p.input[0], w, b, [p]
+    bias = np.zeros(n_out)
+    nodes = []
+    if p.op_type == "Add" and len(p.input) == 2:
+        for k in (0, 1):
+            c = g.const(p.input[k])
+            if c is not None and c.size == n_out and c.shape[-1] == n_out and g.only_use(p.input[1 - k]):
+                bias = np.asarray(c, np.float64).ravel()
+                nodes.append(p)
+                p = g.producer.get(p.input[1 - k])
+                break
+        else:
+            return None
+    if p is None or p.op_type != "MatMul":
+        return None
+    w = g.const(p.input[1])
+    if w is None or w.ndim != 2 or g.const(p.input[0]) is not None or w.shape[1] != n_out:
+        return None
+    return p.input[0], np.asarray(w, np.float64), bias, [p, *nodes]
+
+
+def _head_columns(rows: np.ndarray, cols: np.ndarray, seq: int) -> np.ndarray | None:
+    """For index arrays [H, L, d]: the column of each (head, channel) when row ==
+    position everywhere and columns do not depend on the position; else None."""
+    if rows.shape[1] != seq or not np.array_equal(rows, np.broadcast_to(np.arange(seq)[None, :, None], rows.shape)):
+        return None
+    if not np.array_equal(cols, np.broadcast_to(cols[:, :1, :], cols.shape)):
+        return None
+    return cols[:, 0, :].reshape(-1)
+
+
+def _match_attention(g: _AttnGraph, sm: onnx.NodeProto):
+    shape_s = g.prep.shapes.get(sm.output[0])
+    if shape_s is None or len(shape_s) < 2:
+        return None
+    axis = int(_attrs(sm).get("axis", -1 if g.prep.opset >= 13 else 1))
+    if (axis + len(shape_s)) % len(shape_s) != len(shape_s) - 1:
+        return None
+    nodes: list[onnx.NodeProto] = [sm]
+    # Softmax input: [scale] [Add mask] [scale] MatMul
+    t, chain, post = g.back(sm.input[0])
+    if any(n.op_type not in ("Mul", "Div") for n, _ in chain):
+        return None
+    nodes += [n for n, _ in chain]
+    mask = None
+    p = g.producer.get(t)
+    if p is not None and p.op_type == "Add" and len(p.input) == 2:
+        if post != 1.0:
+            return None
+        for k in (0, 1):
+            t2, ch2, sc2 = g.back(p.input[k])
+            mm = g.producer.get(t2)
+            if mm is not None and mm.op_type == "MatMul" and all(n.op_type in ("Mul", "Div") for n, _ in ch2):
+                mask = p.input[1 - k]
+                nodes += [p] + [n for n, _ in ch2]
+                t, post = t2, sc2
+                break
+        else:
+            return None
+    mm1 = g.producer.get(t)
+    if mm1 is None or mm1.op_type != "MatMul":
+        return None
+    nodes.append(mm1)
+    users = g.consumers.get(sm.output[0], [])
+    if len(users) != 1 or users[0].op_type != "MatMul" or users[0].input[0] != sm.output[0]:
+        return None
+    mm2 = users[0]
+    nodes.append(mm2)
+    qs, qch, qsc = g.back(mm1.input[0])
+    ks, kch, ksc = g.back(mm1.input[1])
+    vs, vch, vsc = g.back(mm2.input[1])
+    if vsc != 1.0:
+        return None
+    scale = qsc * ksc * post
+    projs = {}
+    for src in {qs, ks, vs}:
+        pr = _projection(g, src)
+        if pr is None:
+            return None
+        projs[src] = pr
+    heads = {}
+    for key, src, ch, trans in (("q", qs, qch, False), ("k", ks, kch, True), ("v", vs, vch, False)):
+        x, w, b, _ = projs[src]
+        n_cols = w.shape[1]
+        size = int(np.prod(g.prep.shapes[src]))
+        idx = g.eval_moves(np.arange(size).reshape(g.prep.shapes[src]), ch)
+        if trans:
+            idx = np.swapaxes(idx, -1, -2)
+        if idx.ndim < 3:
+            return None
+        seq, d = idx.shape[-2], idx.shape[-1]
+        idx = idx.reshape(-1, seq, d)
+        if size // n_cols != seq:
+            return None
+        cols = _head_columns(idx // n_cols, idx % n_cols, seq)
+        if cols is None:
+            return None
+        heads[key] = (x, w[:, cols], b[cols], idx.shape[0], seq, d)
+        nodes += [n for n, _ in ch]
+    for src in {qs, ks, vs}:
+        nodes += projs[src][3]
+    hq, lq, dq = heads["q"][3:]
+    hk, lk, dk = heads["k"][3:]
+    hv, lv, dv = heads["v"][3:]
+    if not (hq == hk == hv and dq == dk == dv and lk == lv):
+        return None
+    embed = hq * dq
+    # MatMul shapes must be plain per-head products (no broadcasting tricks).
+    s1 = g.prep.shapes.get(mm1.output[0])
+    if s1 is None or int(np.prod(s1)) != hq * lq * lk or tuple(s1[-2:]) != (lq, lk):
+        return None
+    # Output: movement to [rows, embed], out projection, movement to Y.
+    o = mm2.output[0]
+    so = g.prep.shapes.get(o)
+    if so is None or int(np.prod(so)) != hq * lq * dq or tuple(so[-2:]) != (lq, dq):
+        return None
+    z, zch = g.forward(o)
+    zu = g.consumers.get(z, [])
+    if len(zu) != 1 or zu[0].op_type not in ("MatMul", "Gemm") or zu[0].input[0] != z:
+        return None
+    yp = zu[0].output[0]
+    yu = g.consumers.get(yp, [])
+    if zu[0].op_type == "MatMul" and len(yu) == 1 and yu[0].op_type == "Add" and yp not in g.prep.outputs:
+        other = _other(yu[0], yp)
+        c = g.const(other) if other else None
+        if c is not None and c.shape[-1:] == (g.prep.shapes[yp][-1],) and c.size == c.shape[-1]:
+            yp = yu[0].output[0]
+    op = _projection(g, yp)
+    if op is None or op[0] != z:
+        return None
+    _, wo, bo, on = op
+    zidx = g.eval_moves(np.arange(hq * lq * dq).reshape(so), zch)
+    if zidx.size != hq * lq * dq or wo.shape[0] != embed:
+        return None
+    zidx = zidx.reshape(lq, embed)
+    hh, ll, jj = zidx // (lq * dq), (zidx // dq) % lq, zidx % dq
+    if not np.array_equal(ll, np.broadcast_to(np.arange(lq)[:, None], ll.shape)):
+        return None
+    pi = hh * dq + jj
+    if not np.array_equal(pi, np.broadcast_to(pi[:1], pi.shape)):
+        return None
+    pi = pi[0]
+    if sorted(pi.tolist()) != list(range(embed)):
+        return None
+    n_out = wo.shape[1]
+    wo_nc = np.zeros((n_out, embed))
+    wo_nc[:, pi] = wo.T
+    y, ych = g.forward(yp)
+    yidx = g.eval_moves(np.arange(int(np.prod(g.prep.shapes[yp]))).reshape(g.prep.shapes[yp]), ych)
+    if not np.array_equal(yidx.ravel(), np.arange(yidx.size)) or yidx.size != lq * n_out:
+        return None
+    nodes += [n for n, _ in zch] + on + [n for n, _ in ych]
+    # Projection inputs: rows must be positions (moves that keep C order only).
+    xs = {}
+    for key in ("q", "k", "v"):
+        x, w = heads[key][0], heads[key][1]
+        src, xch, _ = g.back(x, scales=False)
+        size = int(np.prod(g.prep.shapes[x]))
+        xi = g.eval_moves(np.arange(size).reshape(g.prep.shapes[src]), xch)
+        if not np.array_equal(xi.ravel(), np.arange(size)) or size != heads[key][4] * w.shape[0]:
+            return None
+        if g.prep.shapes[src][-1] != w.shape[0]:
+            src, xch = x, []
+        xs[key] = (src, [n for n, _ in xch])
+    if n_out != heads["q"][1].shape[0]:
+        return None  # ncnn's output width is the query input width
+    mask_v = None
+    if mask is not None:
+        mask_v = _mask_value(g, mask, s1, hq, lq, lk)
+        if mask_v is None:
+            return None
+    return dict(nodes=nodes, heads=heads, xs=xs, y=y, wo=wo_nc, bo=bo, scale=scale,
+                num_heads=hq, embed=embed, mask=mask, mask_v=mask_v)  # fmt: skip
+
+
+def _mask_value(g: _AttnGraph, mask: str, s1, h: int, lq: int, lk: int):
+    """Constant mask -> array [L, Lk] or [H, L, Lk]; dynamic mask -> "" when its
+    values are exactly [L, Lk] (any leading 1s); otherwise None."""
+    c = g.const(mask)
+    if c is not None:
+        try:
+            full = np.broadcast_to(np.asarray(c, np.float32), tuple(s1)).reshape(h, lq, lk)
+        except ValueError:
+            return None
+        if all(np.array_equal(full[0], full[i]) for i in range(1, h)):
+            return np.ascontiguousarray(full[0])
+        return np.ascontiguousarray(full)
+    ms = g.prep.shapes.get(mask)
+    if ms is None or tuple(ms[-2:]) != (lq, lk) or int(np.prod(ms)) != lq * lk:
+        return None
+    return ""
+
+
+def fuse_attention(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Replace every matched attention block by one ``MconvAttention`` node.
+
+    Inputs: q source, k source, v source, mask ("" if none), then constants
+    wq, bq, wk, bk, wv, bv, wo, bo in ncnn's layout ([out, in] rows).
+    Attributes: num_heads, scale.
+    """
+    for _ in range(64):
+        g = _AttnGraph(prep, nodes)
+        hit = None
+        for n in nodes:
+            if n.op_type == "Softmax":
+                try:
+                    hit = _match_attention(g, n)
+                except (ValueError, KeyError, IndexError, TypeError):
+                    hit = None
+                if hit is not None:
+                    break
+        if hit is None:
+            return nodes
+        new = _apply_attention(prep, g, nodes, hit)
+        if new is None:
+            return nodes
+        nodes = new
+    return nodes
+
+
+def _apply_attention(prep: Prepared, g: _AttnGraph, nodes: list[onnx.NodeProto], hit: dict):
+    y = hit["y"]
+    core = {id(n) for n in hit["nodes"]}
+    by_id = {id(n): n for n in nodes}
+    for i in core:
+        for o in by_id[i].output:
+            if not o or o == y:
+                continue
+            if o in prep.outputs or any(id(u) not in core for u in g.consumers.get(o, [])):
+                return None
+    removed = set(core)
+    # Movement in front of the projections goes too when nothing else reads it.
+    for key in ("q", "k", "v"):
+        for n in reversed(hit["xs"][key][1]):
+            if all(o not in prep.outputs and all(id(u) in removed for u in g.consumers.get(o, [])) for o in n.output):
+                removed.add(id(n))
+    base = f"{y}__mha"
+    names = []
+    for key in ("q", "k", "v"):
+        _, w, b, *_ = hit["heads"][key]
+        for suffix, v in (("w", w.T), ("b", b)):
+            nm = f"{base}_{key}{suffix}"
+            prep.consts[nm] = np.ascontiguousarray(v, np.float32)
+            names.append(nm)
+    for suffix, v in (("w", hit["wo"]), ("b", hit["bo"])):
+        nm = f"{base}_o{suffix}"
+        prep.consts[nm] = np.ascontiguousarray(v, np.float32)
+        names.append(nm)
+    mask = ""
+    if hit["mask"] is not None:
+        if isinstance(hit["mask_v"], np.ndarray):
+            mask = f"{base}_mask"
+            prep.consts[mask] = hit["mask_v"]
+        else:
+            mask = hit["mask"]
+    xs = [hit["xs"][k][0] for k in ("q", "k", "v")]
+    fused = helper.make_node(ATTENTION_OP, [*xs, mask, *names], [y], name=f"{y}_attention",
+                             num_heads=int(hit["num_heads"]), scale=float(hit["scale"]))  # fmt: skip
+    out = []
+    placed = False
+    for n in nodes:
+        if id(n) in removed:
+            if y in n.output:
+                out.append(fused)
+                placed = True
+            continue
+        out.append(n)
+    return out if placed else None
+
+
+# ----------------------------------------------------------------------------- one Split
+
+
+def _part(g: _AttnGraph, n: onnx.NodeProto, x: str):
+    """(axis, start, end, squeeze) when ``n`` takes one contiguous block of ``x``."""
+    shape = g.prep.shapes.get(x)
+    if shape is None or not n.input or n.input[0] != x or len(n.output) != 1:
+        return None
+    at = _attrs(n)
+    if n.op_type == "Gather":
+        idx = g.const(n.input[1]) if len(n.input) > 1 else None
+        if idx is None or idx.size != 1 or idx.ndim > 1:
+            return None
+        a = int(at.get("axis", 0))
+        a = a + len(shape) if a < 0 else a
+        i = int(np.asarray(idx).ravel()[0])
+        i = i + shape[a] if i < 0 else i
+        if not 0 <= i < shape[a]:
+            return None
+        return a, i, i + 1, idx.ndim == 0
+    if n.op_type == "Slice":
+        if "starts" in at:
+            starts, ends = at["starts"], at["ends"]
+            axes = at.get("axes", list(range(len(starts))))
+            steps = [1]
+        else:
+            cs = [g.const(i) if i else None for i in n.input[1:]]
+            if any(c is None for c, i in zip(cs, n.input[1:]) if i) or len(cs) < 2:
+                return None
+            starts, ends = list(cs[0]), list(cs[1])
+            axes = list(cs[2]) if len(cs) > 2 and cs[2] is not None else list(range(len(starts)))
+            steps = list(cs[3]) if len(cs) > 3 and cs[3] is not None else [1]
+        if len(starts) != 1 or any(int(s) != 1 for s in steps):
+            return None
+        a = int(axes[0])
+        a = a + len(shape) if a < 0 else a
+        s, e, _ = slice(int(starts[0]), int(ends[0]), 1).indices(shape[a])
+        return (a, s, e, False) if e > s else None
+    return None
+
+
+def split_slices(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """A tensor read only by Gathers / Slices that cut one axis into contiguous
+    blocks (torch's q/k/v ``unbind`` or ``chunk``) -> one Split (ncnn ``Slice``),
+    plus a Reshape per Gather to drop the axis, instead of a Crop per block."""
+    g = _AttnGraph(prep, nodes)
+    replace: dict[int, list[onnx.NodeProto]] = {}
+    for x, users in g.consumers.items():
+        if len(users) < 2 or g.const(x) is not None or x not in prep.shapes:
+            continue
+        pairs = [(u, p) for u in users if (p := _part(g, u, x)) is not None]
+        if len(pairs) < 2 or len({p[0] for _, p in pairs}) != 1:
+            continue
+        users = [u for u, _ in pairs]
+        parts = [p for _, p in pairs]
+        axis = parts[0][0]
+        order = sorted(range(len(users)), key=lambda i: parts[i][1])
+        pos = 0
+        for i in order:
+            if parts[i][1] != pos:
+                break
+            pos = parts[i][2]
+        else:
+            if pos != prep.shapes[x][axis]:
+                continue
+            outs, extra = [], []
+            for i in order:
+                u, squeeze = users[i], parts[i][3]
+                out = u.output[0]
+                if squeeze:
+                    part = f"{out}__split"
+                    shp = list(prep.shapes[x])
+                    shp[axis] = 1
+                    prep.shapes[part] = tuple(shp)
+                    prep.dtypes[part] = prep.dtypes.get(x, np.dtype("float32"))
+                    cname = f"{out}__split_shape"
+                    prep.consts[cname] = np.asarray(prep.shapes[out], np.int64)
+                    extra.append(helper.make_node("Reshape", [part, cname], [out], name=f"{u.name or out}_squeeze"))
+                    outs.append(part)
+                else:
+                    outs.append(out)
+            split = helper.make_node("Split", [x], outs, name=f"{x}_split", axis=axis)
+            first = min(users, key=lambda u: nodes.index(u))
+            replace[id(first)] = [split, *extra]
+            for u in users:
+                replace.setdefault(id(u), [])
+    if not replace:
+        return nodes
+    out_nodes = []
+    for n in nodes:
+        out_nodes.extend(replace.get(id(n), [n]))
+    return out_nodes
+
+
+# ----------------------------------------------------------------------------- linear + bias
+
+LINEAR_OP = "MconvLinear"
+
+
+def fuse_linear_bias(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """MatMul(x, const W [K, N]) + const bias [N] -> one ``MconvLinear(x, W, b)``,
+    so the bias rides in the Gemm/InnerProduct layer instead of a MemoryData +
+    BinaryOp pair."""
+    g = _AttnGraph(prep, nodes)
+    replace: dict[int, onnx.NodeProto | None] = {}
+    for n in nodes:
+        if n.op_type != "MatMul" or g.const(n.input[0]) is not None:
+            continue
+        w = g.const(n.input[1])
+        y = n.output[0]
+        users = g.consumers.get(y, [])
+        if w is None or w.ndim != 2 or len(users) != 1 or not g.only_use(y) or users[0].op_type != "Add":
+            continue
+        add = users[0]
+        other = _other(add, y)
+        c = g.const(other) if other else None
+        ys, zs = prep.shapes.get(y), prep.shapes.get(add.output[0])
+        if c is None or ys is None or zs != ys or c.size != w.shape[1] or c.shape[-1:] != (w.shape[1],):
+            continue
+        if c.ndim > len(ys) or np.dtype(c.dtype).kind != "f":
+            continue
+        bname = f"{add.output[0]}__bias"
+        prep.consts[bname] = np.asarray(c, np.float32).ravel()
+        replace[id(n)] = None
+        replace[id(add)] = helper.make_node(LINEAR_OP, [n.input[0], n.input[1], bname], [add.output[0]],
+                                            name=add.name or n.name)  # fmt: skip
+    out = []
+    for n in nodes:
+        if id(n) in replace:
+            if replace[id(n)] is not None:
+                out.append(replace[id(n)])
+            continue
+        out.append(n)
     return out

@@ -19,6 +19,7 @@ RuleFn = "Callable[[Ctx, Node], None]"
 _RULES: dict[str, Callable] = {}
 _FAMILIES = (
     "rules_activation",
+    "rules_attention",
     "rules_conv",
     "rules_elementwise",
     "rules_linear",

@@ -169,3 +169,15 @@ def _operand_shaped(ctx: Ctx, t: Tensor, nc: tuple[int, ...]) -> str:
     if t.const is not None:
         return ctx.const_blob(np.asarray(t.const, np.float32), nc, sanitize_hint(t.name))
     return ctx.reshape(ctx.blob_as(t), nc, name_hint=t.name)
+
+
+@rule("MconvLinear")
+def linear(ctx: Ctx, node: Node) -> None:
+    """MatMul + bias fused by :func:`fuse.fuse_linear_bias`: ``x @ W + b``."""
+    a = node.inputs[0]
+    assert a is not None
+    w = np.asarray(node.const(1, "weight"), np.float32)
+    b = np.asarray(node.const(2, "bias"), np.float32)
+    if a.const is not None:
+        raise NotLowerable("constant input (fold it first)")
+    inner_product(ctx, a, w.T, b, node.outputs[0])
