@@ -7,15 +7,25 @@ whose inputs are all constant (plus ``Shape``/``Size`` of statically shaped
 tensors), repeating until nothing changes. The lead's ``mconv.passes`` does the
 same ahead of the writer; this is the writer's own guarantee for models handed
 to it directly.
+
+Large initializers (:data:`LAZY_BYTES` and up) can stay TensorProtos until a
+rule needs their values (``prepare(mode="lazy" | "consume")``): shapes and
+dtypes come from ``dims``/``data_type``, so checking a model never copies its
+weights. See :class:`LazyConst`.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
+import tempfile
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from numpy.lib.mixins import NDArrayOperatorsMixin
+from onnx import TensorProto, helper, numpy_helper
 
 from mconv.errors import ConversionError
 
@@ -31,6 +41,230 @@ _NEVER_FOLD = {
 # Initializers larger than this are hidden from shape inference (it only needs
 # their shapes; serializing hundreds of MB for it is slow).
 _BIG = 4096
+# Initializers this large are read lazily (modes "lazy" and "consume").
+LAZY_BYTES = 1 << 20
+# Consumed values this large are moved to the Scratch file (one mapping each, so
+# only the few largest: smaller ones stay in memory until their last consumer).
+SCRATCH_VALUE_BYTES = 64 << 20
+# Element types read with np.frombuffer as numpy_helper.to_array does.
+_LAZY_TYPES = {
+    TensorProto.FLOAT,
+    TensorProto.DOUBLE,
+    TensorProto.FLOAT16,
+    TensorProto.INT8,
+    TensorProto.UINT8,
+    TensorProto.INT16,
+    TensorProto.UINT16,
+    TensorProto.INT32,
+    TensorProto.UINT32,
+    TensorProto.INT64,
+    TensorProto.UINT64,
+    TensorProto.BOOL,
+}
+_PAGE = mmap.PAGESIZE
+
+
+class Scratch:
+    """An anonymous temporary file that holds large arrays out of memory.
+
+    Arrays are appended with ``os.pwrite`` (page cache, not this process's
+    memory) and read back through read-only shared mappings, whose pages only
+    count as resident while touched (see :func:`drop_pages`). The file has no
+    name and disappears with its last mapping.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        self._f = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (closed by close())
+        self.size = 0
+        self._parked: list[tuple] = []
+
+    def _reserve(self, nbytes: int) -> int:
+        off = -(-self.size // _PAGE) * _PAGE
+        self.size = off + nbytes
+        return off
+
+    def write(self, data) -> int:
+        """Append ``data`` (a contiguous array or bytes); return its page-aligned offset."""
+        mv = memoryview(data).cast("B")
+        off = self._reserve(mv.nbytes)
+        fd = self._f.fileno()
+        pos = 0
+        while pos < mv.nbytes:
+            pos += os.pwrite(fd, mv[pos : pos + (64 << 20)], off + pos)
+        return off
+
+    def write_transposed(self, a: np.ndarray) -> int:
+        """Append ``a.T`` in C order (so ``result.T`` is ``a`` in Fortran order), in row blocks."""
+        rows, cols = a.shape
+        off = self._reserve(a.nbytes)
+        fd = self._f.fileno()
+        step = max(1, (16 << 20) // max(1, rows * a.itemsize))
+        for j in range(0, cols, step):
+            block = np.ascontiguousarray(a[:, j : j + step].T)
+            os.pwrite(fd, memoryview(block).cast("B"), off + j * rows * a.itemsize)
+        return off
+
+    def view(self, off: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        """A read-only array over ``[off, off + nbytes)`` (one mapping)."""
+        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if n == 0:
+            return np.zeros(shape, dtype)
+        self._f.flush()
+        mm = mmap.mmap(self._f.fileno(), n, access=mmap.ACCESS_READ, offset=off)
+        return np.frombuffer(mm, dtype=dtype, count=n // np.dtype(dtype).itemsize).reshape(shape)
+
+    def mapping(self) -> mmap.mmap | None:
+        """One read-only mapping of the whole file (None when it is empty)."""
+        if self.size == 0:
+            return None
+        self._f.flush()
+        if os.fstat(self._f.fileno()).st_size < self.size:
+            os.ftruncate(self._f.fileno(), self.size)
+        return mmap.mmap(self._f.fileno(), self.size, access=mmap.ACCESS_READ)
+
+    def park(self, holder) -> None:
+        """Move ``holder.data`` (an array) to the file until :meth:`restore`;
+        meanwhile ``holder.data`` is a marker that is no array."""
+        a = np.ascontiguousarray(holder.data)
+        off = self.write(a)
+        self._parked.append((holder, off, a.dtype, a.shape))
+        holder.data = _Parked(off)
+
+    def restore(self) -> None:
+        """Point every parked holder at its data in one read-only mapping of the file."""
+        if not self._parked:
+            return
+        mm = self.mapping()
+        for holder, off, dtype, shape in self._parked:
+            n = int(np.prod(shape, dtype=np.int64))
+            holder.data = np.frombuffer(mm, dtype=dtype, count=n, offset=off).reshape(shape)
+        self._parked = []
+
+    def close(self) -> None:
+        """Close the file; live mappings keep its data until they go."""
+        self._f.close()
+
+
+class _Parked:
+    """Stands for data moved to a :class:`Scratch` until ``restore()``."""
+
+    __slots__ = ("offset",)
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+def _lazy_ok(t: onnx.TensorProto) -> bool:
+    from mconv.modelio import tensor_nbytes
+
+    return (
+        t.data_type in _LAZY_TYPES
+        and t.HasField("raw_data")
+        and t.data_location != TensorProto.EXTERNAL
+        and not t.HasField("segment")
+        and tensor_nbytes(t) >= LAZY_BYTES
+    )
+
+
+class LazyConst(NDArrayOperatorsMixin):
+    """A large initializer read only when a rule needs its values.
+
+    ``shape``, ``dtype``, ``size``, ``ndim`` and ``nbytes`` come from the
+    TensorProto's ``dims``/``data_type`` without touching its data (reading
+    ``raw_data`` copies the whole buffer). :meth:`value` converts it like
+    ``numpy_helper.to_array``; ``np.asarray``, attribute access and numpy
+    operators go through it, so it stands in for an array anywhere.
+
+    Without ``consume`` every read is a fresh conversion and the model is left
+    as it was. With ``consume`` the first read clears the tensor's ``raw_data``
+    (the writer owns the model), keeps the value until :meth:`release`, and, when
+    a :class:`Scratch` is given, moves it to that file so that it does not stay
+    in memory; ``reads`` counts the conversions.
+    """
+
+    def __init__(self, tensor: onnx.TensorProto, *, consume: bool = False, scratch: Scratch | None = None) -> None:
+        self.tensor = tensor
+        self.name = tensor.name
+        self.shape = tuple(int(d) for d in tensor.dims)
+        self.dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+        self.ndim = len(self.shape)
+        self.nbytes = self.size * self.dtype.itemsize
+        self.consume = consume
+        self.scratch = scratch
+        self.reads = 0
+        self._value: np.ndarray | None = None
+        self._gone: weakref.ref | None = None
+
+    def value(self, *, transposed: bool = False) -> np.ndarray:
+        """The values (read-only). ``transposed`` is a layout hint for a consumer
+        that will read ``value.T`` contiguously: the array is then stored in
+        Fortran order (same values, no copy when the consumer transposes)."""
+        if self._value is not None:
+            return self._value
+        if self._gone is not None:
+            v = self._gone()
+            if v is not None:
+                return v
+            raise RuntimeError(f"internal: constant '{self.name}' was read after its last use")
+        self.reads += 1
+        v = numpy_helper.to_array(self.tensor)
+        if not self.consume:
+            return v
+        self.tensor.ClearField("raw_data")
+        if self.scratch is not None and v.size and v.nbytes >= SCRATCH_VALUE_BYTES:
+            if transposed and v.ndim == 2:
+                off = self.scratch.write_transposed(v)
+                v = self.scratch.view(off, v.dtype, (v.shape[1], v.shape[0])).T
+            else:
+                off = self.scratch.write(np.ascontiguousarray(v))
+                v = self.scratch.view(off, v.dtype, v.shape)
+        self._value = v
+        return v
+
+    def placeholder(self) -> np.ndarray:
+        """Zeros of the right shape and dtype (untouched pages cost no memory)."""
+        return np.zeros(self.shape, self.dtype)
+
+    def release(self) -> None:
+        """The last consumer is done: drop the kept value (arrays built on it keep theirs)."""
+        if self._value is not None:
+            self._gone = weakref.ref(self._value)
+            self._value = None
+
+    def __array__(self, dtype=None, copy=None):
+        v = self.value()
+        if copy:
+            return np.array(v, dtype=dtype, copy=True)
+        return v if dtype is None else v.astype(dtype, copy=False)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inputs = tuple(np.asarray(x) if isinstance(x, LazyConst) else x for x in inputs)
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("tensor", "_value", "_gone"):
+            raise AttributeError(name)
+        return getattr(self.value(), name)
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
+
+    def __iter__(self):
+        return iter(self.value())
+
+    def __getitem__(self, key):
+        return self.value()[key]
+
+    def __repr__(self) -> str:
+        return f"LazyConst({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def value_of(v):
+    """An ndarray for a constant that may be a :class:`LazyConst`."""
+    return v.value() if isinstance(v, LazyConst) else v
 
 
 @dataclass
@@ -161,12 +395,31 @@ def _infer(
         return m
 
 
-def prepare(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] | None = None) -> Prepared:
-    """Fix input shapes, infer shapes and fold constants (see module docstring)."""
+def prepare(
+    model: onnx.ModelProto,
+    overrides: dict[str, tuple[int, ...]] | None = None,
+    *,
+    mode: str = "eager",
+    scratch: Scratch | None = None,
+) -> Prepared:
+    """Fix input shapes, infer shapes and fold constants (see module docstring).
+
+    ``mode``: "eager" converts every initializer to an array; "lazy" leaves the
+    large ones (:data:`LAZY_BYTES`) as :class:`LazyConst` read on demand, the
+    model untouched; "consume" does the same but a read clears the tensor's
+    ``raw_data`` (optionally moving the value to ``scratch``).
+    """
+    if mode not in ("eager", "lazy", "consume"):
+        raise ValueError(f"prepare mode {mode!r}")
     opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 13)
     in_shapes, dyn = fixed_input_shapes(model, overrides)
     g = model.graph
-    consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    consts: dict[str, np.ndarray] = {}
+    for t in g.initializer:
+        if mode != "eager" and _lazy_ok(t):
+            consts[t.name] = LazyConst(t, consume=mode == "consume", scratch=scratch)  # type: ignore[assignment]
+        else:
+            consts[t.name] = numpy_helper.to_array(t)
     new_inputs = []
     for vi in g.input:
         if vi.name in consts:
@@ -244,7 +497,7 @@ def _foldable(
         if not name:
             vals.append(None)
         elif name in consts:
-            vals.append(consts[name])
+            vals.append(value_of(consts[name]))
         else:
             return None
     return vals

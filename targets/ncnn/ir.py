@@ -9,6 +9,7 @@ round trip within ncnn's 15-character value token).
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 from dataclasses import dataclass, field
@@ -171,6 +172,13 @@ class NcnnGraph:
                 parts.append(_weight_bytes(w))
         return b"".join(parts)
 
+    def write_bin(self, f) -> None:
+        """Write the same bytes as :meth:`to_bin` to the binary file ``f``, one
+        slice at a time (no copy of the whole ``.bin`` in memory)."""
+        for layer in self.layers:
+            for w in layer.weights:
+                _write_weight(f, w)
+
 
 def _format_scalar(v: float | int | np.generic) -> str:
     if isinstance(v, (bool, np.bool_)):
@@ -204,3 +212,57 @@ def _weight_bytes(w: Weight) -> bytes:
     if w.kind == "int8":
         return struct.pack("<I", TAG_INT8) + _pad4(np.ascontiguousarray(w.data, np.int8).tobytes())
     return struct.pack("<I", TAG_FP32) + np.ascontiguousarray(w.data, dtype="<f4").tobytes()
+
+
+_CHUNK = 16 << 20
+
+
+def _weight_array(w: Weight) -> tuple[bytes, np.ndarray]:
+    """(tag, contiguous little-endian values) of a weight as stored in the ``.bin``."""
+    if not w.tagged:
+        return b"", np.ascontiguousarray(w.data, dtype="<f4")
+    if w.kind == "fp16":
+        return struct.pack("<I", TAG_FP16), np.ascontiguousarray(w.data, dtype="<f2")
+    if w.kind == "int8":
+        return struct.pack("<I", TAG_INT8), np.ascontiguousarray(w.data, np.int8)
+    return struct.pack("<I", TAG_FP32), np.ascontiguousarray(w.data, dtype="<f4")
+
+
+def _write_weight(f, w: Weight) -> None:
+    head, a = _weight_array(w)
+    f.write(head)
+    flat = a.reshape(-1)
+    step = max(1, _CHUNK // max(1, flat.itemsize))
+    for i in range(0, flat.size, step):
+        part = flat[i : i + step]
+        f.write(memoryview(part).cast("B"))
+        drop_pages(part)
+    if head and w.kind in ("fp16", "int8"):
+        f.write(b"\0" * (-a.nbytes % 4))
+
+
+def mapped_base(a: np.ndarray) -> mmap.mmap | None:
+    """The read-only file mapping ``a`` views, if any."""
+    base = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None
+
+
+def drop_pages(a: np.ndarray) -> None:
+    """Let the kernel drop the resident pages of ``a`` when it views a read-only file
+    mapping (the data stays in the file; touching it again reads it back)."""
+    base = mapped_base(a) if isinstance(a, np.ndarray) else None
+    if base is None or a.nbytes == 0 or base.closed:
+        return
+    origin = np.frombuffer(base, np.uint8).ctypes.data
+    start = a.ctypes.data - origin
+    lo = max(0, start // mmap.PAGESIZE * mmap.PAGESIZE)
+    hi = min(len(base), start + a.nbytes)
+    if hi > lo:
+        try:
+            base.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (OSError, ValueError):
+            pass

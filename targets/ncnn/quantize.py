@@ -33,14 +33,28 @@ _BINS = 2048
 _LEVELS = 128
 
 
-def to_fp16(g: NcnnGraph) -> None:
-    """Store every tagged weight as fp16 (values beyond ±65504 saturate)."""
+def to_fp16(g: NcnnGraph, scratch=None) -> None:
+    """Store every tagged weight as fp16 (values beyond ±65504 saturate).
+
+    With a :class:`~mconv.targets.ncnn.fold.Scratch` (large models), large
+    results are moved there as they are made instead of staying in memory.
+    """
+    from mconv.targets.ncnn.fold import LAZY_BYTES
+    from mconv.targets.ncnn.ir import drop_pages
+
     fmax = float(np.finfo(np.float16).max)
     for layer in g.layers:
         for w in layer.weights:
             if w.tagged and w.kind == "fp32":
-                w.data = np.clip(w.data, -fmax, fmax).astype(np.float16)
+                old = w.data
+                w.data = np.clip(old, -fmax, fmax).astype(np.float16)
                 w.kind = "fp16"
+                drop_pages(old)
+                del old
+                if scratch is not None and w.data.nbytes >= LAZY_BYTES:
+                    scratch.park(w)
+    if scratch is not None:
+        scratch.restore()
 
 
 def kl_threshold(hist: np.ndarray, bin_width: float) -> float:
@@ -97,7 +111,8 @@ def _collect(g: NcnnGraph, blobs: list[str], calib: list[dict], meta: dict) -> d
     with tempfile.TemporaryDirectory(prefix="mconv-calib-") as tmp:
         p = Path(tmp) / "calib.param"
         p.write_text(g.to_param())
-        p.with_suffix(".bin").write_bytes(g.to_bin())
+        with open(p.with_suffix(".bin"), "wb") as f:
+            g.write_bin(f)
         outs = [{"name": b, "blob": b} for b in blobs]
         art = Artifact("ncnn", p, [p], "fp32", {"inputs": meta["inputs"], "outputs": outs})
         runner = NcnnRunner(art, keep_intermediates=True)

@@ -12,6 +12,9 @@ from mconv.errors import InputError, UnsupportedOpsError
 from mconv.targets.base import Artifact, BuildOptions, Runner, Target
 
 MAGIC = b"7767517"
+# write() consumes models with at least this many bytes of large initializers (it
+# may: see Target.write); smaller ones are read eagerly and left as they were.
+CONSUME_MIN_BYTES = 256 << 20
 
 
 class NcnnTarget(Target):
@@ -28,11 +31,11 @@ class NcnnTarget(Target):
         return supported_ops() | {"Constant"}
 
     def unsupported(self, model: onnx.ModelProto) -> dict[str, list[str]]:
-        """Nodes left after constant folding that no rule lowers."""
+        """Nodes left after constant folding that no rule lowers (large weights are not read)."""
         from mconv.targets.ncnn.fold import prepare
 
         try:
-            prep = prepare(model)
+            prep = prepare(model, mode="lazy")
         except Exception:
             return super().unsupported(model)
         ops = self.supported_ops()
@@ -51,10 +54,13 @@ class NcnnTarget(Target):
         return None
 
     def preflight(self, model: onnx.ModelProto, options: BuildOptions) -> list[str]:
-        """Lower in memory: raises UnsupportedOpsError / ConversionError on blockers."""
+        """Lower in memory: raises UnsupportedOpsError / ConversionError on blockers.
+
+        A dry run: large weights are neither copied nor kept, the model stays as it was.
+        """
         from mconv.targets.ncnn.writer import lower_model
 
-        lowered = lower_model(model, input_shapes=options.extra.get("input_shapes"))
+        lowered = lower_model(model, input_shapes=options.extra.get("input_shapes"), mode="dry")
         warnings = []
         if lowered.meta.get("dyn_batch_inputs"):
             warnings.append(
@@ -71,21 +77,38 @@ class NcnnTarget(Target):
         out_dir = Path(out_dir)
         if options.precision not in self.precisions:
             raise UnsupportedOpsError("ncnn", {f"precision {options.precision}": []})
-        lowered = lower_model(model, input_shapes=options.extra.get("input_shapes"))
-        files: list[Path] = []
-        if options.precision == "fp16":
-            from mconv.targets.ncnn.quantize import to_fp16
+        scratch = None
+        if _lazy_bytes(model) >= CONSUME_MIN_BYTES:
+            # Large model: read each weight once, clear it from the model, keep the
+            # lowered weights in a scratch file beside the output (see writer.py).
+            from mconv.targets.ncnn.fold import Scratch
 
-            to_fp16(lowered.graph)
-        elif options.precision == "int8":
-            from mconv.targets.ncnn.quantize import quantize_int8
-
-            table = quantize_int8(lowered, model, options)
-            tpath = out_dir / f"{stem}.table"
             out_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(tpath, table)
-            files.append(tpath)
-        param, binf = write_files(lowered, out_dir, stem)
+            scratch = Scratch(out_dir)
+        try:
+            lowered = lower_model(
+                model,
+                input_shapes=options.extra.get("input_shapes"),
+                mode="consume" if scratch is not None else "eager",
+                scratch=scratch,
+            )
+            files: list[Path] = []
+            if options.precision == "fp16":
+                from mconv.targets.ncnn.quantize import to_fp16
+
+                to_fp16(lowered.graph, scratch)
+            elif options.precision == "int8":
+                from mconv.targets.ncnn.quantize import quantize_int8
+
+                table = quantize_int8(lowered, model, options)
+                tpath = out_dir / f"{stem}.table"
+                out_dir.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(tpath, table)
+                files.append(tpath)
+            param, binf = write_files(lowered, out_dir, stem)
+        finally:
+            if scratch is not None:
+                scratch.close()
         meta = dict(lowered.meta)
         meta["precision"] = options.precision
         side = out_dir / f"{stem}.mconv.json"
@@ -125,3 +148,16 @@ class NcnnTarget(Target):
             except ValueError:
                 meta = {}
         return Artifact("ncnn", path, files, meta.get("precision", "fp32"), meta)
+
+
+def _lazy_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the initializers that are read lazily (dims only: no data is touched)."""
+    from mconv.modelio import tensor_nbytes
+    from mconv.targets.ncnn.fold import LAZY_BYTES
+
+    total = 0
+    for t in model.graph.initializer:
+        n = tensor_nbytes(t)
+        if n >= LAZY_BYTES:
+            total += n
+    return total

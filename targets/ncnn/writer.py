@@ -4,11 +4,20 @@ ncnn graph, insert Split layers, and serialize ``.param``/``.bin``.
 :func:`lower_model` does everything in memory (used by ``preflight`` and
 ``write``); :func:`write_files` writes atomically only once lowering succeeded,
 so an unsupported op or a refused batch leaves nothing on disk.
+
+Memory (models with GBs of weights): ``mode="dry"`` (preflight) reads large
+initializers only as zeros of their shape and drops large weight buffers as soon
+as a node is lowered, so checking a model costs little beyond the model itself;
+``mode="consume"`` (write) reads each large initializer when its first consumer
+is lowered, clears its ``raw_data`` in the model, and moves values and weight
+buffers to a scratch file beside the output, so that the ONNX model, the lowered
+graph and the ``.bin`` never all sit in memory at once. The bytes written are
+the same in every mode.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +25,9 @@ import onnx
 
 from mconv.errors import ConversionError, UnsupportedOpsError
 from mconv.targets.ncnn import optimize
-from mconv.targets.ncnn.fold import Prepared, prepare
+from mconv.targets.ncnn.fold import LAZY_BYTES, LazyConst, Prepared, Scratch, prepare
 from mconv.targets.ncnn.fuse import fuse_patterns
-from mconv.targets.ncnn.ir import NcnnGraph, sanitize
+from mconv.targets.ncnn.ir import Layer, NcnnGraph, drop_pages, mapped_base, sanitize
 from mconv.targets.ncnn.lower import (
     Ctx,
     Node,
@@ -32,6 +41,10 @@ from mconv.targets.ncnn.registry import rules
 
 # Inputs ncnn can take: it computes in float32 only.
 _FLOAT_KINDS = ("f",)
+# In "dry" mode, initializers this large are lowered as zeros (never read).
+PLACEHOLDER_BYTES = 64 << 20
+# Ops whose rule stores constant input 1 (2-D) transposed (see _read_transposed).
+_TRANSPOSED_B = ("MatMul", "MconvLinear")
 
 
 @dataclass
@@ -56,8 +69,17 @@ def lower_model(
     *,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     optimize_graph: bool = True,
+    mode: str = "eager",
+    scratch: Scratch | None = None,
 ) -> Lowered:
     """Lower ``model`` to an in-memory ncnn graph.
+
+    ``mode``: "eager" reads every initializer up front; "dry" (checks only: the
+    weights of the result are not the model's) never copies large ones and
+    leaves the model as it was; "consume" (writing) reads each large one when
+    needed and clears its ``raw_data`` in ``model``, which must not be used
+    afterwards; with ``scratch`` large values and weight buffers live in that
+    file instead of memory (see the module docstring).
 
     Raises:
         UnsupportedOpsError: some nodes have no rule or a form no rule handles
@@ -65,9 +87,29 @@ def lower_model(
         ConversionError: the model cannot be represented (batch > 1, unknown
             shapes, non-float inputs), naming the tensor or node.
     """
+    if mode not in ("eager", "dry", "consume"):
+        raise ValueError(f"lower_model mode {mode!r}")
     table = rules()
-    prep = prepare(model, input_shapes)
+    prep = prepare(
+        model,
+        input_shapes,
+        mode={"eager": "eager", "dry": "lazy", "consume": "consume"}[mode],
+        scratch=scratch if mode == "consume" else None,
+    )
     nodes = fuse_patterns(prep)
+    lazy = {k: v for k, v in prep.consts.items() if isinstance(v, LazyConst)}
+    uses: dict[str, int] = {}
+    for proto in nodes:
+        for x in proto.input:
+            if x in lazy:
+                uses[x] = uses.get(x, 0) + 1
+    for o in prep.outputs:
+        if o in lazy:
+            uses[o] = uses.get(o, 0) + (1 << 30)  # read again after the loop
+    for k, c in lazy.items():
+        if not uses.get(k):
+            c.release()  # folded away (or unused)
+    spill = scratch if mode == "consume" else None
     ctx = Ctx(prep)
     inputs_meta = []
     for name in prep.inputs:
@@ -91,6 +133,8 @@ def lower_model(
     unsupported: dict[str, list[str]] = {}
     failed: set[str] = set()
     for i, proto in enumerate(nodes):
+        opened = _open_consts(ctx, proto, lazy, mode) if lazy else []
+        n_layers = len(ctx.g.layers)
         name = _node_name(proto, i)
         op = proto.op_type if proto.domain in ("", "ai.onnx") else f"{proto.domain}::{proto.op_type}"
         node = Node(
@@ -142,8 +186,12 @@ def lower_model(
             for o in proto.output:
                 if o and o not in ctx.tensors:
                     ctx.tensors[o] = Tensor(o, prep.shapes.get(o, ()), np.dtype("float32"))
+        if opened:
+            _close_consts(ctx, opened, lazy, uses)
+        _shed(ctx.g.layers[n_layers:], mode, spill)
     if unsupported:
         raise UnsupportedOpsError("ncnn", unsupported)
+    tail_from = len(ctx.g.layers)
 
     outputs_meta = []
     for name in prep.outputs:
@@ -164,6 +212,9 @@ def lower_model(
                 "dtype": np.dtype(prep.dtypes.get(name, np.float32)).name,
             }
         )
+    _shed(ctx.g.layers[tail_from:], mode, spill)
+    if spill is not None:
+        spill.restore()
     out_blobs = {o["blob"] for o in outputs_meta}
     renamed: dict[str, str] = {}
     if optimize_graph:
@@ -183,15 +234,72 @@ def lower_model(
     return Lowered(ctx.g, meta, prep)
 
 
+def _open_consts(ctx: Ctx, proto: onnx.NodeProto, lazy: dict[str, LazyConst], mode: str) -> list[tuple]:
+    """Give the node's rule arrays for its lazy constant inputs."""
+    opened: list[tuple] = []
+    for k, x in enumerate(proto.input):
+        c = lazy.get(x)
+        t = ctx.tensors.get(x) if c is not None else None
+        if t is None or t.const is not c or any(o[0] == x for o in opened):
+            continue
+        if mode == "dry":
+            v = c.placeholder() if c.nbytes >= PLACEHOLDER_BYTES else c.value()
+        else:
+            v = c.value(transposed=_read_transposed(ctx, proto, k, c))
+        ctx.tensors[x] = replace(t, const=v)
+        opened.append((x, t, v))
+    return opened
+
+
+def _read_transposed(ctx: Ctx, proto: onnx.NodeProto, k: int, c: LazyConst) -> bool:
+    """MatMul (or the fused MatMul + bias) by a constant 2-D B becomes an
+    InnerProduct/Gemm storing B.T contiguously (rules_linear.inner_product): B kept
+    in Fortran order makes that a view instead of a copy. Only a layout hint: the
+    values, hence the bytes written, are the same either way."""
+    if proto.op_type not in _TRANSPOSED_B or proto.domain not in ("", "ai.onnx") or k != 1 or c.ndim != 2:
+        return False
+    a = ctx.tensors.get(proto.input[0])
+    return a is not None and a.const is None
+
+
+def _close_consts(ctx: Ctx, opened: list[tuple], lazy: dict[str, LazyConst], uses: dict[str, int]) -> None:
+    """Put the lazy constants back; release those whose last consumer this was."""
+    for x, t, v in opened:
+        cur = ctx.tensors.get(x)
+        if cur is not None and cur.const is v:
+            ctx.tensors[x] = t
+        drop_pages(v)
+        uses[x] -= 1
+        if uses[x] <= 0:
+            lazy[x].release()
+
+
+def _shed(layers: list[Layer], mode: str, spill: Scratch | None) -> None:
+    """Large weight buffers of freshly lowered layers: zeros in "dry" mode (nothing
+    is written), moved to the scratch file in "consume" mode."""
+    if mode == "eager":
+        return
+    for layer in layers:
+        for w in layer.weights:
+            d = w.data
+            if not isinstance(d, np.ndarray) or d.nbytes < LAZY_BYTES:
+                continue
+            if mode == "dry":
+                w.data = np.zeros(d.shape, d.dtype)
+            elif spill is not None and mapped_base(d) is None:
+                spill.park(w)
+
+
 def write_files(lowered: Lowered, out_dir: Path, stem: str) -> tuple[Path, Path]:
-    """Serialize atomically to ``<stem>.param`` and ``<stem>.bin`` in ``out_dir``."""
-    from mconv.fsutil import write_bytes_atomic, write_text_atomic
+    """Serialize atomically to ``<stem>.param`` and ``<stem>.bin`` in ``out_dir``
+    (the ``.bin`` streamed weight by weight)."""
+    from mconv.fsutil import atomic_path, write_text_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     param = out_dir / f"{stem}.param"
     binf = out_dir / f"{stem}.bin"
     text = lowered.graph.to_param()
-    data = lowered.graph.to_bin()
-    write_bytes_atomic(binf, data)
+    with atomic_path(binf) as tmp, open(tmp, "wb") as f:
+        lowered.graph.write_bin(f)
     write_text_atomic(param, text)
     return param, binf
