@@ -623,6 +623,10 @@ def split_slices(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeP
     for x, users in g.consumers.items():
         if len(users) < 2 or g.const(x) is not None or x not in prep.shapes:
             continue
+        if sum(d != 1 for d in prep.shapes[x]) > 4:
+            # No ncnn Mat holds it whole (Swin's [3, B*nW, heads, N, d] qkv): the
+            # per-part Gathers each drop an axis and lower fine, a Split would not.
+            continue
         pairs = [(u, p) for u in users if (p := _part(g, u, x)) is not None]
         if len(pairs) < 2 or len({p[0] for _, p in pairs}) != 1:
             continue
