@@ -145,3 +145,29 @@ def test_batch_two_is_not_fused(tmp_path: Path) -> None:
     # op-by-op lowering (which keeps the batch in the Mats) stays exact.
     param = _check(_MHA(16, 2), (2, 6, 16), tmp_path)
     assert "MultiHeadAttention" not in _types(param)
+
+
+class _WindowQKV(nn.Module):
+    """Swin-style windowed attention: qkv laid out as [3, windows, heads, N, d] (rank 5,
+    five axes > 1), which no ncnn Mat holds whole."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):  # x: [windows, N, dim]
+        w, n, c = x.shape
+        qkv = self.qkv(x).reshape(w, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(w, n, c))
+
+
+def test_rank5_qkv_is_not_split_fused_and_still_converts(tmp_path: Path) -> None:
+    # Regression: the Split fusion turned qkv[0..2] into one Split of the rank-5 tensor,
+    # which no rule can lower; the model (that converted before) became unsupported.
+    types = _types(_check(_WindowQKV(), (4, 9, 16), tmp_path))
+    assert "Softmax" in types  # 4 windows: attention stays op by op, and converts exactly
