@@ -74,7 +74,7 @@ class LoadedSource:
     input_names: list[str] = field(default_factory=list)
 
 
-def _load_factory(spec: str) -> Any:
+def load_factory(spec: str) -> Any:
     """``module.path:attr`` or ``path/to/file.py:attr`` -> the callable."""
     if ":" not in spec:
         raise UsageError(f"--model '{spec}': expected module.path:factory or path/to/file.py:Class")
@@ -175,7 +175,7 @@ def load_source(path: Path, *, model_spec: str | None = None, trust_pickle: bool
             "with --model module.path:factory or --model path/to/file.py:ClassOrFactory"
         )
     state = _state_dict_of(obj, path)
-    factory = _load_factory(model_spec)
+    factory = load_factory(model_spec)
     try:
         module = factory()
     except Exception as e:

@@ -90,23 +90,11 @@ def _rel(path: str | Path, root: Path) -> str:
 
 def _load_callable(spec: str) -> Callable[..., Any]:
     """'/abs/file.py:name' (already checked to be inside the recipe folder) or 'module:name'."""
-    import importlib
-    import importlib.util
+    from mconv.convert.torch import load_factory
 
-    mod_name, _, attr = spec.rpartition(":")
-    if mod_name.endswith(".py") or os.sep in mod_name:
-        module_id = f"mconv_recipe_{abs(hash(mod_name))}"
-        s = importlib.util.spec_from_file_location(module_id, mod_name)
-        if s is None or s.loader is None:
-            raise ConversionError(f"cannot import {mod_name}")
-        mod = importlib.util.module_from_spec(s)
-        sys.modules[module_id] = mod
-        s.loader.exec_module(mod)
-    else:
-        mod = importlib.import_module(mod_name)
-    fn = getattr(mod, attr, None)
+    fn = load_factory(spec)
     if not callable(fn):
-        raise ConversionError(f"'{spec}': '{attr}' is not a callable in {mod_name}")
+        raise ConversionError(f"'{spec}': '{spec.rpartition(':')[2]}' is not callable")
     return fn
 
 
