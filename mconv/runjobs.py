@@ -252,19 +252,8 @@ class RecipeRun:
             model = load_onnx(onnx_path)
             before = len(model.graph.node)
             chosen = self.spec.passes
-            if chosen is None or not any(p.options for p in chosen):
-                model, reports = optimize(model, None if chosen is None else [p.name for p in chosen])
-            else:
-                model, reports = optimize(model, [])  # normalises old IR versions, runs nothing
-                for p in chosen:
-                    try:
-                        result, report = type(get_pass(p.name))(**p.options)(model)
-                    except MconvError:
-                        raise
-                    except Exception as e:
-                        raise ConversionError(f"pass '{p.name}' failed: {type(e).__name__}: {e}") from e
-                    model = result.model
-                    reports.append(report)
+            passes = None if chosen is None else [type(get_pass(p.name))(**p.options) for p in chosen]
+            model, reports = optimize(model, passes)
             files = save_onnx(model, dest)
             rec.update(nodes_before=before, nodes_after=len(model.graph.node), passes=[r.to_json() for r in reports])
             rec["artifacts"] = self._artifacts([str(f) for f in files])
@@ -647,15 +636,7 @@ def _worker(recipe: LoadedRecipe, out_root: str, q, threads: int | None) -> None
         report = RecipeRun(recipe, Path(out_root), emit).run()
     except BaseException as e:  # the run itself broke (not a step): still report it
         traceback.print_exc()
-        report = {
-            "recipe": recipe.file,
-            "name": recipe.name,
-            "status": "failed",
-            "exit_code": EXIT_CONVERSION,
-            "seconds": 0.0,
-            "steps": [],
-            "error": f"internal error: {type(e).__name__}: {e}",
-        }
+        report = _failed_report(recipe, f"internal error: {type(e).__name__}: {e}")
     sys.stdout.flush()
     sys.stderr.flush()
     commit(log, rdir / "run.log")
@@ -860,6 +841,19 @@ def _drain(q, handle) -> None:
             return
 
 
+def _failed_report(recipe: LoadedRecipe, error: str) -> dict[str, Any]:
+    """The report of a recipe that failed outside its steps."""
+    return {
+        "recipe": recipe.file,
+        "name": recipe.name,
+        "status": "failed",
+        "exit_code": EXIT_CONVERSION,
+        "seconds": 0.0,
+        "steps": [],
+        "error": error,
+    }
+
+
 def _crashed(recipe: LoadedRecipe, exitcode: int | None, out_dir: Path) -> dict[str, Any]:
     """The report of a recipe whose process died without reporting (a native crash)."""
     import json
@@ -868,13 +862,7 @@ def _crashed(recipe: LoadedRecipe, exitcode: int | None, out_dir: Path) -> dict[
 
     how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit status {exitcode}"
     report = {
-        "recipe": recipe.file,
-        "name": recipe.name,
-        "status": "failed",
-        "exit_code": EXIT_CONVERSION,
-        "seconds": 0.0,
-        "steps": [],
-        "error": f"the recipe's process died ({how}); see {out_dir / recipe.name}",
+        **_failed_report(recipe, f"the recipe's process died ({how}); see {out_dir / recipe.name}"),
         "versions": versions(),
     }
     rdir = out_dir / recipe.name

@@ -94,8 +94,11 @@ def parse_pass_list(text: str | None) -> list[str] | None:
     return names
 
 
-def optimize(model: onnx.ModelProto, passes: Sequence[str] | None = None) -> tuple[onnx.ModelProto, list[PassReport]]:
-    """Run ``passes`` (default pipeline when None) in order; name the failing pass on error."""
+def optimize(
+    model: onnx.ModelProto, passes: Sequence[str | Pass] | None = None
+) -> tuple[onnx.ModelProto, list[PassReport]]:
+    """Run ``passes`` (registry names or configured Pass instances; the default pipeline
+    when None) in order; name the failing pass on error."""
     names = list(passes) if passes is not None else list(DEFAULT_PIPELINE)
     if model.ir_version < 4:
         # IR < 4 requires every initializer to be a graph input; folding adds
@@ -107,8 +110,9 @@ def optimize(model: onnx.ModelProto, passes: Sequence[str] | None = None) -> tup
         del model.graph.input[:]
         model.graph.input.extend(real)
     reports: list[PassReport] = []
-    for name in names:
-        p = get_pass(name)
+    for item in names:
+        p = get_pass(item) if isinstance(item, str) else item
+        name = p.name
         try:
             result, report = p(model)
         except MconvError:

@@ -10,7 +10,11 @@ import onnx
 import pytest
 
 from tests.conftest import assert_clean_error
-from tests.mconv.test_verify import DoubleTarget, NoRuntimeTarget, build, chain_model, double_file
+from tests.mconv.test_verify import build, chain_model, double_file
+from tests.mconv.test_verify import doubles as doubles_fixture
+
+# The test-double targets, registered for the test that asks for them.
+doubles = doubles_fixture
 
 ITERS = 20
 
@@ -25,17 +29,6 @@ def arts(tmp_path_factory) -> dict[str, Path]:
     onnx.save(chain_model(batch="N"), str(dyn))
     out["dynamic"] = build(dyn, "onnx", d / "dyn_onnx")
     return out
-
-
-@pytest.fixture
-def doubles():
-    from mconv.targets import register, unregister
-
-    register(DoubleTarget)
-    register(NoRuntimeTarget)
-    yield
-    unregister(DoubleTarget.name)
-    unregister(NoRuntimeTarget.name)
 
 
 def test_three_backends_in_one_json_report(cli, arts):
