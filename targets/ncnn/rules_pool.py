@@ -81,7 +81,10 @@ def _global(ctx: Ctx, node: Node, kind: int) -> None:
         raise NotLowerable(f"global pool on rank {x.rank}")
     c = x.shape[1]
     xb = ctx.blob_as(x, tuple(range(1, x.rank)))
-    xb = ctx.reshape(xb, (c, 1, int(np.prod(x.shape[2:]))), name_hint=x.name)
+    # ncnn pools each channel of a 3-D Mat: a 4-D tensor already is one; others are
+    # flattened to [C, 1, L] first.
+    to = tuple(x.shape[1:]) if x.rank == 4 else (c, 1, int(np.prod(x.shape[2:])))
+    xb = ctx.reshape(xb, to, name_hint=x.name)
     out = ctx.emit("Pooling", [xb], (c,), {0: kind, 4: 1})
     ctx.bind(node.outputs[0], out, (1,))
 
