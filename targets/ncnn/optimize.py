@@ -2,8 +2,8 @@
 
 Passes, each returning whether it changed the graph:
 
-* :func:`fuse_batchnorm` — BatchNorm right after a convolution or InnerProduct
-  (sole consumer) is folded into its weights and bias.
+* :func:`fuse_batchnorm` — BatchNorm right after a convolution or a one-vector
+  InnerProduct (sole consumer) is folded into its weights and bias.
 * :func:`fuse_activation` — ReLU / leaky ReLU / Clip / Sigmoid / Mish /
   HardSwish right after a convolution, deconvolution or InnerProduct becomes
   its fused activation (keys 9/10), which ncnn applies in the same kernel.
@@ -51,6 +51,8 @@ def fuse_batchnorm(g: NcnnGraph, keep: set[str]) -> bool:
         bn = _sole_consumer(g, layer.outputs[0], keep)
         if bn is None or bn.type != "BatchNorm":
             continue
+        if layer.type == "InnerProduct" and len(g.shapes.get(layer.outputs[0], ())) != 1:
+            continue  # over rows, BatchNorm scales each row, not each output
         slope, mean, var, bias = (w.data.astype(np.float64) for w in bn.weights)
         eps = float(bn.params.get(1, 0.0))
         a = slope / np.sqrt(var + eps)

@@ -63,6 +63,33 @@ def test_gemm_and_matmul_const_and_dynamic(check, make_model, rng):
     assert "InnerProduct" in text and "MatMul" in text
 
 
+@pytest.mark.parametrize("rows,layer", [(8, "InnerProduct"), (6, "Gemm")])
+def test_matmul_const_over_rows_layer_choice(check, make_model, rng, rows, layer):
+    # Rows a multiple of 4: InnerProduct over the rows with the ReLU fused; other
+    # row counts: ncnn's Gemm (InnerProduct runs unpacked there) and a ReLU layer.
+    m = make_model(
+        [H("MatMul", ["x", "w"], ["h"]), H("Add", ["h", "b"], ["a"]), H("Relu", ["a"], ["y"])],
+        {"x": (1, rows, 16)}, ["y"], {"w": _w(rng, 16, 12), "b": _w(rng, 12)},
+    )  # fmt: skip
+    check(m)
+    text = check.param_text()
+    assert f"\n{layer} " in text
+    assert ("ReLU" in text) == (layer == "Gemm")
+
+
+def test_batchnorm_over_rows_stays_apart_from_inner_product(check, make_model, rng):
+    # BatchNorm over axis 1 of [1, rows, n] scales each row; it must not be folded
+    # into the InnerProduct's per-output weights, even when rows == n.
+    m = make_model(
+        [H("MatMul", ["x", "w"], ["h"]), H("BatchNormalization", ["h", "s", "bb", "mu", "var"], ["y"])],
+        {"x": (1, 8, 16)}, ["y"],
+        {"w": _w(rng, 16, 8), "s": _w(rng, 8) + 1.5, "bb": _w(rng, 8), "mu": _w(rng, 8),
+         "var": np.abs(_w(rng, 8)) + 0.5},
+    )  # fmt: skip
+    check(m)
+    assert "InnerProduct" in check.param_text()
+
+
 @pytest.mark.parametrize(
     "op,attrs",
     [("Relu", {}), ("LeakyRelu", {"alpha": 0.2}), ("Sigmoid", {}), ("Tanh", {}),
@@ -114,6 +141,13 @@ def test_swish_and_mish_patterns(check, make_model):
 )  # fmt: skip
 def test_pooling(check, make_model, pool):
     check(make_model([pool], {"x": (1, 3, 10, 11)}, ["y"]))
+    assert "Reshape" not in check.param_text()  # a 4-D tensor is pooled as the Mat it is
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+@pytest.mark.parametrize("shape", [(1, 3, 7), (1, 3, 4, 5, 6)])
+def test_global_pooling_1d_3d(check, make_model, op, shape):
+    check(make_model([H(op, ["x"], ["y"])], {"x": shape}, ["y"]))
 
 
 def test_binary_broadcasting(check, make_model, rng):
