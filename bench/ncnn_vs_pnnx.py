@@ -8,12 +8,18 @@ inputshape=[...]``), runs both with ncnn (same threads, fp32, vulkan off) and
 prints: converted or not, max relative error vs onnxruntime, median ncnn latency
 of each and the mconv/pnnx ratio, and conversion wall time of each.
 
-Usage: python bench/ncnn_vs_pnnx.py [--threads 2] [--runs 20] [--only vit,swin]
+Latency is measured in fresh processes (``--procs``, default 6) that alternate which
+artifact is loaded first; the ratio is the geometric mean of the per-process ratios and
+``ctrl`` (with ``--control``) is pnnx's artifact timed against itself the same way, the
+noise floor of the ratio.
+
+Usage: python bench/ncnn_vs_pnnx.py [--threads 2] [--runs 20] [--procs 6] [--control] [--only vit,swin]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import subprocess
@@ -309,8 +315,8 @@ def run_once(net, inp: str, out: str, x: np.ndarray) -> tuple[np.ndarray, float]
 
 
 def timed(nets: dict, x: np.ndarray, runs: int) -> tuple[dict, dict]:
-    """Median latency (ms) per net; runs interleave so load on the machine
-    affects both sides alike."""
+    """Median latency (ms) per net in this process; runs interleave so load on the
+    machine affects both sides alike."""
     outs, times = {}, {k: [] for k in nets}
     for i in range(runs + 2):
         for k, (net, inp, out) in nets.items():
@@ -321,6 +327,44 @@ def timed(nets: dict, x: np.ndarray, runs: int) -> tuple[dict, dict]:
     return outs, {k: float(np.median(v)) * 1000 for k, v in times.items()}
 
 
+def time_child(spec_path: str) -> int:
+    """Child mode: load the nets in the order given, time them, print JSON."""
+    spec = json.loads(Path(spec_path).read_text())
+    x = np.load(spec["input"])
+    nets = {k: (load_net(Path(p), Path(b), spec["threads"]), i, o) for k, p, b, i, o in spec["nets"]}
+    print(json.dumps(timed(nets, x, spec["runs"])[1]))
+    return 0
+
+
+def timed_fresh(specs: dict, x: np.ndarray, threads: int, runs: int, procs: int, work: Path) -> tuple[dict, float]:
+    """Latency per side measured in ``procs`` fresh processes that alternate which
+    side is loaded first, and the mconv/pnnx ratio as the geometric mean of the
+    per-process ratios.
+
+    On this machine the net loaded first in a process runs ~4% slower than one loaded
+    later, also for two copies of the same artifact; one process with a fixed order
+    (this script before) biased every ratio by that much.
+    """
+    np.save(work / "input.npy", x)
+    names = list(specs)
+    per: dict[str, list[float]] = {k: [] for k in names}
+    ratios = []
+    for i in range(procs):
+        order = names if i % 2 == 0 else names[::-1]
+        spec = {"input": str(work / "input.npy"), "threads": threads, "runs": runs,
+                "nets": [[k, *map(str, specs[k])] for k in order]}  # fmt: skip
+        (work / "spec.json").write_text(json.dumps(spec))
+        proc = subprocess.run([sys.executable, __file__, "--time-child", str(work / "spec.json")],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        ms = json.loads(proc.stdout.strip().splitlines()[-1])
+        for k in names:
+            per[k].append(ms[k])
+        if len(names) == 2:
+            ratios.append(ms[names[0]] / ms[names[1]])
+    ratio = float(np.exp(np.mean(np.log(ratios)))) if ratios else math.nan
+    return {k: float(np.median(v)) for k, v in per.items()}, ratio
+
+
 def rel_err(ref: np.ndarray, got: np.ndarray) -> float:
     ref = ref.astype(np.float64).ravel()
     got = got.astype(np.float64).ravel()
@@ -329,7 +373,7 @@ def rel_err(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.abs(ref - got).max() / max(np.abs(ref).max(), 1e-30))
 
 
-def bench_one(name: str, work: Path, threads: int, runs: int) -> dict:
+def bench_one(name: str, work: Path, threads: int, runs: int, procs: int, control: bool) -> dict:
     model, shape = build(name)
     x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
     onnx_path = work / f"{name}.onnx"
@@ -341,11 +385,13 @@ def bench_one(name: str, work: Path, threads: int, runs: int) -> dict:
     nc_in = xn.reshape(shape[1:])
     row: dict = {"model": name}
     nets: dict = {}
+    paths: dict = {}  # side -> (param, bin, input blob, output blob)
     try:
         t0 = time.perf_counter()
         art = NcnnTarget().write(proto, work / "mconv", name, BuildOptions())
         row["mconv_conv_s"] = time.perf_counter() - t0
         ob = art.meta["outputs"][0]["blob"]
+        paths["mconv"] = (art.main, art.main.with_suffix(".bin"), "input", ob)
         nets["mconv"] = (load_net(art.main, art.main.with_suffix(".bin"), threads), "input", ob)
     except Exception as e:
         row.update(mconv_ok=False, mconv_err=f"{type(e).__name__}: {str(e)[:80]}")
@@ -363,6 +409,7 @@ def bench_one(name: str, work: Path, threads: int, runs: int) -> dict:
         row.update(pnnx_ok=False, pnnx_err=(proc.stderr or proc.stdout).strip()[-80:])
     else:
         try:
+            paths["pnnx"] = (param, param.with_suffix(".bin"), "in0", "out0")
             nets["pnnx"] = (load_net(param, param.with_suffix(".bin"), threads), "in0", "out0")
         except Exception as e:
             row.update(pnnx_ok=False, pnnx_err=f"{type(e).__name__}: {str(e)[:80]}")
@@ -372,15 +419,19 @@ def bench_one(name: str, work: Path, threads: int, runs: int) -> dict:
         except Exception as e:
             row.update({f"{k}_ok": False, f"{k}_err": f"{type(e).__name__}: {str(e)[:80]}"})
             del nets[k]
-    outs, ms = timed(nets, nc_in, runs)
-    for k in nets:
+    outs = {k: run_once(*nets[k], nc_in)[0] for k in nets}
+    del nets  # timing happens in fresh processes
+    ms, row["ratio"] = timed_fresh({k: paths[k] for k in outs}, nc_in, threads, runs, procs, work)
+    for k in outs:
         row.update({f"{k}_ok": True, f"{k}_rel": rel_err(ref, outs[k]), f"{k}_ms": ms[k]})
+    if control and "pnnx" in paths:  # the same artifact against itself: the noise floor
+        row["control"] = timed_fresh({"a": paths["pnnx"], "b": paths["pnnx"]}, nc_in, threads, runs, procs, work)[1]
     return row
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'model':<12} {'mconv':>6} {'pnnx':>6} {'rel mconv':>10} {'rel pnnx':>10} "
-            f"{'ms mconv':>9} {'ms pnnx':>8} {'ratio':>6} {'conv s mconv':>12} {'conv s pnnx':>11}")  # fmt: skip
+    head = (f"{'model':<12} {'mconv':>6} {'pnnx':>6} {'rel mconv':>10} {'rel pnnx':>10} {'ms mconv':>9} "
+            f"{'ms pnnx':>8} {'ratio':>6} {'ctrl':>5} {'conv s mconv':>12} {'conv s pnnx':>11}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in rows:
 
@@ -388,12 +439,12 @@ def table(rows: list[dict]) -> str:
             v = r.get(k)
             return format(v, fmt) if isinstance(v, float) else "-"
 
-        ratio = (r["mconv_ms"] / r["pnnx_ms"]) if r.get("mconv_ok") and r.get("pnnx_ok") else None
+        ratio = r.get("ratio") if r.get("mconv_ok") and r.get("pnnx_ok") else None
         lines.append(
             f"{r['model']:<12} {'yes' if r.get('mconv_ok') else 'NO':>6} "
             f"{'yes' if r.get('pnnx_ok') else 'NO':>6} {f('mconv_rel', '10.2e')} "
             f"{f('pnnx_rel', '10.2e')} {f('mconv_ms', '9.2f')} {f('pnnx_ms', '8.2f')} "
-            f"{format(ratio, '6.2f') if ratio else '     -'} {f('mconv_conv_s', '12.2f')} "
+            f"{format(ratio, '6.2f') if ratio else '     -'} {f('control', '5.2f')} {f('mconv_conv_s', '12.2f')} "
             f"{f('pnnx_conv_s', '11.2f')}"
         )
     for r in rows:
@@ -407,15 +458,20 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--procs", type=int, default=6, help="fresh timing processes per model (even: orders alternate)")
+    ap.add_argument("--control", action="store_true", help="also time pnnx's artifact against itself (noise floor)")
     ap.add_argument("--only", default="")
+    ap.add_argument("--time-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.time_child:
+        return time_child(args.time_child)
     names = [n for n in MODELS if not args.only or n in args.only.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="mconv-bench-") as tmp:
         for n in names:
             d = Path(tmp) / n
             d.mkdir()
-            rows.append(bench_one(n, d, args.threads, args.runs))
+            rows.append(bench_one(n, d, args.threads, args.runs, args.procs, args.control))
             print(f"done {n}", file=sys.stderr, flush=True)
     print(table(rows))
     return 0
