@@ -171,3 +171,32 @@ def test_rank5_qkv_is_not_split_fused_and_still_converts(tmp_path: Path) -> None
     # which no rule can lower; the model (that converted before) became unsupported.
     types = _types(_check(_WindowQKV(), (4, 9, 16), tmp_path))
     assert "Softmax" in types  # 4 windows: attention stays op by op, and converts exactly
+
+
+class _MaskedMHA(nn.Module):
+    """Attention whose additive mask is a second graph input (known only at run time)."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mha = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, x, mask):
+        return self.mha(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+
+def test_dynamic_mask_attention_matches(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    x, mask = torch.randn(1, 6, 16), torch.randn(6, 6)
+    buf = io.BytesIO()
+    torch.onnx.export(_MaskedMHA().eval(), (x, mask), buf, opset_version=17, dynamo=False,
+                      input_names=["input", "mask"], output_names=["output"])  # fmt: skip
+    proto = onnx.load_from_string(buf.getvalue())
+    assert [i.name for i in proto.graph.input] == ["input", "mask"]
+    for seed in (3, 4):  # two different masks through the same artifact
+        g = torch.Generator().manual_seed(seed)
+        feeds = {"input": x.numpy(), "mask": (torch.randn(6, 6, generator=g) * 3).numpy()}
+        ref = run_onnxruntime(proto, [feeds])[0]["output"]
+        outs, _ = convert_and_run(proto, [feeds], tmp_path / str(seed))
+        got = np.asarray(outs[0]["output"]).reshape(ref.shape)
+        assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-4
