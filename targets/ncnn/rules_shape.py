@@ -1,6 +1,6 @@
 """Layout and indexing: Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout,
-Cast, Transpose, Concat, Split, Slice, Gather (constant indices), Pad, Expand,
-Tile.
+Cast, Transpose, Concat, Split, Slice, Gather (constant indices, or token ids
+into a constant table), Pad, Expand, Tile.
 
 Cases:
     Shape-only ops (Reshape, Flatten, Squeeze, Unsqueeze) -> one ncnn Reshape
@@ -13,6 +13,8 @@ Cases:
     Concat -> Concat; Split -> Slice; Slice step 1 -> Crop (numpy style);
     step -1 -> Flip + Crop; step > 1 -> Crop + Reshape + Crop, else per-index
     crops + Concat. Gather with constant indices -> Crop (+ Concat) + Reshape.
+    Gather of a constant [V, D] table on axis 0 with indices from an integer
+    graph input -> Embed (ids fed as int32 bits; ncnn clamps them to [0, V-1]).
     Pad constant/edge/reflect -> Padding (negative pads -> Crop).
     Expand -> BinaryOp add of zeros; Tile -> Tile.
 """
@@ -23,6 +25,7 @@ import itertools
 
 import numpy as np
 
+from mconv.targets.ncnn.ir import Weight
 from mconv.targets.ncnn.lower import (
     Ctx,
     Node,
@@ -298,10 +301,30 @@ def slice_(ctx: Ctx, node: Node) -> None:
     ctx.bind(node.outputs[0], blob, keep)
 
 
+def _embed(ctx: Ctx, node: Node, table: np.ndarray, ids: Tensor) -> None:
+    """Rows of a constant [V, D] table picked by integer indices from a graph input:
+    ncnn's Embed (it reads the input Mat as int32 and clamps to [0, V-1])."""
+    if table.ndim != 2 or int(node.attr("axis", 0)) not in (0, -2):
+        raise NotLowerable("dynamic indices into a constant table: only axis 0 of a 2-D table (Embed)")
+    v, d = table.shape
+    words = int(np.prod(ids.shape)) if ids.shape else 1
+    ib = ctx.reshape(ctx.blob_as(ids), (words,), name_hint=ids.name)
+    weights = [Weight(np.ascontiguousarray(table, np.float32).ravel(), tagged=True)]
+    blob = ctx.emit("Embed", [ib], (words, d), {0: d, 1: v, 2: 0, 3: int(table.size)}, weights)
+    out_shape = ctx.out_shape()
+    keep_out = default_keep(out_shape)
+    blob = ctx.reshape(blob, nc_shape(out_shape, keep_out), name_hint=node.outputs[0])
+    ctx.bind(node.outputs[0], blob, keep_out)
+
+
 @rule("Gather")
 def gather(ctx: Ctx, node: Node) -> None:
     x = node.inputs[0]
     assert x is not None
+    ids = node.inputs[1]
+    if x.const is not None and ids is not None and ids.const is None and ids.dtype.kind in "iu":
+        _embed(ctx, node, x.const, ids)
+        return
     idx = np.asarray(node.const(1, "indices")).astype(np.int64)
     if x.const is not None:
         raise NotLowerable("gather from a constant table with dynamic indices")

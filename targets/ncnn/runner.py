@@ -106,7 +106,11 @@ class NcnnRunner(Runner):
         out: Feeds = {}
         with self.net.create_extractor() as ex:
             for spec in self._inputs:
-                x = np.asarray(feeds[spec["name"]], dtype=np.float32)
+                if np.dtype(spec.get("dtype") or "float32").kind in "iu":
+                    # Embed indices: ncnn reads this Mat's bytes as int32.
+                    x = np.asarray(feeds[spec["name"]]).astype(np.int32).view(np.float32)
+                else:
+                    x = np.asarray(feeds[spec["name"]], dtype=np.float32)
                 nc = self._in_nc.get(spec["blob"])
                 if nc is None:
                     nc = _squeeze_batch(x.shape)

@@ -41,6 +41,21 @@ from mconv.targets.ncnn.registry import rules
 
 # Inputs ncnn can take: it computes in float32 only.
 _FLOAT_KINDS = ("f",)
+_INT_KINDS = ("i", "u")
+
+
+def _int_misuse(proto: onnx.NodeProto, int_inputs: set[str]) -> str:
+    """Why ``proto`` cannot take an integer graph input ('' when it can: Gather
+    indices, which become an Embed layer)."""
+    for i, x in enumerate(proto.input):
+        if x in int_inputs and not (proto.op_type == "Gather" and i == 1):
+            return (
+                f"integer input '{x}' used as data; ncnn reads integer inputs only as the indices "
+                "of a Gather from a constant table (Embed)"
+            )
+    return ""
+
+
 # In "dry" mode, initializers this large are lowered as zeros (never read).
 PLACEHOLDER_BYTES = 64 << 20
 # Ops whose rule stores constant input 1 (2-D) transposed (see _read_transposed).
@@ -112,12 +127,18 @@ def lower_model(
     spill = scratch if mode == "consume" else None
     ctx = Ctx(prep)
     inputs_meta = []
+    int_inputs: set[str] = set()
     for name in prep.inputs:
         shape = prep.shapes[name]
         dt = prep.dtypes.get(name, np.dtype("float32"))
-        if dt.kind not in _FLOAT_KINDS:
+        if dt.kind in _INT_KINDS:
+            # Integer inputs reach ncnn as int32 bits in a float Mat; only Embed
+            # (Gather from a constant table) reads them as integers.
+            int_inputs.add(name)
+        elif dt.kind not in _FLOAT_KINDS:
             raise ConversionError(
-                f"input '{name}' is {dt.name}; ncnn computes in float32 only, so the model must take float inputs"
+                f"input '{name}' is {dt.name}; ncnn computes in float32 only, so the model must take float "
+                "inputs (integer inputs only as Gather indices)"
             )
         try:
             keep = default_keep(shape)
@@ -151,6 +172,8 @@ def lower_model(
             reason = ""
         elif missing:
             reason = None  # an upstream failure already reported
+        elif int_inputs and _int_misuse(proto, int_inputs):
+            reason = _int_misuse(proto, int_inputs)
         elif any(0 in prep.shapes.get(o, (1,)) for o in proto.output if o) or any(
             t is not None and t.const is None and 0 in t.shape for t in node.inputs
         ):
