@@ -2,7 +2,7 @@
 
 Builds seeded PyTorch models (ResNet-18-like, MobileNetV2-like, ViT, Swin-style
 windowed attention, a small U-Net-like segmenter, a Transformer encoder, a
-ConvNeXt-style block stack), exports each to ONNX (opset 17, dynamo=False),
+ConvNeXt-style block stack, a text encoder on int64 token ids), exports each to ONNX (opset 17, dynamo=False),
 converts it with mconv (``NcnnTarget.write``) and with pnnx (``pnnx model.onnx
 inputshape=[...]``), runs both with ncnn (same threads, fp32, vulkan off) and
 prints: converted or not, max relative error vs onnxruntime, median ncnn latency
@@ -230,6 +230,20 @@ class Encoder(nn.Module):
         return self.enc(x)
 
 
+class TextEncoder(nn.Module):
+    """Token ids in (int64): token + position embeddings, the encoder above, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(1000, 128)
+        self.pos = nn.Parameter(torch.randn(1, 64, 128) * 0.5)
+        self.enc = Encoder()
+        self.head = nn.Linear(128, 2)
+
+    def forward(self, ids):
+        return self.head(self.enc(self.tok(ids) + self.pos))
+
+
 class ConvNeXtBlock(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -266,8 +280,12 @@ MODELS = {
     "swin": (Swin, (1, 3, 224, 224)),
     "unet": (UNet, (1, 3, 128, 128)),
     "transformer": (Encoder, (1, 64, 128)),
+    "textenc": (TextEncoder, (1, 64)),  # int64 token ids
     "convnext": (ConvNeXt, (1, 3, 224, 224)),
 }
+
+
+TOKEN_MODELS = {"textenc"}
 
 
 def build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
@@ -298,7 +316,8 @@ def load_net(param: Path, binf: Path, threads: int):
     net.opt.use_vulkan_compute = False
     net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = False
     net.opt.num_threads = threads
-    assert net.load_param(str(param)) == 0 and net.load_model(str(binf)) == 0
+    if net.load_param(str(param)) != 0 or net.load_model(str(binf)) != 0:
+        raise RuntimeError(f"ncnn cannot load {param.name} (see ncnn's message above)")
     return net
 
 
@@ -375,14 +394,17 @@ def rel_err(ref: np.ndarray, got: np.ndarray) -> float:
 
 def bench_one(name: str, work: Path, threads: int, runs: int, procs: int, control: bool) -> dict:
     model, shape = build(name)
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    ids = name in TOKEN_MODELS
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 1000, shape) if ids else rng.standard_normal(shape).astype(np.float32))
     onnx_path = work / f"{name}.onnx"
     torch.onnx.export(model, (x,), str(onnx_path), opset_version=17, dynamo=False,
                       input_names=["input"], output_names=["output"])  # fmt: skip
     proto = onnx.load(str(onnx_path))
     xn = x.numpy()
     ref = run_onnxruntime(proto, [{"input": xn}])[0]["output"]
-    nc_in = xn.reshape(shape[1:])
+    # ncnn reads token ids as int32 bits in a float Mat (its Embed layer).
+    nc_in = (xn.astype(np.int32).view(np.float32) if ids else xn).reshape(shape[1:])
     row: dict = {"model": name}
     nets: dict = {}
     paths: dict = {}  # side -> (param, bin, input blob, output blob)
@@ -401,7 +423,7 @@ def bench_one(name: str, work: Path, threads: int, runs: int, procs: int, contro
     src = pdir / f"{name}.onnx"
     shutil.copy(onnx_path, src)
     t0 = time.perf_counter()
-    proc = subprocess.run([pnnx, str(src), f"inputshape=[{','.join(map(str, shape))}]"],
+    proc = subprocess.run([pnnx, str(src), f"inputshape=[{','.join(map(str, shape))}]{'i64' if ids else ''}"],
                           cwd=pdir, capture_output=True, text=True)  # fmt: skip
     row["pnnx_conv_s"] = time.perf_counter() - t0
     param = pdir / f"{name}.ncnn.param"
@@ -424,7 +446,7 @@ def bench_one(name: str, work: Path, threads: int, runs: int, procs: int, contro
     ms, row["ratio"] = timed_fresh({k: paths[k] for k in outs}, nc_in, threads, runs, procs, work)
     for k in outs:
         row.update({f"{k}_ok": True, f"{k}_rel": rel_err(ref, outs[k]), f"{k}_ms": ms[k]})
-    if control and "pnnx" in paths:  # the same artifact against itself: the noise floor
+    if control and "pnnx" in outs:  # the same artifact against itself: the noise floor
         row["control"] = timed_fresh({"a": paths["pnnx"], "b": paths["pnnx"]}, nc_in, threads, runs, procs, work)[1]
     return row
 
