@@ -141,6 +141,8 @@ class Ctx:
         self._cache: dict[tuple, str] = {}
         self.blob_map: dict[str, str] = {}
         self._auto: set[str] = set()  # blobs named by layer(), free to rename
+        # Integer graph inputs: their Mats hold int32 bits, which only Embed reads.
+        self.int_inputs: set[str] = set()
         for name, v in prep.consts.items():
             self.tensors[name] = Tensor(name, tuple(v.shape), v.dtype, const=v)
 

@@ -302,8 +302,10 @@ def slice_(ctx: Ctx, node: Node) -> None:
 
 
 def _embed(ctx: Ctx, node: Node, table: np.ndarray, ids: Tensor) -> None:
-    """Rows of a constant [V, D] table picked by integer indices from a graph input:
-    ncnn's Embed (it reads the input Mat as int32 and clamps to [0, V-1])."""
+    """Rows of a constant [V, D] table picked by integer indices straight from a graph
+    input: ncnn's Embed (it reads the input Mat as int32 and clamps to [0, V-1]).
+    Integer tensors computed by layers would hold float values in ncnn, not int32
+    bits: they are never read as Embed indices."""
     if table.ndim != 2 or int(node.attr("axis", 0)) not in (0, -2):
         raise NotLowerable("dynamic indices into a constant table: only axis 0 of a 2-D table (Embed)")
     v, d = table.shape
@@ -322,7 +324,7 @@ def gather(ctx: Ctx, node: Node) -> None:
     x = node.inputs[0]
     assert x is not None
     ids = node.inputs[1]
-    if x.const is not None and ids is not None and ids.const is None and ids.dtype.kind in "iu":
+    if x.const is not None and ids is not None and ids.name in ctx.int_inputs:
         _embed(ctx, node, x.const, ids)
         return
     idx = np.asarray(node.const(1, "indices")).astype(np.int64)

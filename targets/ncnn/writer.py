@@ -127,7 +127,7 @@ def lower_model(
     spill = scratch if mode == "consume" else None
     ctx = Ctx(prep)
     inputs_meta = []
-    int_inputs: set[str] = set()
+    int_inputs = ctx.int_inputs
     for name in prep.inputs:
         shape = prep.shapes[name]
         dt = prep.dtypes.get(name, np.dtype("float32"))
@@ -172,8 +172,8 @@ def lower_model(
             reason = ""
         elif missing:
             reason = None  # an upstream failure already reported
-        elif int_inputs and _int_misuse(proto, int_inputs):
-            reason = _int_misuse(proto, int_inputs)
+        elif int_inputs and (why := _int_misuse(proto, int_inputs)):
+            reason = why
         elif any(0 in prep.shapes.get(o, (1,)) for o in proto.output if o) or any(
             t is not None and t.const is None and 0 in t.shape for t in node.inputs
         ):
