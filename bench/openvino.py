@@ -5,7 +5,8 @@ definitions below; torchvision is not a dependency; nothing is downloaded), this
 exports ONNX, builds FP32, FP16 and INT8 IRs through ``mconv.targets.openvino`` and
 prints, in one run and at one thread count: onnxruntime latency on the source ONNX,
 OpenVINO latency of each IR, and INT8 agreement with the FP32 IR (cosine, cosine of
-the input-dependent part, top-1).
+the input-dependent part, top-1); also an INT8 IR with the first and last
+Conv/MatMul/Gemm kept in FP32 (what ``--ignore`` gives), for comparison.
 
 Weights are seeded. Untrained nets quantize far worse than trained ones, so the three
 CNNs are first trained briefly (default 300 steps, about a minute each on 2 cores) on a
@@ -388,6 +389,12 @@ def agreement(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
     return cos(ref, got), centred, float(np.mean(ref.argmax(1) == got.argmax(1)))
 
 
+def end_layers(model: onnx.ModelProto) -> list[str]:
+    """Names of the first Conv/MatMul/Gemm node and of the last one."""
+    named = [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    return list(dict.fromkeys([named[0], named[-1]]))
+
+
 def bench_model(name: str, args, workdir: Path) -> dict:
     t0 = time.perf_counter()
     net, info = build_torch(name, args.train_steps)
@@ -403,21 +410,25 @@ def bench_model(name: str, args, workdir: Path) -> dict:
     fns = {"ort": lambda f: sess.run(["logits"], f)}
 
     outs = {}
-    for precision in ("fp32", "fp16", "int8"):
+    for variant in ("fp32", "fp16", "int8", "int8e"):
+        precision = variant[:4]
         extra = {"calib_count_requested": args.calib}
         if precision == "int8" and name.startswith("vit"):
             extra.update(int8_preset="mixed", int8_model_type="transformer")
+        if variant == "int8e":  # what `--ignore FIRST --ignore LAST` gives: the end layers stay FP32
+            extra["ignore"] = end_layers(model)
         options = BuildOptions(precision, calib=calib if precision == "int8" else None, extra=extra)
         tb = time.perf_counter()
-        art = target.write(model, workdir / name / precision, name, options)
-        row[f"build_{precision}"] = time.perf_counter() - tb
+        art = target.write(model, workdir / name / variant, name, options)
+        row[f"build_{variant}"] = time.perf_counter() - tb
         runner = target.runner(art, threads=args.threads)
-        outs[precision] = np.concatenate([runner.infer(f)["logits"] for f in evals])
-        fns[precision] = runner.infer
-        row[f"size_{precision}"] = sum(p.stat().st_size for p in art.files) / 2**20
+        outs[variant] = np.concatenate([runner.infer(f)["logits"] for f in evals])
+        fns[variant] = runner.infer
+        row[f"size_{variant}"] = sum(p.stat().st_size for p in art.files) / 2**20
     row.update(time_interleaved(fns, evals, args))
     row["fp32_vs_ort_rel"] = float(np.abs(outs["fp32"] - ort_out).max() / np.abs(ort_out).max())
     row["int8_cos"], row["int8_cos_c"], row["int8_top1"] = agreement(outs["fp32"], outs["int8"])
+    row["int8e_cos"] = agreement(outs["fp32"], outs["int8e"])[0]
     if info["trained"]:
         row["acc_fp32"], row["acc_int8"] = (float(np.mean(outs[p].argmax(1) == labels)) for p in ("fp32", "int8"))
     row["seconds"] = time.perf_counter() - t0
@@ -470,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     head = (
         f"{'model':<16}{'ORT ms':>8}{'OV fp32':>9}{'OV fp16':>9}{'OV int8':>9}"
         f"{'fp32/ORT':>9}{'int8 x':>8}{'fp32 rel':>10}{'int8 cos':>10}{'cos (centred)':>14}"
-        f"{'top-1':>7}{'MiB 32/16/8':>15}"
+        f"{'top-1':>7}{'MiB 32/16/8':>15}{'int8e x':>9}{'int8e cos':>11}"
     )
     print(head)
     print("-" * len(head))
@@ -480,11 +491,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['model']:<16}{r['ort']:>8.2f}{r['fp32']:>9.2f}{r['fp16']:>9.2f}{r['int8']:>9.2f}"
             f"{r['fp32'] / r['ort']:>9.2f}{r['fp32'] / r['int8']:>8.2f}{r['fp32_vs_ort_rel']:>10.1e}"
             f"{r['int8_cos']:>10.5f}{r['int8_cos_c']:>14.4f}{r['int8_top1']:>7.2f}{sizes:>15}"
+            f"{r['fp32'] / r['int8e']:>9.2f}{r['int8e_cos']:>11.5f}"
         )
     print(
         "\nfp32/ORT: OpenVINO FP32 IR latency / onnxruntime latency (goal <= 1). int8 x: FP32 IR "
         "latency / INT8 IR latency (goal >= 1.8 on resnet18). int8 cos/top-1: INT8 vs FP32 IR "
-        "outputs on the evaluation images (goal cos >= 0.999 on resnet18)."
+        "outputs on the evaluation images (goal cos >= 0.999 on resnet18). int8e: INT8 with the "
+        "first and last Conv/MatMul/Gemm kept in FP32 (`--ignore`), for comparison."
     )
     for r in rows:
         ok_fp32 = r["fp32"] <= r["ort"]
