@@ -43,6 +43,9 @@ ModelOpt = Annotated[
 TrustOpt = Annotated[
     bool, typer.Option("--trust-pickle", help="Allow unpickling a full pickle (runs code from the file).")
 ]
+MeanOpt = Annotated[str | None, typer.Option("--mean", help="Image mean, e.g. 0.485,0.456,0.406.")]
+StdOpt = Annotated[str | None, typer.Option("--std", help="Image std, e.g. 0.229,0.224,0.225.")]
+SizeOpt = Annotated[str | None, typer.Option("--size", help="Image size HxW, e.g. 224x224.")]
 PassesOpt = Annotated[
     str | None, typer.Option("--passes", help="Comma-separated pass names instead of the default pipeline.")
 ]
@@ -59,6 +62,24 @@ def _export_options(inputs, dynamic, opset, exporter, model, trust_pickle):
         opset=opset,
         exporter=exporter,
         trust_pickle=trust_pickle,
+    )
+
+
+def _image_options(mean: str | None, std: str | None, size: str | None):
+    """--mean/--std/--size -> ImageOptions for the shared loader (None when none given)."""
+    if not (mean or std or size):
+        return None
+    from mconv.data import ImageOptions, parse_floats
+    from mconv.errors import UsageError
+    from mconv.specs import parse_shape
+
+    hw = parse_shape(size, "--size") if size else None
+    if hw is not None and len(hw) != 2:
+        raise UsageError(f"--size {size}: expected HxW, e.g. 224x224")
+    return ImageOptions(
+        mean=parse_floats(mean, "--mean") or (0.0, 0.0, 0.0),
+        std=parse_floats(std, "--std") or (1.0, 1.0, 1.0),
+        size=hw,
     )
 
 
@@ -201,9 +222,9 @@ def build(
     ] = None,
     int8_preset: Annotated[str | None, typer.Option("--int8-preset", help="performance | mixed (OpenVINO).")] = None,
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Node name or op type kept in float.")] = None,
-    mean: Annotated[str | None, typer.Option("--mean", help="Image mean, e.g. 0.485,0.456,0.406.")] = None,
-    std: Annotated[str | None, typer.Option("--std", help="Image std, e.g. 0.229,0.224,0.225.")] = None,
-    size: Annotated[str | None, typer.Option("--size", help="Image size HxW, e.g. 224x224.")] = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    size: SizeOpt = None,
     inputs_data: Annotated[
         str | None, typer.Option("--inputs", help="Verification samples (.npy/.npz/images).")
     ] = None,
@@ -226,11 +247,10 @@ def build(
     as_json: JsonOpt = False,
 ):
     """Build a target artifact from ONNX or PyTorch, then verify it against onnxruntime."""
-    from mconv.data import ImageOptions, parse_floats
     from mconv.errors import UsageError
     from mconv.passes import parse_pass_list
     from mconv.pipeline import BuildRequest, VerifyOptions, build_model
-    from mconv.specs import parse_profile, parse_shape, parse_size
+    from mconv.specs import parse_profile, parse_size
 
     if fp16 and int8:
         raise UsageError("--fp16 and --int8 are exclusive; pick one precision")
@@ -239,16 +259,7 @@ def build(
         raise UsageError("--calib-count must be >= 1")
     if batch is not None and batch <= 0:
         raise UsageError("--batch must be >= 1")
-    image = None
-    if mean or std or size:
-        hw = parse_shape(size, "--size") if size else None
-        if hw is not None and len(hw) != 2:
-            raise UsageError(f"--size {size}: expected HxW, e.g. 224x224")
-        image = ImageOptions(
-            mean=parse_floats(mean, "--mean") or (0.0, 0.0, 0.0),
-            std=parse_floats(std, "--std") or (1.0, 1.0, 1.0),
-            size=hw,
-        )
+    image = _image_options(mean, std, size)
     extra: dict[str, Any] = {
         "calib_method": calib_method,
         "int8_preset": int8_preset,

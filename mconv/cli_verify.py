@@ -7,7 +7,21 @@ from typing import Annotated, Any
 
 import typer
 
-from mconv.cli import InputOpt, JsonOpt, ModelOpt, TrustOpt, _console, _emit, _export_options, _tolerance, app
+from mconv.cli import (
+    InputOpt,
+    JsonOpt,
+    MeanOpt,
+    ModelOpt,
+    SizeOpt,
+    StdOpt,
+    TrustOpt,
+    _console,
+    _emit,
+    _export_options,
+    _image_options,
+    _tolerance,
+    app,
+)
 
 ArtifactsArg = Annotated[
     list[Path], typer.Argument(metavar="ARTIFACT...", help=".onnx, OpenVINO .xml, ncnn .param, TensorRT .engine.")
@@ -50,6 +64,9 @@ def verify(
         str | None, typer.Option("--inputs", help="Samples: folder/glob of .npy/.npz/images (default: random).")
     ] = None,
     samples: Annotated[int, typer.Option("--samples", help="How many samples to use.")] = 2,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    size: SizeOpt = None,
     rtol: Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (overrides the default).")] = None,
     atol: Annotated[float | None, typer.Option("--atol", help="Absolute tolerance added to --rtol.")] = None,
     min_cos: Annotated[float | None, typer.Option("--min-cos", help="Minimum cosine similarity.")] = None,
@@ -80,6 +97,7 @@ def verify(
         timeout=timeout,
         locate=locate,
         shapes={s.name: s.shape for s in export.inputs if getattr(s, "shape", None)},
+        image=_image_options(mean, std, size),
         export=export,
     )
     report = run_verify(req)

@@ -213,13 +213,22 @@ class VerifyRequest:
     export: Any = None  # pipeline.ExportOptions for PyTorch sources
 
 
+def _floats(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
 def _samples(model: onnx.ModelProto, req: VerifyRequest) -> tuple[list[Feeds], str]:
     from mconv.data import load_samples, random_feeds
     from mconv.graphinfo import graph_inputs
 
     infos = graph_inputs(model)
     if req.inputs:
-        return load_samples(req.inputs, infos, limit=req.samples, image=req.image, option="--inputs"), req.inputs
+        origin = req.inputs
+        if req.image is not None:
+            im = req.image
+            origin += f" (for images: mean {_floats(im.mean)}, std {_floats(im.std)}"
+            origin += f", size {im.size[0]}x{im.size[1]})" if im.size else ")"
+        return load_samples(req.inputs, infos, limit=req.samples, image=req.image, option="--inputs"), origin
     return random_feeds(infos, seed=0, count=req.samples, shapes=req.shapes), "random (seed 0)"
 
 

@@ -311,6 +311,22 @@ def test_inputs_from_npz_samples(cli, built, tmp_path):
     assert r.json["samples"] == 3 and r.json["inputs"] == str(tmp_path)
 
 
+def test_image_inputs_take_mean_std_and_size(cli, built, tmp_path):
+    pil = pytest.importorskip("PIL.Image", reason="Pillow reads image samples")
+    rng = np.random.default_rng(2)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(2):
+        pil.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    args = ("verify", built["src"], built["openvino"], "--inputs", imgs, "--json")
+    r = cli(*args, "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--size", "16x16")
+    assert r.code == 0, r.err
+    assert r.json["samples"] == 2
+    assert r.json["inputs"].endswith("(for images: mean 0.485,0.456,0.406, std 0.229,0.224,0.225, size 16x16)")
+    assert_clean_error(cli(*args, "--mean", "half"), 2, "--mean")
+    assert_clean_error(cli(*args, "--size", "16"), 2, "--size")
+
+
 # ---------------------------------------------------------------------------
 # Crashes, hangs, missing runtimes
 
