@@ -44,15 +44,21 @@ _FLOAT_KINDS = ("f",)
 _INT_KINDS = ("i", "u")
 
 
-def _int_misuse(proto: onnx.NodeProto, int_inputs: set[str]) -> str:
+def _int_misuse(proto: onnx.NodeProto, int_inputs: set[str], readers: dict[str, int]) -> str:
     """Why ``proto`` cannot take an integer graph input ('' when it can: Gather
     indices, which become an Embed layer)."""
     for i, x in enumerate(proto.input):
-        if x in int_inputs and not (proto.op_type == "Gather" and i == 1):
+        if x not in int_inputs:
+            continue
+        if not (proto.op_type == "Gather" and i == 1):
             return (
                 f"integer input '{x}' used as data; ncnn reads integer inputs only as the indices "
                 "of a Gather from a constant table (Embed)"
             )
+        if readers.get(x, 0) > 1:
+            # Shared, the blob would pass a Split layer, which ncnn converts to
+            # fp16/bf16 storage on ARM: the int32 bits of the ids would not survive.
+            return f"integer input '{x}' is read by {readers[x]} nodes; ncnn can feed token ids to one Embed only"
     return ""
 
 
@@ -153,6 +159,7 @@ def lower_model(
 
     unsupported: dict[str, list[str]] = {}
     failed: set[str] = set()
+    int_readers = {x: sum(list(n.input).count(x) for n in nodes) for x in int_inputs}
     for i, proto in enumerate(nodes):
         opened = _open_consts(ctx, proto, lazy, mode) if lazy else []
         n_layers = len(ctx.g.layers)
@@ -172,7 +179,7 @@ def lower_model(
             reason = ""
         elif missing:
             reason = None  # an upstream failure already reported
-        elif int_inputs and (why := _int_misuse(proto, int_inputs)):
+        elif int_inputs and (why := _int_misuse(proto, int_inputs, int_readers)):
             reason = why
         elif any(0 in prep.shapes.get(o, (1,)) for o in proto.output if o) or any(
             t is not None and t.const is None and 0 in t.shape for t in node.inputs

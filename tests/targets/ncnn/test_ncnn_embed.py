@@ -85,3 +85,22 @@ def test_integer_input_used_as_data_is_refused_before_writing(tmp_path: Path) ->
         convert_and_run(m, [{"ids": np.zeros((1, 4), np.int64)}], tmp_path / "out")
     assert "shift" in str(e.value) and "integer input 'ids'" in str(e.value)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_integer_input_shared_by_two_lookups_is_refused(tmp_path: Path) -> None:
+    # A shared blob goes through a Split layer, which ncnn converts to fp16/bf16
+    # storage on ARM: the ids' int32 bits would be lost there.
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["t1", "ids"], ["a"], name="tok"),
+         helper.make_node("Gather", ["t2", "ids"], ["b"], name="other"),
+         helper.make_node("Add", ["a", "b"], ["y"])],
+        "t", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3])],
+        [numpy_helper.from_array(np.ones((6, 3), np.float32), "t1"),
+         numpy_helper.from_array(np.ones((6, 3), np.float32), "t2")],
+    )  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedOpsError) as e:
+        convert_and_run(m, [{"ids": np.zeros((1, 4), np.int64)}], tmp_path / "out")
+    assert "read by 2 nodes" in str(e.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
