@@ -361,8 +361,8 @@ def timed_fresh(specs: dict, x: np.ndarray, threads: int, runs: int, procs: int,
     per-process ratios.
 
     On this machine the net loaded first in a process runs ~4% slower than one loaded
-    later, also for two copies of the same artifact; one process with a fixed order
-    (this script before) biased every ratio by that much.
+    later, also for two copies of the same artifact, so a fixed load order would bias
+    every ratio by that much.
     """
     np.save(work / "input.npy", x)
     names = list(specs)
