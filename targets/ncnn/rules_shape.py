@@ -63,10 +63,11 @@ def carried_keep(ctx: Ctx, x: Tensor, out_shape: tuple[int, ...]) -> tuple[int, 
         if acc > prefix:
             break
     if x.dyn_batch:
+        fix = " ".join(f"--input {n}:1x..." for n in sorted(ctx.prep.dyn_batch)) or "--input NAME:1x..."
         raise ctx.fail(
             f"the batch axis {b} of '{x.name}' {list(x.shape)} is merged into other axes "
             f"(output {list(out_shape)}); ncnn has no batch axis, so this model cannot run "
-            "with a batch other than 1: re-export it with a fixed batch of 1"
+            f"with a batch other than 1: fix the batch to 1 with {fix} (or re-export it so)"
         )
     return default_keep(out_shape)
 

@@ -20,6 +20,7 @@ from mconv.errors import UnsupportedOpsError  # noqa: E402
 from mconv.metrics import compare_outputs, default_tolerance  # noqa: E402
 from mconv.targets.base import BuildOptions  # noqa: E402
 from mconv.targets.ncnn.conformance import convert_and_run, run_onnxruntime  # noqa: E402
+from tests.conftest import assert_clean_error  # noqa: E402
 
 VOCAB, DIM, SEQ = 50, 32, 12
 
@@ -104,3 +105,16 @@ def test_integer_input_shared_by_two_lookups_is_refused(tmp_path: Path) -> None:
         convert_and_run(m, [{"ids": np.zeros((1, 4), np.int64)}], tmp_path / "out")
     assert "read by 2 nodes" in str(e.value)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_dynamic_batch_mixed_into_rows_names_the_input_to_fix(cli, in_tmp: Path) -> None:
+    buf = io.BytesIO()
+    torch.onnx.export(_TextEncoder().eval(), (torch.zeros(1, SEQ, dtype=torch.int64),), buf, opset_version=17,
+                      dynamo=False, input_names=["ids"], output_names=["logits"],
+                      dynamic_axes={"ids": {0: "batch"}})  # fmt: skip
+    (in_tmp / "dyn.onnx").write_bytes(buf.getvalue())
+    r = cli("build", "dyn.onnx", "--target", "ncnn", "-o", "out")
+    assert_clean_error(r, 1, "batch", "--input ids:1x")
+    assert not (in_tmp / "out").exists()
+    r = cli("build", "dyn.onnx", "--target", "ncnn", "-o", "out", "--input", f"ids:1x{SEQ}")
+    assert r.code == 0, r.err
