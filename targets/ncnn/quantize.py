@@ -29,6 +29,37 @@ from mconv.targets.base import BuildOptions
 from mconv.targets.ncnn.ir import Layer, NcnnGraph, Weight
 
 QUANTIZABLE = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
+# Weighted layers that do the heavy arithmetic but stay float in an INT8 build.
+_FLOAT_HEAVY = (
+    "Gemm",
+    "MultiHeadAttention",
+    "Deconvolution",
+    "DeconvolutionDepthWise",
+    "Deconvolution1D",
+    "Convolution1D",
+    "ConvolutionDepthWise1D",
+    "Convolution3D",
+    "LSTM",
+    "GRU",
+    "RNN",
+)
+
+
+def float_layers_note(g: NcnnGraph) -> str | None:
+    """A warning naming the heavy weighted layers an INT8 build leaves in FP32."""
+    counts: dict[str, int] = {}
+    for layer in g.layers:
+        if layer.type in _FLOAT_HEAVY:
+            counts[layer.type] = counts.get(layer.type, 0) + 1
+    if not counts:
+        return None
+    listed = ", ".join(f"{t} x{n}" for t, n in sorted(counts.items()))
+    return (
+        f"INT8: {sum(counts.values())} weighted layer(s) stay FP32 ({listed}); ncnn INT8 here covers "
+        f"{', '.join(QUANTIZABLE)}, so expect less speed-up than on a CNN"
+    )
+
+
 _BINS = 2048
 _LEVELS = 128
 

@@ -93,14 +93,17 @@ class NcnnTarget(Target):
                 scratch=scratch,
             )
             files: list[Path] = []
+            warnings: list[str] = []
             if options.precision == "fp16":
                 from mconv.targets.ncnn.quantize import to_fp16
 
                 to_fp16(lowered.graph, scratch)
             elif options.precision == "int8":
-                from mconv.targets.ncnn.quantize import quantize_int8
+                from mconv.targets.ncnn.quantize import float_layers_note, quantize_int8
 
                 table = quantize_int8(lowered, model, options)
+                note = float_layers_note(lowered.graph)
+                warnings += [note] if note else []
                 tpath = out_dir / f"{stem}.table"
                 out_dir.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(tpath, table)
@@ -113,6 +116,8 @@ class NcnnTarget(Target):
         meta["precision"] = options.precision
         side = out_dir / f"{stem}.mconv.json"
         write_text_atomic(side, json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        if warnings:  # shown by the pipeline, not part of the sidecar
+            meta = {**meta, "warnings": warnings}
         return Artifact("ncnn", param, [param, binf, side, *files], options.precision, meta)
 
     def runner(self, artifact: Artifact, *, threads: int | None = None) -> Runner:

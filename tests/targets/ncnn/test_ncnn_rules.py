@@ -3,6 +3,8 @@ plus structural checks on the emitted layers."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from onnx import helper
@@ -75,6 +77,19 @@ def test_matmul_const_over_rows_layer_choice(check, make_model, rng, rows, layer
     text = check.param_text()
     assert f"\n{layer} " in text
     assert ("ReLU" in text) == (layer == "Gemm")
+
+
+@pytest.mark.parametrize("rows,float_gemm", [(8, False), (6, True)])
+def test_int8_build_names_the_layers_it_leaves_in_float(check, make_model, rng, rows, float_gemm):
+    m = make_model(
+        [H("MatMul", ["x", "w"], ["h"]), H("Add", ["h", "b"], ["y"])],
+        {"x": (1, rows, 16)}, ["y"], {"w": _w(rng, 16, 12), "b": _w(rng, 12)},
+    )  # fmt: skip
+    calib = [{"x": rng.standard_normal((1, rows, 16)).astype(np.float32)} for _ in range(4)]
+    check(m, precision="int8", calib=calib)
+    warnings = " ".join(check.artifact.meta.get("warnings", []))
+    assert ("Gemm x1" in warnings) == float_gemm
+    assert bool(re.search(r" 8=2(\s|$)", check.param_text())) != float_gemm  # the InnerProduct is int8
 
 
 def test_batchnorm_over_rows_stays_apart_from_inner_product(check, make_model, rng):
