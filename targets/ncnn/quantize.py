@@ -13,7 +13,9 @@ version (``extra["calib_method"] == "minmax"``: the absolute maximum instead);
 weight scales per output channel (per group for depthwise), 127/absmax. The
 weights are written as int8 (tag 0x000D4B38) followed by the raw weight scales
 and the bottom-blob scale, with ``8=int8_scale_term``. The same scales are
-returned in ncnn2table's text format for ``<stem>.table``.
+returned in ncnn2table's text format for ``<stem>.table``. A Gemm with constant
+B gets ncnn's Gemm INT8 (``18=2``): B as int8 with one scale for the matrix; ncnn
+quantizes the rows of A at run time (no calibration entry in the table).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from mconv.targets.base import BuildOptions
 from mconv.targets.ncnn.ir import Layer, NcnnGraph, Weight
 
 QUANTIZABLE = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
-# Weighted layers that do the heavy arithmetic but stay float in an INT8 build.
+# Weighted layers that do the heavy arithmetic but stay float in an INT8 build
+# (a Gemm with constant B is quantized; see _apply_gemm).
 _FLOAT_HEAVY = (
-    "Gemm",
     "MultiHeadAttention",
     "Deconvolution",
     "DeconvolutionDepthWise",
@@ -49,14 +51,14 @@ def float_layers_note(g: NcnnGraph) -> str | None:
     """A warning naming the heavy weighted layers an INT8 build leaves in FP32."""
     counts: dict[str, int] = {}
     for layer in g.layers:
-        if layer.type in _FLOAT_HEAVY:
+        if layer.type in _FLOAT_HEAVY or (layer.type == "Gemm" and not layer.params.get(18)):
             counts[layer.type] = counts.get(layer.type, 0) + 1
     if not counts:
         return None
     listed = ", ".join(f"{t} x{n}" for t, n in sorted(counts.items()))
     return (
         f"INT8: {sum(counts.values())} weighted layer(s) stay FP32 ({listed}); ncnn INT8 here covers "
-        f"{', '.join(QUANTIZABLE)}, so expect less speed-up than on a CNN"
+        f"{', '.join(QUANTIZABLE)} and Gemm with constant weights, so expect less speed-up than on a CNN"
     )
 
 
@@ -206,7 +208,30 @@ def quantize_int8(lowered, model: onnx.ModelProto, options: BuildOptions) -> str
         lines.append(f"{layer.name} {act[layer.inputs[0]]:g}")
     for layer in targets:
         _apply(layer, _weight_scales(layer), act[layer.inputs[0]])
+    for layer in g.layers:
+        if _gemm_int8_able(layer) and not ({layer.name, layer.type, layer.onnx_node} & ignore):
+            _apply_gemm(layer)
     return "\n".join(lines) + "\n"
+
+
+def _gemm_int8_able(layer: Layer) -> bool:
+    """A Gemm with a constant B stored [N, K] (what the lowering writes for rows that
+    InnerProduct would run unpacked) and a dynamic A."""
+    p = layer.params
+    return layer.type == "Gemm" and p.get(5) == 1 and p.get(3) == 1 and not p.get(4) and not p.get(18)
+
+
+def _apply_gemm(layer: Layer) -> None:
+    """ncnn's Gemm INT8 (quantize_term 2): B as int8 with one scale for the whole
+    matrix (127/absmax, stored raw after the weights); ncnn quantizes the rows of A
+    at run time, so no activation statistics are needed."""
+    w = layer.weights[0].data.astype(np.float32)
+    absmax = float(np.abs(w).max()) if w.size else 0.0
+    scale = 127.0 / absmax if absmax > 0 else 1.0
+    q = np.clip(np.round(w * scale), -127, 127).astype(np.int8).ravel()
+    layer.weights[0] = Weight(q, tagged=True, kind="int8")
+    layer.weights.append(Weight(np.array([scale], np.float32), tagged=False))
+    layer.params[18] = 2
 
 
 def _apply(layer: Layer, wscales: np.ndarray, in_scale: float) -> None:

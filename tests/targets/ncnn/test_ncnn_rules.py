@@ -79,17 +79,28 @@ def test_matmul_const_over_rows_layer_choice(check, make_model, rng, rows, layer
     assert ("ReLU" in text) == (layer == "Gemm")
 
 
-@pytest.mark.parametrize("rows,float_gemm", [(8, False), (6, True)])
-def test_int8_build_names_the_layers_it_leaves_in_float(check, make_model, rng, rows, float_gemm):
+@pytest.mark.parametrize("rows,layer,term", [(8, "InnerProduct", 8), (6, "Gemm", 18)])
+def test_int8_quantizes_inner_product_and_gemm(check, make_model, rng, rows, layer, term):
     m = make_model(
         [H("MatMul", ["x", "w"], ["h"]), H("Add", ["h", "b"], ["y"])],
         {"x": (1, rows, 16)}, ["y"], {"w": _w(rng, 16, 12), "b": _w(rng, 12)},
     )  # fmt: skip
     calib = [{"x": rng.standard_normal((1, rows, 16)).astype(np.float32)} for _ in range(4)]
+    check(m, precision="int8", calib=calib)  # cos >= 0.99 against onnxruntime
+    line = next(x for x in check.param_text().splitlines() if x.startswith(layer + " "))
+    assert re.search(rf" {term}=2(\s|$)", line), line
+    assert not check.artifact.meta.get("warnings")
+
+
+def test_int8_build_names_the_layers_it_leaves_in_float(check, make_model, rng):
+    m = make_model(
+        [H("ConvTranspose", ["x", "w"], ["d"], strides=[2, 2]), H("Conv", ["d", "k"], ["y"])],
+        {"x": (1, 4, 5, 5)}, ["y"], {"w": _w(rng, 4, 6, 2, 2), "k": _w(rng, 8, 6, 3, 3)},
+    )  # fmt: skip
+    calib = [{"x": rng.standard_normal((1, 4, 5, 5)).astype(np.float32)} for _ in range(4)]
     check(m, precision="int8", calib=calib)
     warnings = " ".join(check.artifact.meta.get("warnings", []))
-    assert ("Gemm x1" in warnings) == float_gemm
-    assert bool(re.search(r" 8=2(\s|$)", check.param_text())) != float_gemm  # the InnerProduct is int8
+    assert "Deconvolution x1" in warnings and "stay FP32" in warnings
 
 
 def test_batchnorm_over_rows_stays_apart_from_inner_product(check, make_model, rng):
