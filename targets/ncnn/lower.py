@@ -143,6 +143,7 @@ class Ctx:
         self._auto: set[str] = set()  # blobs named by layer(), free to rename
         # Integer graph inputs: their Mats hold int32 bits, which only Embed reads.
         self.int_inputs: set[str] = set()
+        self.precision = "fp32"  # of the build: rules may pick layers by it
         for name, v in prep.consts.items():
             self.tensors[name] = Tensor(name, tuple(v.shape), v.dtype, const=v)
 

@@ -16,6 +16,8 @@ and the bottom-blob scale, with ``8=int8_scale_term``. The same scales are
 returned in ncnn2table's text format for ``<stem>.table``. A Gemm with constant
 B gets ncnn's Gemm INT8 (``18=2``): B as int8 with one scale for the matrix; ncnn
 quantizes the rows of A at run time (no calibration entry in the table).
+MultiHeadAttention likewise (``18=2``): q/k/v weights with a scale per output row,
+the output projection with one scale, inputs quantized at run time.
 """
 
 from __future__ import annotations
@@ -32,9 +34,8 @@ from mconv.targets.ncnn.ir import Layer, NcnnGraph, Weight
 
 QUANTIZABLE = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
 # Weighted layers that do the heavy arithmetic but stay float in an INT8 build
-# (a Gemm with constant B is quantized; see _apply_gemm).
+# (Gemm with constant B and MultiHeadAttention are quantized: _apply_gemm, _apply_mha).
 _FLOAT_HEAVY = (
-    "MultiHeadAttention",
     "Deconvolution",
     "DeconvolutionDepthWise",
     "Deconvolution1D",
@@ -51,14 +52,15 @@ def float_layers_note(g: NcnnGraph) -> str | None:
     """A warning naming the heavy weighted layers an INT8 build leaves in FP32."""
     counts: dict[str, int] = {}
     for layer in g.layers:
-        if layer.type in _FLOAT_HEAVY or (layer.type == "Gemm" and not layer.params.get(18)):
+        if layer.type in _FLOAT_HEAVY or (layer.type in ("Gemm", "MultiHeadAttention") and not layer.params.get(18)):
             counts[layer.type] = counts.get(layer.type, 0) + 1
     if not counts:
         return None
     listed = ", ".join(f"{t} x{n}" for t, n in sorted(counts.items()))
     return (
         f"INT8: {sum(counts.values())} weighted layer(s) stay FP32 ({listed}); ncnn INT8 here covers "
-        f"{', '.join(QUANTIZABLE)} and Gemm with constant weights, so expect less speed-up than on a CNN"
+        f"{', '.join(QUANTIZABLE)}, MultiHeadAttention and Gemm with constant weights, so expect less "
+        "speed-up than on a CNN"
     )
 
 
@@ -209,16 +211,48 @@ def quantize_int8(lowered, model: onnx.ModelProto, options: BuildOptions) -> str
     for layer in targets:
         _apply(layer, _weight_scales(layer), act[layer.inputs[0]])
     for layer in g.layers:
-        if _gemm_int8_able(layer) and not ({layer.name, layer.type, layer.onnx_node} & ignore):
+        if {layer.name, layer.type, layer.onnx_node} & ignore or layer.params.get(18):
+            continue
+        if _gemm_int8_able(layer):
             _apply_gemm(layer)
+        elif layer.type == "MultiHeadAttention":
+            _apply_mha(layer)
     return "\n".join(lines) + "\n"
+
+
+def _int8(w: np.ndarray, scale: np.ndarray | float) -> Weight:
+    q = np.clip(np.round(w * scale), -127, 127).astype(np.int8).ravel()
+    return Weight(q, tagged=True, kind="int8")
+
+
+def _scale(absmax: np.ndarray) -> np.ndarray:
+    return np.where(absmax > 0, 127.0 / np.where(absmax > 0, absmax, 1.0), 1.0).astype(np.float32)
+
+
+def _apply_mha(layer: Layer) -> None:
+    """ncnn's MultiHeadAttention INT8 (quantize_term 2): q/k/v projections as int8
+    with one scale per output row, the output projection with one scale; the
+    inputs are quantized at run time. Weights stay in their order (q, k, v, out with
+    their biases); the scales follow them, raw."""
+    embed = int(layer.params[0])
+    row_scales = []
+    for i in (0, 2, 4):
+        w = layer.weights[i].data.astype(np.float32).reshape(embed, -1)
+        s = _scale(np.abs(w).max(axis=1))
+        layer.weights[i] = _int8(w, s[:, None])
+        row_scales.append(s)
+    wo = layer.weights[6].data.astype(np.float32)
+    so = _scale(np.array([np.abs(wo).max() if wo.size else 0.0]))
+    layer.weights[6] = _int8(wo, so[0])
+    layer.weights += [Weight(s, tagged=False) for s in row_scales] + [Weight(so, tagged=False)]
+    layer.params[18] = 2
 
 
 def _gemm_int8_able(layer: Layer) -> bool:
     """A Gemm with a constant B stored [N, K] (what the lowering writes for rows that
     InnerProduct would run unpacked) and a dynamic A."""
     p = layer.params
-    return layer.type == "Gemm" and p.get(5) == 1 and p.get(3) == 1 and not p.get(4) and not p.get(18)
+    return layer.type == "Gemm" and p.get(5) == 1 and p.get(3) == 1 and not p.get(4)
 
 
 def _apply_gemm(layer: Layer) -> None:
@@ -226,11 +260,9 @@ def _apply_gemm(layer: Layer) -> None:
     matrix (127/absmax, stored raw after the weights); ncnn quantizes the rows of A
     at run time, so no activation statistics are needed."""
     w = layer.weights[0].data.astype(np.float32)
-    absmax = float(np.abs(w).max()) if w.size else 0.0
-    scale = 127.0 / absmax if absmax > 0 else 1.0
-    q = np.clip(np.round(w * scale), -127, 127).astype(np.int8).ravel()
-    layer.weights[0] = Weight(q, tagged=True, kind="int8")
-    layer.weights.append(Weight(np.array([scale], np.float32), tagged=False))
+    scale = _scale(np.array([np.abs(w).max() if w.size else 0.0]))
+    layer.weights[0] = _int8(w, scale[0])
+    layer.weights.append(Weight(scale, tagged=False))
     layer.params[18] = 2
 
 

@@ -6,7 +6,8 @@ Cases:
     any other Gemm -> MatMul on 2-D Mats (+ scale/bias BinaryOps).
     MatMul with a constant 2-D B -> InnerProduct over the rows of A (A is
     reshaped to [rows, K]; ncnn's InnerProduct treats a 2-D Mat as rows), or
-    ncnn's Gemm with constant B where the row count is not a multiple of 4;
+    ncnn's Gemm with constant B where the row count is not a multiple of 4 and
+    in INT8 builds;
     otherwise -> MatMul with both operands brought to the output rank (ncnn's
     MatMul broadcasts leading dims like numpy at equal rank); 1-D operands get
     ONNX's vector semantics through reshapes.
@@ -38,12 +39,14 @@ def inner_product(ctx: Ctx, a: Tensor, w_nk: np.ndarray, bias: np.ndarray | None
     if ab is None:
         raise NotLowerable("constant input (fold it first)")
     nc_out = (rows, n) if rows > 1 else (n,)
-    if rows > 1 and rows % 4:
+    if rows > 1 and (rows % 4 or ctx.precision == "int8"):
         # A row count that is not a multiple of 4 leaves InnerProduct's 2-D input
         # unpacked (elempack 1), where it runs ~1.6x slower than ncnn's Gemm (constant
         # B stored [N, K], C per column). With rows % 4 == 0 InnerProduct packs the
         # rows and is as fast or faster (0.67-0.98x Gemm's time on x86), and it takes
         # a fused activation (measured with ncnn 1.0.20261020 on this 2-core x86 machine).
+        # INT8 is the other way round: InnerProduct's int8 path over rows ran 2.2x
+        # slower than FP32, Gemm's (rows quantized at run time) 0.73x.
         weights = [Weight(np.ascontiguousarray(w_nk, np.float32).ravel(), tagged=True)]
         if bias is not None:
             weights.append(Weight(np.asarray(bias, np.float32).ravel(), tagged=True))

@@ -60,7 +60,9 @@ class NcnnTarget(Target):
         """
         from mconv.targets.ncnn.writer import lower_model
 
-        lowered = lower_model(model, input_shapes=options.extra.get("input_shapes"), mode="dry")
+        lowered = lower_model(
+            model, input_shapes=options.extra.get("input_shapes"), mode="dry", precision=options.precision
+        )
         warnings = []
         if lowered.meta.get("dyn_batch_inputs"):
             warnings.append(
@@ -91,6 +93,7 @@ class NcnnTarget(Target):
                 input_shapes=options.extra.get("input_shapes"),
                 mode="consume" if scratch is not None else "eager",
                 scratch=scratch,
+                precision=options.precision,
             )
             files: list[Path] = []
             warnings: list[str] = []

@@ -92,8 +92,12 @@ def lower_model(
     optimize_graph: bool = True,
     mode: str = "eager",
     scratch: Scratch | None = None,
+    precision: str = "fp32",
 ) -> Lowered:
     """Lower ``model`` to an in-memory ncnn graph.
+
+    ``precision`` lets rules pick the layer that runs best at that precision (an
+    INT8 build keeps matrix products over rows in Gemm, whose INT8 path is fast).
 
     ``mode``: "eager" reads every initializer up front; "dry" (checks only: the
     weights of the result are not the model's) never copies large ones and
@@ -132,6 +136,7 @@ def lower_model(
             c.release()  # folded away (or unused)
     spill = scratch if mode == "consume" else None
     ctx = Ctx(prep)
+    ctx.precision = precision
     inputs_meta = []
     int_inputs = ctx.int_inputs
     for name in prep.inputs:

@@ -200,3 +200,24 @@ def test_dynamic_mask_attention_matches(tmp_path: Path) -> None:
         outs, _ = convert_and_run(proto, [feeds], tmp_path / str(seed))
         got = np.asarray(outs[0]["output"]).reshape(ref.shape)
         assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("mask", ["", "causal"])
+def test_encoder_int8_quantizes_attention_and_projections(mask: str, tmp_path: Path) -> None:
+    from mconv.metrics import compare_outputs, default_tolerance
+    from mconv.targets.base import BuildOptions
+
+    proto, x = _export(_Encoder(32, 4, 2, True, mask), (1, 12, 32))
+    rng = np.random.default_rng(5)
+    calib = [{"input": rng.standard_normal(x.shape).astype(np.float32)} for _ in range(8)]
+    feeds = [{"input": x}, calib[0]]
+    refs = run_onnxruntime(proto, feeds)
+    outs, art = convert_and_run(proto, feeds, tmp_path, BuildOptions("int8", calib=calib))
+    comp = compare_outputs(refs, outs, default_tolerance("int8"))  # cos >= 0.99
+    assert comp.passed, comp.summary()
+    param = Path(art.main).read_text().splitlines()
+    mha = [line for line in param if line.startswith("MultiHeadAttention ")]
+    gemm = [line for line in param if line.startswith("Gemm ")]
+    assert len(mha) == 2 and all(" 18=2" in line for line in mha)
+    assert len(gemm) == 4 and all(" 18=2" in line for line in gemm)
+    assert not art.meta.get("warnings")
