@@ -202,22 +202,21 @@ def quantize_int8(lowered, model: onnx.ModelProto, options: BuildOptions) -> str
     blobs = sorted({layer.inputs[0] for layer in targets})
     values = _collect(g, blobs, options.calib, lowered.meta)
     act = activation_scales(values, method)
-    lines = []
+    weight_lines, act_lines = [], []
     for layer in targets:
         ws = _weight_scales(layer)
-        lines.append(f"{layer.name}_param_0 " + " ".join(f"{v:g}" for v in ws))
-    for layer in targets:
-        lines.append(f"{layer.name} {act[layer.inputs[0]]:g}")
-    for layer in targets:
-        _apply(layer, _weight_scales(layer), act[layer.inputs[0]])
+        weight_lines.append(f"{layer.name}_param_0 " + " ".join(f"{v:g}" for v in ws))
+        act_lines.append(f"{layer.name} {act[layer.inputs[0]]:g}")
+        _apply(layer, ws, act[layer.inputs[0]])
     for layer in g.layers:
         if {layer.name, layer.type, layer.onnx_node} & ignore or layer.params.get(18):
             continue
         if _gemm_int8_able(layer):
-            _apply_gemm(layer)
+            _apply_gemm(layer)  # weight-only: ncnn2table has no entry for Gemm
         elif layer.type == "MultiHeadAttention":
-            _apply_mha(layer)
-    return "\n".join(lines) + "\n"
+            for i, scales in enumerate(_apply_mha(layer)):  # q, k, v, out: as ncnn2table writes them
+                weight_lines.append(f"{layer.name}_param_{i} " + " ".join(f"{v:g}" for v in scales))
+    return "\n".join(weight_lines + act_lines) + "\n"
 
 
 def _int8(w: np.ndarray, scale: np.ndarray | float) -> Weight:
@@ -229,11 +228,11 @@ def _scale(absmax: np.ndarray) -> np.ndarray:
     return np.where(absmax > 0, 127.0 / np.where(absmax > 0, absmax, 1.0), 1.0).astype(np.float32)
 
 
-def _apply_mha(layer: Layer) -> None:
+def _apply_mha(layer: Layer) -> list[np.ndarray]:
     """ncnn's MultiHeadAttention INT8 (quantize_term 2): q/k/v projections as int8
     with one scale per output row, the output projection with one scale; the
     inputs are quantized at run time. Weights stay in their order (q, k, v, out with
-    their biases); the scales follow them, raw."""
+    their biases); the scales follow them, raw. Returns the four scale arrays."""
     embed = int(layer.params[0])
     row_scales = []
     for i in (0, 2, 4):
@@ -246,6 +245,7 @@ def _apply_mha(layer: Layer) -> None:
     layer.weights[6] = _int8(wo, so[0])
     layer.weights += [Weight(s, tagged=False) for s in row_scales] + [Weight(so, tagged=False)]
     layer.params[18] = 2
+    return [*row_scales, so]
 
 
 def _gemm_int8_able(layer: Layer) -> bool:

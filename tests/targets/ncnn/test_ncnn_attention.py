@@ -221,3 +221,7 @@ def test_encoder_int8_quantizes_attention_and_projections(mask: str, tmp_path: P
     assert len(mha) == 2 and all(" 18=2" in line for line in mha)
     assert len(gemm) == 4 and all(" 18=2" in line for line in gemm)
     assert not art.meta.get("warnings")
+    # The .table carries the attention weight scales the way ncnn2table writes them.
+    table = {line.split()[0]: line.split()[1:] for line in art.main.with_suffix(".table").read_text().splitlines()}
+    name = mha[0].split()[1]
+    assert [len(table[f"{name}_param_{i}"]) for i in range(4)] == [32, 32, 32, 1]
