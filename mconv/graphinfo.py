@@ -44,6 +44,20 @@ def _info(vi: onnx.ValueInfoProto) -> TensorInfo:
     return TensorInfo(vi.name, shape, dtype)
 
 
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [g for attr in node.attribute for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)]
+
+
+def all_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """``graph`` and every subgraph nested in its nodes' attributes (If/Loop/Scan)."""
+    return [graph] + [g for node in graph.node for sub in _subgraphs(node) for g in all_graphs(sub)]
+
+
+def all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Every node, depth first: each node, then the nodes of its subgraphs."""
+    return [n for node in graph.node for n in [node, *(m for sub in _subgraphs(node) for m in all_nodes(sub))]]
+
+
 def graph_inputs(model: onnx.ModelProto) -> list[TensorInfo]:
     """Inputs that are not initializers (old exporters list weights as inputs too)."""
     inits = {t.name for t in model.graph.initializer}

@@ -54,6 +54,7 @@ from mconv.errors import (
     UnsupportedOpsError,
     UsageError,
 )
+from mconv.graphinfo import all_graphs, all_nodes
 from mconv.targets.base import Artifact, BuildOptions, Feeds, Runner, Target
 
 CALIB_COUNT_DEFAULT = 300  # the CLI's --calib-count default
@@ -127,8 +128,7 @@ def check_options(options: BuildOptions) -> None:
 def _onnx_names(model: onnx.ModelProto) -> set[str]:
     """Every node and value name in the graph (these names are the user's, never renamed)."""
     names: set[str] = set()
-
-    def walk(graph: onnx.GraphProto) -> None:
+    for graph in all_graphs(model.graph):
         names.update(t.name for t in graph.initializer)
         names.update(v.name for v in graph.input)
         names.update(v.name for v in graph.output)
@@ -136,31 +136,12 @@ def _onnx_names(model: onnx.ModelProto) -> set[str]:
             names.add(node.name)
             names.update(node.input)
             names.update(node.output)
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    walk(attr.g)
-                for sub in attr.graphs:
-                    walk(sub)
-
-    walk(model.graph)
     names.discard("")
     return names
 
 
 def _onnx_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    out: list[onnx.NodeProto] = []
-
-    def walk(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            out.append(node)
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    walk(attr.g)
-                for sub in attr.graphs:
-                    walk(sub)
-
-    walk(model.graph)
-    return out
+    return all_nodes(model.graph)
 
 
 def _op_key(node: onnx.NodeProto) -> str:
