@@ -78,25 +78,22 @@ class NcnnGraph:
         self._names: set[str] = set()
         self._blobs: set[str] = set()
 
-    def unique_layer_name(self, base: str) -> str:
-        name = sanitize(base, "layer")
-        if name in self._names:
+    @staticmethod
+    def _unique(taken: set[str], name: str) -> str:
+        """``name``, or ``name_1``, ``name_2``... the first not in ``taken``; reserved."""
+        if name in taken:
             i = 1
-            while f"{name}_{i}" in self._names:
+            while f"{name}_{i}" in taken:
                 i += 1
             name = f"{name}_{i}"
-        self._names.add(name)
+        taken.add(name)
         return name
 
+    def unique_layer_name(self, base: str) -> str:
+        return self._unique(self._names, sanitize(base, "layer"))
+
     def unique_blob_name(self, base: str) -> str:
-        name = sanitize(base, "blob")
-        if name in self._blobs:
-            i = 1
-            while f"{name}_{i}" in self._blobs:
-                i += 1
-            name = f"{name}_{i}"
-        self._blobs.add(name)
-        return name
+        return self._unique(self._blobs, sanitize(base, "blob"))
 
     def add(self, layer: Layer, shapes: list[tuple[int, ...]] | None = None) -> Layer:
         self.layers.append(layer)
