@@ -102,9 +102,47 @@ for _op, _code in (
     ("Sub", SUB),
     ("Mul", MUL),
     ("Div", DIV),
-    ("Pow", POW),
 ):
     rule(_op)(_binary_rule(_code))
+
+UNARY_SQUARE, UNARY_SQRT, UNARY_RSQRT, UNARY_RECIPROCAL = 4, 5, 6, 15
+_POW_UNARY = {2.0: UNARY_SQUARE, 0.5: UNARY_SQRT, -0.5: UNARY_RSQRT, -1.0: UNARY_RECIPROCAL}
+
+
+@rule("Pow")
+def pow_(ctx: Ctx, node: Node) -> None:
+    """ncnn's pow is exp(y * log(x)): garbage for a base <= 0 (checked against the
+    runtime). A constant exponent therefore becomes exact layers: 1 -> nothing, 2 /
+    0.5 / -0.5 / -1 -> UnaryOp square / sqrt / rsqrt / reciprocal, other small
+    integers -> products; any other exponent reads max(x, FLT_MIN) (0 ** y = 0 for
+    y > 0; a negative base with a fractional exponent is NaN in ONNX anyway)."""
+    from mconv.targets.ncnn.rules_logic import binary, scalar, unary
+
+    x, e = node.inputs[0], node.inputs[1]
+    assert x is not None and e is not None
+    out = node.outputs[0]
+    ev = float(np.asarray(e.const).ravel()[0]) if e.const is not None and np.asarray(e.const).size == 1 else None
+    if ev is None or x.const is not None or tuple(x.shape) != tuple(ctx.out_shape()):
+        _binary_rule(POW)(ctx, node)
+        return
+    x = Tensor(x.name, x.shape, x.dtype, blob=ctx.blob_as(x), keep=x.keep or default_keep(x.shape))
+    if ev == 1.0:
+        ctx.alias(out, x)
+        return
+    if ev in _POW_UNARY:
+        t = unary(ctx, x, _POW_UNARY[ev], out)
+    elif ev == int(ev) and 2 <= abs(ev) <= 4:
+        # x**2, then x**3 = x**2 * x, x**4 = x**2 * x**2; a negative power inverts that.
+        name = out if ev > 0 else None
+        t = unary(ctx, x, UNARY_SQUARE, name if abs(ev) == 2 else None)
+        if abs(ev) > 2:
+            t = binary(ctx, MUL, t, x if abs(ev) == 3 else t, tuple(x.shape), name)
+        if ev < 0:
+            t = unary(ctx, t, UNARY_RECIPROCAL, out)
+    else:
+        t = scalar(ctx, scalar(ctx, x, MAX, float(np.finfo(np.float32).tiny)), POW, ev, out)
+    assert t.blob is not None and t.keep is not None
+    ctx.bind(out, t.blob, t.keep)
 
 
 @rule("Mod")
