@@ -23,6 +23,7 @@ _FAMILIES = (
     "rules_conv",
     "rules_elementwise",
     "rules_linear",
+    "rules_logic",
     "rules_norm",
     "rules_pool",
     "rules_reduce",

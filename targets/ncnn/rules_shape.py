@@ -7,14 +7,17 @@ Cases:
     (values keep their C order; only the Mat shape changes). The batch axis is
     carried when it stays a separate size-1 axis; a batch that came from a
     dynamic input dimension and is merged into another axis is refused.
-    Identity / Dropout (inference) / float->float Cast -> no layer.
+    Identity / Dropout (inference) -> no layer (Cast: rules_logic).
     Transpose -> Permute after squeezing size-1 axes and merging axes that stay
     adjacent (so 5-D/6-D window partitions still fit ncnn's 4 dims).
     Concat -> Concat; Split -> Slice; Slice step 1 -> Crop (numpy style);
     step -1 -> Flip + Crop; step > 1 -> Crop + Reshape + Crop, else per-index
     crops + Concat. Gather with constant indices -> Crop (+ Concat) + Reshape.
+    GatherElements from a constant: uniform -> constant; a 1-D table -> one-hot lookup.
     Gather of a constant [V, D] table on axis 0 with indices from an integer
-    graph input -> Embed (ids fed as int32 bits; ncnn clamps them to [0, V-1]).
+    graph input -> Embed (ids fed as int32 bits; ncnn clamps them to [0, V-1]);
+    with computed indices (float values) and V <= 4096 -> one-hot rows times the
+    table (InnerProduct).
     Pad constant/edge/reflect -> Padding (negative pads -> Crop).
     Expand -> BinaryOp add of zeros; Tile -> Tile.
 """
@@ -106,16 +109,6 @@ def identity(ctx: Ctx, node: Node) -> None:
         ctx.bind_const(node.outputs[1], np.ones(x.shape, bool))
 
 
-@rule("Cast")
-def cast(ctx: Ctx, node: Node) -> None:
-    x = node.inputs[0]
-    assert x is not None
-    to = ctx.prep.dtypes.get(node.outputs[0])
-    if to is None or to.kind != "f" or x.dtype.kind != "f":
-        raise NotLowerable(f"Cast {x.dtype} -> {to} (ncnn computes float32 only)")
-    ctx.alias(node.outputs[0], x)
-
-
 def _groups(shape: tuple[int, ...], perm: list[int]) -> list[list[int]]:
     """Input axes (size-1 ones dropped) in output order, adjacent runs merged."""
     big = [a for a in range(len(shape)) if shape[a] != 1]
@@ -132,28 +125,37 @@ def permute_blob(ctx: Ctx, blob: str, shape: tuple[int, ...], perm: list[int]) -
     """A blob holding ``transpose(values of blob viewed as shape, perm)``.
 
     Size-1 axes are ignored and axes that stay adjacent merge, so most
-    transposes are one 2-4-D Permute. More than 4 independent axes are done
-    in steps: move the first output axis to the front (a 3-group Permute),
-    then transpose the rest, which now has one group fewer.
+    transposes are one 2-4-D Permute. More groups than ncnn's 4 dims are done
+    as a sequence of moves, each bringing the next output axis to its place:
+    moving one block past another is a permute of at most 4 groups (the axes
+    before, the moved one, the block it passes, the axes after).
     """
     groups = _groups(shape, perm)
-    out_shape = tuple(shape[p] for p in perm)
     if len(groups) <= 1:
         return blob
-    if len(groups) > 4:
-        head = groups[0]
-        rest = [a for a in range(len(shape)) if a not in head]
-        step1 = head + rest
-        b1 = permute_blob(ctx, blob, shape, step1)
-        shape1 = tuple(shape[a] for a in step1)
-        perm2 = [step1.index(a) for a in perm]
-        return permute_blob(ctx, b1, shape1, perm2)
+    if len(groups) <= 4:
+        return _permute_groups(ctx, blob, shape, groups)
+    cur = list(range(len(shape)))
+    for i, want in enumerate(perm):
+        j = cur.index(want)
+        if j == i:
+            continue
+        nxt = [*cur[:i], cur[j], *cur[i:j], *cur[j + 1 :]]
+        here = tuple(shape[a] for a in cur)
+        blob = _permute_groups(ctx, blob, here, _groups(here, [cur.index(a) for a in nxt]))
+        cur = nxt
+    return blob
+
+
+def _permute_groups(ctx: Ctx, blob: str, shape: tuple[int, ...], groups: list[list[int]]) -> str:
+    """One Permute of at most 4 merged axis groups (given in output order)."""
+    if len(groups) <= 1:
+        return blob
     in_groups = sorted(groups, key=lambda g: g[0])
     in_g = tuple(int(np.prod([shape[a] for a in g])) for g in in_groups)
     p = tuple(in_groups.index(g) for g in groups)
     xb = ctx.reshape(blob, in_g)
     out_g = tuple(in_g[i] for i in p)
-    del out_shape
     return ctx.emit("Permute", [xb], out_g, {0: perm_order_type(p)})
 
 
@@ -172,6 +174,17 @@ def permute(ctx: Ctx, x: Tensor, perm: list[int], out_name: str) -> None:
         return
     blob = ctx.reshape(blob, nc_shape(out_shape, keep_out), name_hint=out_name)
     ctx.bind(out_name, blob, keep_out)
+
+
+@rule("MconvShuffleChannel")
+def shuffle_channel(ctx: Ctx, node: Node) -> None:
+    """Channel shuffle fused by :func:`fuse.fuse_channel_shuffle` -> ShuffleChannel."""
+    x = node.inputs[0]
+    assert x is not None
+    keep = (1, 2, 3)
+    out = ctx.emit("ShuffleChannel", [ctx.blob_as(x, keep)], nc_shape(x.shape, keep),
+                   {0: int(node.attr("group")), 1: 0}, out_name=node.outputs[0])  # fmt: skip
+    ctx.bind(node.outputs[0], out, keep)
 
 
 @rule("Transpose")
@@ -215,7 +228,11 @@ def split(ctx: Ctx, node: Node) -> None:
     axis = axis + x.rank if axis < 0 else axis
     outs = [o for o in node.outputs]
     sizes = [ctx.shape(o)[axis] for o in outs]
-    keep = _common_keep(x.shape, [x], (axis,))
+    try:
+        keep = _common_keep(x.shape, [x], (axis,))
+    except NotLowerable:
+        _split_flat(ctx, x, axis, outs, sizes)
+        return
     xb = ctx.blob_as(x, keep)
     ax = keep.index(axis)
     shapes = [nc_shape(ctx.shape(o), keep) for o in outs]
@@ -228,6 +245,27 @@ def split(ctx: Ctx, node: Node) -> None:
     )
     for o, b in zip(outs, blobs):
         ctx.bind(o, b, keep)
+
+
+def _split_flat(ctx: Ctx, x: Tensor, axis: int, outs: list[str], sizes: list[int]) -> None:
+    """Split of a tensor with more than 4 axes larger than 1 (Swin's and MobileViT's
+    [3, windows, heads, tokens, dim] qkv): in C order the parts are blocks of the
+    (outer, axis, inner) view, a 2-D or 3-D Mat; each part then takes its own shape."""
+    assert x.blob is not None
+    outer, inner = int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis + 1 :]))
+    view = (outer, x.shape[axis], inner) if outer > 1 else (x.shape[axis], inner)
+    ax = len(view) - 2
+    xb = ctx.reshape(x.blob, view, name_hint=x.name)
+    parts = [(*view[:ax], n, inner) for n in sizes]
+    blobs = ctx.layer("Slice", [xb], parts, {0: [*sizes[:-1], -233], 1: ax}, out_names=outs)
+    for o, b in zip(outs, blobs):
+        shape = ctx.shape(o)
+        try:
+            keep = default_keep(shape)
+        except NotLowerable:
+            ctx.bind_flat(o, b)
+            continue
+        ctx.bind(o, ctx.reshape(b, nc_shape(shape, keep), name_hint=o), keep)
 
 
 def _crop(ctx: Ctx, blob: str, nc: tuple[int, ...], axis: int, start: int, end: int) -> str:
@@ -320,6 +358,34 @@ def _embed(ctx: Ctx, node: Node, table: np.ndarray, ids: Tensor) -> None:
     ctx.bind(node.outputs[0], blob, keep_out)
 
 
+# Largest table looked up by one-hot products (rows x V x D multiply-adds per lookup).
+ONE_HOT_MAX_ROWS = 4096
+
+
+def _one_hot_lookup(ctx: Ctx, node: Node, table: np.ndarray, ids: Tensor, axis: int | None = 0) -> None:
+    """Rows of a constant table picked by computed indices (float values in ncnn, e.g.
+    positions derived from a mask): ``one_hot(ids) @ table``, exact since each output
+    sums one product by 1 and zeros. Negative indices wrap as in ONNX."""
+    from mconv.targets.ncnn.rules_elementwise import ADD, MIN, MUL, SUB
+    from mconv.targets.ncnn.rules_linear import inner_product
+    from mconv.targets.ncnn.rules_logic import RSUB, UNARY_ABS, UNARY_SIGN, binary, scalar, unary
+
+    v = table.shape[0]
+    if (axis is not None and int(node.attr("axis", 0)) not in (0, -table.ndim)) or v > ONE_HOT_MAX_ROWS:
+        raise NotLowerable(
+            f"gather from a constant table of {v} rows by computed indices: ncnn's Embed takes only int32 "
+            f"ids straight from a graph input (computed indices convert for tables up to {ONE_HOT_MAX_ROWS} rows)"
+        )
+    rows = int(np.prod(ids.shape)) if ids.shape else 1
+    col = Tensor(f"{ids.name}_col", (rows, 1), np.dtype("float32"),
+                 blob=ctx.reshape(ctx.blob_as(ids), (rows, 1), name_hint=ids.name), keep=(0, 1))  # fmt: skip
+    wrap = scalar(ctx, scalar(ctx, unary(ctx, col, UNARY_SIGN), MIN, 0.0), MUL, -float(v))  # V where negative
+    idx = binary(ctx, ADD, col, wrap, (rows, 1))
+    grid = Tensor("arange", (1, v), np.dtype("float32"), const=np.arange(v, dtype=np.float32)[None])
+    hot = scalar(ctx, unary(ctx, unary(ctx, binary(ctx, SUB, idx, grid, (rows, v)), UNARY_SIGN), UNARY_ABS), RSUB, 1.0)
+    inner_product(ctx, hot, np.asarray(table, np.float32).reshape(v, -1).T, None, node.outputs[0])
+
+
 @rule("Gather")
 def gather(ctx: Ctx, node: Node) -> None:
     x = node.inputs[0]
@@ -327,6 +393,9 @@ def gather(ctx: Ctx, node: Node) -> None:
     ids = node.inputs[1]
     if x.const is not None and ids is not None and ids.name in ctx.int_inputs:
         _embed(ctx, node, x.const, ids)
+        return
+    if x.const is not None and ids is not None and ids.const is None:
+        _one_hot_lookup(ctx, node, np.asarray(x.const), ids)
         return
     idx = np.asarray(node.const(1, "indices")).astype(np.int64)
     if x.const is not None:
@@ -360,6 +429,26 @@ def gather(ctx: Ctx, node: Node) -> None:
     keep_out = default_keep(out_shape)
     blob = ctx.reshape(blob, nc_shape(out_shape, keep_out), name_hint=node.outputs[0])
     ctx.bind(node.outputs[0], blob, keep_out)
+
+
+@rule("GatherElements")
+def gather_elements(ctx: Ctx, node: Node) -> None:
+    """GatherElements from a constant: all values equal -> that constant; a table
+    along one axis (every other dim 1) -> a lookup of computed indices (one-hot).
+    Dynamic data with dynamic indices has no ncnn layer."""
+    x, ids = node.inputs[0], node.inputs[1]
+    assert x is not None and ids is not None
+    if x.const is None:
+        raise NotLowerable("GatherElements of dynamic data (ncnn has no per-element gather)")
+    data = np.asarray(x.const)
+    axis = int(node.attr("axis", 0))
+    axis = axis + data.ndim if axis < 0 else axis
+    if data.size and np.all(data == data.ravel()[0]):
+        ctx.bind_const(node.outputs[0], np.full(ctx.out_shape(), data.ravel()[0], data.dtype))
+        return
+    if any(d != 1 for a, d in enumerate(data.shape) if a != axis):
+        raise NotLowerable("GatherElements from a constant with more than one non-unit axis")
+    _one_hot_lookup(ctx, node, data.reshape(-1), ids, axis=None)
 
 
 _PAD_MODES = {"constant": 0, "edge": 1, "reflect": 2}

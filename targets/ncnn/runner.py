@@ -106,8 +106,10 @@ class NcnnRunner(Runner):
         out: Feeds = {}
         with self.net.create_extractor() as ex:
             for spec in self._inputs:
-                if np.dtype(spec.get("dtype") or "float32").kind in "iu":
-                    # Embed indices: ncnn reads this Mat's bytes as int32.
+                is_int = np.dtype(spec.get("dtype") or "float32").kind in "iu"
+                if spec.get("feed", "int32" if is_int else "float") == "int32":
+                    # Token ids for Embed: ncnn reads this Mat's bytes as int32 (older
+                    # sidecars have no "feed": their integer inputs are all ids).
                     x = np.asarray(feeds[spec["name"]]).astype(np.int32).view(np.float32)
                 else:
                     x = np.asarray(feeds[spec["name"]], dtype=np.float32)

@@ -38,28 +38,11 @@ from mconv.targets.ncnn.lower import (
     shape_params,
 )
 from mconv.targets.ncnn.registry import rules
+from mconv.targets.ncnn.token_ids import lower_combined, plan_ids
 
 # Inputs ncnn can take: it computes in float32 only.
 _FLOAT_KINDS = ("f",)
 _INT_KINDS = ("i", "u")
-
-
-def _int_misuse(proto: onnx.NodeProto, int_inputs: set[str], readers: dict[str, int]) -> str:
-    """Why ``proto`` cannot take an integer graph input ('' when it can: Gather
-    indices, which become an Embed layer)."""
-    for i, x in enumerate(proto.input):
-        if x not in int_inputs:
-            continue
-        if not (proto.op_type == "Gather" and i == 1):
-            return (
-                f"integer input '{x}' used as data; ncnn reads integer inputs only as the indices "
-                "of a Gather from a constant table (Embed)"
-            )
-        if readers.get(x, 0) > 1:
-            # Shared, the blob would pass a Split layer, which ncnn converts to
-            # fp16/bf16 storage on ARM: the int32 bits of the ids would not survive.
-            return f"integer input '{x}' is read by {readers[x]} nodes; ncnn can feed token ids to one Embed only"
-    return ""
 
 
 # In "dry" mode, initializers this large are lowered as zeros (never read).
@@ -138,19 +121,15 @@ def lower_model(
     ctx = Ctx(prep)
     ctx.precision = precision
     inputs_meta = []
-    int_inputs = ctx.int_inputs
+    ints = [n for n in prep.inputs if prep.dtypes.get(n, np.dtype("float32")).kind in (*_INT_KINDS, "b")]
+    id_plans = plan_ids(nodes, ints, prep.consts)
+    ctx.int_inputs = set(id_plans)
+    handled: set[int] = set()
     for name in prep.inputs:
         shape = prep.shapes[name]
         dt = prep.dtypes.get(name, np.dtype("float32"))
-        if dt.kind in _INT_KINDS:
-            # Integer inputs reach ncnn as int32 bits in a float Mat; only Embed
-            # (Gather from a constant table) reads them as integers.
-            int_inputs.add(name)
-        elif dt.kind not in _FLOAT_KINDS:
-            raise ConversionError(
-                f"input '{name}' is {dt.name}; ncnn computes in float32 only, so the model must take float "
-                "inputs (integer inputs only as Gather indices)"
-            )
+        if dt.kind not in (*_FLOAT_KINDS, *_INT_KINDS, "b"):
+            raise ConversionError(f"input '{name}' is {dt.name}; ncnn computes on float32, int and bool inputs only")
         try:
             keep = default_keep(shape)
         except NotLowerable as e:
@@ -160,12 +139,16 @@ def lower_model(
         # The Input layer is named like its blob, as ncnn tools do.
         ctx.g.layers[-1].name = blob
         ctx.bind(name, blob, keep, dyn_batch=name in prep.dyn_batch)
-        inputs_meta.append({"name": name, "blob": blob, "shape": list(shape), "dtype": dt.name})
+        if name in id_plans and id_plans[name].combined:
+            handled |= lower_combined(ctx, id_plans[name], blob)
+        feed = "int32" if name in ctx.int_inputs else "float"
+        inputs_meta.append({"name": name, "blob": blob, "shape": list(shape), "dtype": dt.name, "feed": feed})
 
     unsupported: dict[str, list[str]] = {}
     failed: set[str] = set()
-    int_readers = {x: sum(list(n.input).count(x) for n in nodes) for x in int_inputs}
     for i, proto in enumerate(nodes):
+        if id(proto) in handled:
+            continue
         opened = _open_consts(ctx, proto, lazy, mode) if lazy else []
         n_layers = len(ctx.g.layers)
         name = _node_name(proto, i)
@@ -184,8 +167,6 @@ def lower_model(
             reason = ""
         elif missing:
             reason = None  # an upstream failure already reported
-        elif int_inputs and (why := _int_misuse(proto, int_inputs, int_readers)):
-            reason = why
         elif any(0 in prep.shapes.get(o, (1,)) for o in proto.output if o) or any(
             t is not None and t.const is None and 0 in t.shape for t in node.inputs
         ):
