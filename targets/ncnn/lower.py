@@ -336,10 +336,14 @@ class Ctx:
         big = [a for a in dropped if t.shape[a] != 1]
         if big:
             a = big[0]
+            why = (
+                "re-export the model with batch 1"
+                if a == 0 and any(self.prep.shapes.get(i, (1,))[:1] != (1,) for i in self.prep.inputs)
+                else "the model itself moves windows, heads or rows into that axis, which no ncnn layer runs as a batch"
+            )
             raise self.fail(
                 f"tensor '{t.name}' of shape {list(t.shape)} needs axis {a} as its batch, but it "
-                f"is {t.shape[a]}: ncnn Mats have no batch axis, so only a batch of 1 converts; "
-                "re-export the model with batch 1"
+                f"is {t.shape[a]}: ncnn Mats have no batch axis, so only a batch of 1 converts; {why}"
             )
         nc = nc_shape(t.shape, keep)
         if t.const is not None:

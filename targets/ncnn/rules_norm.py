@@ -3,7 +3,8 @@ LayerNormalization, GroupNormalization, RMSNormalization, LRN.
 
 Cases:
     BatchNormalization (inference form, constant stats) -> BatchNorm on the
-    NC... Mat (per channel = outermost axis, or per element of a 1-D [C]).
+    NC... Mat (per channel = outermost axis, or per element of a 1-D [C]); when
+    axis 0 is larger than 1 (rows, not a batch) -> x * a + b per channel.
     InstanceNormalization / GroupNormalization -> InstanceNorm / GroupNorm on a
     (C, 1, H*W...) Mat: ncnn reduces over w*h*d of each channel, so any spatial
     rank is flattened first. GroupNormalization opset 18 (scale per group) is
@@ -34,6 +35,9 @@ def batch_norm(ctx: Ctx, node: Node) -> None:
     scale, bias, mean, var = (np.asarray(node.const(i, n), np.float32) for i, n in
                               ((1, "scale"), (2, "B"), (3, "mean"), (4, "var")))  # fmt: skip
     eps = float(node.attr("epsilon", 1e-5))
+    if x.shape and x.shape[0] != 1:
+        _rows_affine(ctx, node, x, scale / np.sqrt(var + np.float32(eps)), bias - mean * scale / np.sqrt(var + eps))
+        return
     keep = _nc_keep(x)
     xb = ctx.blob_as(x, keep)
     c = x.shape[1]
@@ -43,6 +47,23 @@ def batch_norm(ctx: Ctx, node: Node) -> None:
         out_name=node.outputs[0],
     )  # fmt: skip
     ctx.bind(node.outputs[0], out, keep)
+
+
+def _rows_affine(ctx: Ctx, node: Node, x: Tensor, a: np.ndarray, b: np.ndarray) -> None:
+    """BatchNormalization whose axis 0 is not a batch of 1 (LeViT's BatchNorm1d over a
+    [tokens, C] matrix): the same per-channel affine for every row, ``x * a + b`` with
+    [1, C, 1...] constants (numpy broadcasting), since ncnn's BatchNorm scales the
+    outermost Mat axis."""
+    from mconv.targets.ncnn.rules_elementwise import ADD, MUL
+    from mconv.targets.ncnn.rules_logic import binary
+
+    shape = (1, x.shape[1], *([1] * (x.rank - 2)))
+    const = [Tensor(f"{node.name}_{k}", shape, np.dtype("float32"), const=v.astype(np.float32).reshape(shape))
+             for k, v in (("a", a), ("b", b))]  # fmt: skip
+    t = binary(ctx, MUL, x, const[0], tuple(x.shape))
+    t = binary(ctx, ADD, t, const[1], tuple(x.shape), node.outputs[0])
+    assert t.blob is not None and t.keep is not None
+    ctx.bind(node.outputs[0], t.blob, t.keep)
 
 
 def _per_channel(ctx: Ctx, node: Node, type_: str, params: dict, weights: list[Weight]) -> None:
