@@ -120,21 +120,32 @@ def freeze(model: onnx.ModelProto, feeds: Feeds, names: set[str]) -> onnx.ModelP
     return m
 
 
+# Element types whose values a float32 Mat holds exactly (integers up to 2**24).
+_MAT_TYPES = {
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BOOL,
+    onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+}  # fmt: skip
+
+
 def representable(case) -> str | None:
-    """Why ncnn cannot take this case's outputs at all, else None."""
-    for vi in list(case.model.graph.output):
+    """Why ncnn cannot take this case's inputs or outputs at all, else None.
+
+    ncnn computes in float32: booleans and integers are held as float values, exact
+    up to 2**24; larger integers (and uint32/uint64 ranges) are out of reach."""
+    for vi in list(case.model.graph.input) + list(case.model.graph.output):
         et = vi.type.tensor_type.elem_type
-        if et not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+        if et not in _MAT_TYPES:
             if et == 0:
                 return "non-tensor input or output"
             return f"{onnx.TensorProto.DataType.Name(et).lower()} input or output"
     for ds in case.data_sets:
-        for arr in list(ds[1]):
+        for arr in list(ds[0]) + list(ds[1]):
             a = np.asarray(arr)
             if a.dtype.kind == "O":
                 return "case data is not numeric (object array)"
-            if a.dtype.kind != "f":
-                return f"{a.dtype.name} output"
+            if a.dtype.kind in "iu" and a.size and np.abs(a.astype(np.float64)).max() > 2**24:
+                return "integers beyond 2**24 (a float32 Mat holds them inexactly)"
     return None
 
 
@@ -153,10 +164,11 @@ def run_case(case, workdir: Path) -> CaseResult:
     try:
         for k, (inputs, expected) in enumerate(case.data_sets):
             feeds = {n: np.asarray(v) for n, v in zip(in_names, inputs)}
-            if not feeds or np.asarray(inputs[0]).dtype.kind != "f":
-                return CaseResult(case.name, ops, "skip", "first input is not float")
-            # Non-float inputs (shapes, axes, indices) are constants in real models.
-            frozen = {n for n, v in feeds.items() if v.dtype.kind != "f"}
+            if not feeds or np.asarray(inputs[0]).dtype.kind not in "fiub":
+                return CaseResult(case.name, ops, "skip", "first input is not numeric")
+            # Non-float inputs after the first (shapes, axes, indices) are constants in
+            # real models; the first is data (integers and booleans as float values).
+            frozen = {n for n, v in feeds.items() if v.dtype.kind != "f" and n != in_names[0]}
             d = workdir / f"{case.name}_{k}"
             try:
                 m = freeze(model, feeds, frozen) if frozen else model

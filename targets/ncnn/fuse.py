@@ -8,6 +8,7 @@ graph outputs):
     Mul(x, HardSigmoid(x, 1/6, 0.5))           -> HardSwish
     Mul(Mul(x, Add(Erf(Div(x, √2)), 1)), 0.5)  -> Gelu (exact), any operand order,
                                                    also Mul(x, 1/√2) for the Div
+    Reshape, Transpose (0, 2, 1, 3, 4), Reshape -> ShuffleChannel (channel shuffle)
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def fuse_patterns(prep: Prepared) -> list[onnx.NodeProto]:
         if id(n) in removed:
             continue
         out.append(replace.get(id(n), n))
-    return fuse_linear_bias(prep, split_slices(prep, fuse_attention(prep, out)))
+    return fuse_linear_bias(prep, split_slices(prep, fuse_channel_shuffle(prep, fuse_attention(prep, out))))
 
 
 # ----------------------------------------------------------------------------- attention
@@ -711,3 +712,37 @@ def fuse_linear_bias(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.N
             continue
         out.append(n)
     return out
+
+
+# ----------------------------------------------------------------------------- channel shuffle
+
+SHUFFLE_OP = "MconvShuffleChannel"
+
+
+def fuse_channel_shuffle(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """ShuffleNet's channel shuffle, Reshape [1, C, H, W] -> [1, g, C/g, H, W],
+    Transpose (0, 2, 1, 3, 4), Reshape -> [1, C, H, W], -> one ``MconvShuffleChannel``
+    (ncnn ``ShuffleChannel group=g``) instead of Reshape, Permute, Reshape."""
+    g = _AttnGraph(prep, nodes)
+    replace: dict[int, onnx.NodeProto | None] = {}
+    for t in nodes:
+        perm = _attrs(t).get("perm") if t.op_type == "Transpose" else None
+        if perm is None or list(perm) != [0, 2, 1, 3, 4]:
+            continue
+        r1 = g.producer.get(t.input[0])
+        users = g.consumers.get(t.output[0], [])
+        if r1 is None or r1.op_type != "Reshape" or len(users) != 1 or users[0].op_type != "Reshape":
+            continue
+        r2 = users[0]
+        src, mid, dst = (prep.shapes.get(n) for n in (r1.input[0], r1.output[0], r2.output[0]))
+        if src is None or mid is None or dst is None or len(src) != 4 or src[0] != 1 or tuple(dst) != tuple(src):
+            continue
+        if tuple(mid) != (1, mid[1], src[1] // mid[1], *src[2:]) or not (
+            g.only_use(r1.output[0]) and g.only_use(t.output[0])
+        ):
+            continue
+        replace[id(r1)] = replace[id(t)] = None
+        replace[id(r2)] = helper.make_node(SHUFFLE_OP, [r1.input[0]], [r2.output[0]], name=t.name, group=int(mid[1]))
+    if not replace:
+        return nodes
+    return [replace.get(id(n), n) for n in nodes if replace.get(id(n), n) is not None]

@@ -1,4 +1,4 @@
-"""Spatial resampling and space/depth shuffles: Resize, Upsample, DepthToSpace,
+"""Spatial resampling and space/depth shuffles: Resize, Upsample, GridSample, DepthToSpace,
 SpaceToDepth.
 
 Cases:
@@ -11,6 +11,8 @@ Cases:
     align 0, align_corners -> ``6=1``, when the output size equals input*scale
     (ncnn derives the scale from the sizes); asymmetric linear is refused.
     DepthToSpace -> PixelShuffle (DCR 1, CRD 0); SpaceToDepth -> Reorg.
+    GridSample (2-D, 3-D; bilinear, bicubic in 2-D; zeros or border padding)
+    -> GridSample.
 """
 
 from __future__ import annotations
@@ -170,3 +172,35 @@ def space_to_depth(ctx: Ctx, node: Node) -> None:
     mode = node.attr("mode", "DCR")
     blob = ctx.emit("Reorg", [xb], nc_shape(out_shape, keep), {0: bs, 1: int(mode == "DCR")})
     ctx.bind(node.outputs[0], blob, keep)
+
+
+_GRID_MODES = {"bilinear": 1, "linear": 1, "nearest": 2, "bicubic": 3, "cubic": 3}
+_GRID_PADDING = {"zeros": 1, "border": 2, "reflection": 3}
+
+
+@rule("GridSample")
+def grid_sample(ctx: Ctx, node: Node) -> None:
+    """GridSample (2-D and 3-D, batch 1) -> ncnn GridSample: the grid [1, H, W, 2] is
+    the Mat (c=H, h=W, w=2) the layer reads without ``permute_fusion``. Nearest
+    sampling and reflection padding are refused: they differ from onnxruntime on the
+    onnx conformance cases (ncnn rounds half up; its reflection differs)."""
+    x, grid = node.inputs[0], node.inputs[1]
+    assert x is not None and grid is not None
+    mode = node.attr("mode", "linear" if ctx.prep.opset >= 20 else "bilinear")
+    padding = node.attr("padding_mode", "zeros")
+    if mode not in _GRID_MODES or padding not in _GRID_PADDING:
+        raise NotLowerable(f"mode {mode}, padding {padding}")
+    if mode == "nearest":
+        raise NotLowerable("nearest sampling (ncnn rounds half up, ONNX half to even: results differ at .5)")
+    if padding == "reflection":
+        raise NotLowerable("reflection padding (ncnn's reflected coordinates differ from ONNX's)")
+    if x.const is not None or x.rank not in (4, 5):
+        raise NotLowerable("a dynamic 4-D or 5-D input")
+    if mode in ("bicubic", "cubic") and x.rank == 5:
+        raise NotLowerable("bicubic 3-D sampling (ncnn's GridSample is bicubic in 2-D only)")
+    keep = tuple(range(1, x.rank))
+    xb = ctx.blob_as(x, keep)
+    gb = ctx.blob_as(grid, tuple(range(1, grid.rank)))
+    params = {0: _GRID_MODES[mode], 1: _GRID_PADDING[padding], 2: int(node.attr("align_corners", 0)), 3: 0}
+    out = ctx.emit("GridSample", [xb, gb], nc_shape(ctx.out_shape(), keep), params, out_name=node.outputs[0])
+    ctx.bind(node.outputs[0], out, keep)

@@ -136,7 +136,7 @@ def test_meta_maps_tensors_to_blobs(make_model, rng, tmp_path):
     art = NcnnTarget().write(m, tmp_path, "m", BuildOptions())
     text = art.main.read_text()
     assert art.meta["inputs"][0] == {"name": "x", "blob": "x", "shape": [1, 3, 16, 16],
-                                     "dtype": "float32"}  # fmt: skip
+                                     "dtype": "float32", "feed": "float"}  # fmt: skip
     assert art.meta["outputs"][0]["shape"] == [1, 10]
     blobs = art.meta["blobs"]
     assert blobs["x"] == "x" and blobs["y"] in text.split()

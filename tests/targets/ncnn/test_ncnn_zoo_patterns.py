@@ -1,0 +1,268 @@
+"""Patterns from real-world models (bench/zoo_ncnn.py) that the ncnn writer once
+refused or got wrong, each rebuilt as a small PyTorch module: exported with the
+TorchScript exporter, optimized with the default passes, converted, run by ncnn and
+compared with onnxruntime on the same samples."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("ncnn", reason="the ncnn wheel is needed to run converted models")
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+from mconv.errors import ConversionError, UnsupportedOpsError  # noqa: E402
+from mconv.metrics import compare_outputs, default_tolerance  # noqa: E402
+from mconv.passes import optimize  # noqa: E402
+from mconv.targets.ncnn.conformance import convert_and_run, run_onnxruntime  # noqa: E402
+
+
+def export(module: nn.Module, samples: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    names = list(samples[0])
+    args = tuple(torch.from_numpy(samples[0][n]) for n in names)
+    torch.onnx.export(module.eval(), args, buf, opset_version=17, dynamo=False, input_names=names,
+                      output_names=["out"])  # fmt: skip
+    model, _ = optimize(onnx.load_from_string(buf.getvalue()))
+    return model
+
+
+def check(module: nn.Module, samples: list[dict[str, np.ndarray]], tmp: Path, ops: tuple[str, ...] = ()):
+    """Convert and compare on every sample (FP32 tolerance); return the artifact."""
+    model = export(module, samples)
+    for op in ops:  # the pattern under test really is in the optimized graph
+        assert any(n.op_type == op for n in model.graph.node), f"{op} not in the exported graph"
+    refs = run_onnxruntime(model, samples)
+    outs, art = convert_and_run(model, samples, tmp / "out")
+    comp = compare_outputs(refs, outs, default_tolerance("fp32"))
+    assert comp.passed, comp.summary()
+    return art
+
+
+def images(shape, n=2):
+    rng = np.random.default_rng(0)
+    return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+class MaskedAttention(nn.Module):
+    """BERT as transformers 5 exports it: the int64 attention mask becomes a boolean
+    (And, Where with finfo.min) and the softmax is guarded by Where(IsNaN(p), 0, p)."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, vocab: int = 50) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.heads = heads
+
+    def forward(self, input_ids, attention_mask):
+        x = self.emb(input_ids)
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        keep = attention_mask.bool()[:, None, None, :] & torch.ones(1, 1, t, t, dtype=torch.bool)
+        bias = torch.where(keep, 0.0, torch.finfo(torch.float32).min)
+        p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads) + bias, dim=-1)
+        p = torch.where(torch.isnan(p), 0.0, p)
+        return self.out((p @ v).transpose(1, 2).reshape(b, t, d))
+
+
+def test_text_encoder_with_a_runtime_attention_mask(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    samples = []
+    for pad in (0, 5):
+        mask = np.ones((1, 12), np.int64)
+        mask[:, 12 - pad :] = 0
+        samples.append({"input_ids": rng.integers(0, 50, (1, 12)).astype(np.int64), "attention_mask": mask})
+    art = check(MaskedAttention(), samples, tmp_path, ops=("Where", "IsNaN"))
+    feeds = {i["name"]: i["feed"] for i in art.meta["inputs"]}
+    assert feeds == {"input_ids": "int32", "attention_mask": "float"}
+
+
+class Comparisons(nn.Module):
+    def forward(self, x):
+        y = torch.where(x > 0.5, x, -x) + (x == 0).float() + (x <= -1).float() * 2
+        return y + torch.logical_not(x < 0).float() * 3 + torch.logical_xor(x > 0, x > 1).float()
+
+
+def test_comparisons_and_where_on_floats(tmp_path: Path) -> None:
+    samples = images((1, 8, 6))
+    samples[0]["x"][0, 0, :4] = [0.0, 0.5, -1.0, 1.0]  # the boundaries of each comparison
+    check(Comparisons(), samples, tmp_path, ops=("Where", "Equal", "Not"))
+
+
+class GeluNew(nn.Module):
+    """GPT-2's gelu_new, x ** 3 inside (ncnn's pow is garbage for bases <= 0), and
+    MetaFormer's StarReLU, relu(x) ** 2 (zero bases)."""
+
+    def forward(self, x):
+        g = 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+        return g + 0.8 * F.relu(x) ** 2 + torch.abs(x) ** 1.5 - 0.1 + x**-2
+
+
+def test_pow_with_zero_and_negative_bases(tmp_path: Path) -> None:
+    samples = images((1, 4, 16))
+    samples[0]["x"][0, 0, :3] = [0.5, -2.0, 3.0]
+    art = check(GeluNew(), samples, tmp_path, ops=("Pow",))
+    assert "BinaryOp" in art.main.read_text()
+
+
+class Unfold(nn.Module):
+    """MobileViTv2's unfolding: [B, C, nh, ph, nw, pw] -> [B, C, ph, pw, nh, nw], five
+    axis groups (more than a Mat has) in one Transpose."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        y = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+        return y.reshape(b, c * 4, h // 2, w // 2) * 2.0
+
+
+def test_transpose_of_five_axis_groups(tmp_path: Path) -> None:
+    art = check(Unfold(), images((1, 3, 8, 12)), tmp_path)
+    assert art.main.read_text().count("Permute") >= 2
+
+
+class WindowQKV(nn.Module):
+    """Swin/MobileViT attention: qkv reshaped to [B, N, 3, heads, d], permuted to
+    [3, B, heads, N, d] (5 axes larger than 1) and unbound along axis 0."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.heads = heads
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return (torch.softmax(q @ k.transpose(-2, -1), -1) @ v).sum(1)
+
+
+def test_split_of_a_five_axis_qkv(tmp_path: Path) -> None:
+    # Four windows in the batch axis, as timm's Swin partitions them.
+    check(WindowQKV(), images((4, 9, 16)), tmp_path, ops=("Split",))
+
+
+class TokenBatchNorm(nn.Module):
+    """LeViT's Linear + BatchNorm1d over a [tokens, C] matrix (axis 0 is tokens)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 12)
+        self.bn = nn.BatchNorm1d(12)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+            self.bn.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        return self.bn(self.fc(x).flatten(0, 1)).reshape(b, n, -1)
+
+
+def test_batchnorm_over_a_token_matrix(tmp_path: Path) -> None:
+    check(TokenBatchNorm(), images((1, 10, 8)), tmp_path, ops=("BatchNormalization",))
+
+
+class PositionsFromIds(nn.Module):
+    """RoBERTa's embeddings: positions are computed from ``input_ids != pad`` (ids read
+    as values) and looked up in a second table; token types gathered from a buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.word = nn.Embedding(40, 8)
+        self.pos = nn.Embedding(20, 8)
+        self.register_buffer("types", torch.zeros(1, 16, dtype=torch.long))
+        self.type_emb = nn.Embedding(2, 8)
+
+    def forward(self, input_ids):
+        mask = input_ids.ne(1).int()
+        positions = torch.cumsum(mask, dim=1) * mask + 1
+        types = torch.gather(self.types.expand(input_ids.shape[0], -1), 1, positions.long())
+        return self.word(input_ids) + self.pos(positions.long()) + self.type_emb(types)
+
+
+def test_ids_read_as_values_and_positions_looked_up(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    samples = [{"input_ids": rng.integers(2, 40, (1, 10)).astype(np.int64)} for _ in range(2)]
+    samples[1]["input_ids"][0, 7:] = 1  # padding
+    art = check(PositionsFromIds(), samples, tmp_path)
+    assert art.main.read_text().count("\nEmbed ") == 1
+
+
+class DeformableSample(nn.Module):
+    """RT-DETR's deformable attention samples value maps at predicted locations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offsets = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        grid = torch.tanh(self.offsets(x)).permute(0, 2, 3, 1)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def test_grid_sample_bilinear(tmp_path: Path) -> None:
+    art = check(DeformableSample(), images((1, 4, 6, 7)), tmp_path, ops=("GridSample",))
+    assert "GridSample" in art.main.read_text()
+
+
+class TopKHead(nn.Module):
+    def forward(self, x):
+        scores = x.mean(-1)
+        _, idx = torch.topk(scores, 3, dim=1)
+        return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def test_topk_selection_is_refused_with_the_list(tmp_path: Path) -> None:
+    model = export(TopKHead(), images((1, 10, 4)))
+    with pytest.raises(UnsupportedOpsError) as e:
+        convert_and_run(model, images((1, 10, 4)), tmp_path / "out")
+    # TopK has no ncnn layer; the nodes after it are not listed again.
+    assert "TopK x1" in str(e.value) and "Nothing was written" in str(e.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+class WindowsInBatch(nn.Module):
+    """EfficientViT-M moves attention windows into the batch axis before a 3x3 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        win = x.reshape(b, c, 2, h // 2, 2, w // 2).permute(0, 2, 4, 1, 3, 5).reshape(b * 4, c, h // 2, w // 2)
+        return self.conv(win).sum(0, keepdim=True)
+
+
+def test_windows_moved_into_the_batch_axis_are_refused_clearly(tmp_path: Path) -> None:
+    model = export(WindowsInBatch(), images((1, 4, 8, 8)))
+    with pytest.raises(ConversionError) as e:
+        convert_and_run(model, images((1, 4, 8, 8)), tmp_path / "out")
+    assert "axis 0" in str(e.value) and "no batch axis" in str(e.value)
+
+
+class Shuffle(nn.Module):
+    """ShuffleNetV2's channel shuffle (view, transpose, view) between two convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.b(y)
+
+
+def test_channel_shuffle_is_one_shufflechannel_layer(tmp_path: Path) -> None:
+    text = check(Shuffle(), images((1, 3, 6, 5)), tmp_path).main.read_text()
+    assert "ShuffleChannel" in text and "Permute" not in text
