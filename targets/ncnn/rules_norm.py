@@ -125,8 +125,13 @@ def _last_axes_norm(ctx: Ctx, node: Node, type_: str, has_bias: bool) -> None:
         bias = (np.zeros(inner, np.float32) if bias_v is None else
                 np.broadcast_to(np.asarray(bias_v, np.float32), x.shape[axis:]).ravel())  # fmt: skip
         weights.append(Weight(np.ascontiguousarray(bias), tagged=False))
-    nc = (rows, inner) if rows > 1 else (inner,)
-    xb = ctx.reshape(ctx.blob_as(x), nc, name_hint=x.name)
+    xb = ctx.blob_as(x)
+    nc = tuple(ctx.g.shapes.get(xb, ()))
+    if not (nc and nc[-1] == inner and len(nc) <= 3):
+        # ncnn normalizes each innermost row of a 2-D or 3-D Mat when affine_size is
+        # its width; any other layout becomes (rows, inner).
+        nc = (rows, inner) if rows > 1 else (inner,)
+        xb = ctx.reshape(xb, nc, name_hint=x.name)
     out = ctx.emit(type_, [xb], nc, {0: inner, 1: eps, 2: 1}, weights)
     keep = x.keep if x.keep is not None else default_keep(x.shape)
     ctx.bind(node.outputs[0], out, keep)

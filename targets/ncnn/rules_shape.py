@@ -124,8 +124,9 @@ def _groups(shape: tuple[int, ...], perm: list[int]) -> list[list[int]]:
 def permute_blob(ctx: Ctx, blob: str, shape: tuple[int, ...], perm: list[int]) -> str:
     """A blob holding ``transpose(values of blob viewed as shape, perm)``.
 
-    Size-1 axes are ignored and axes that stay adjacent merge, so most
-    transposes are one 2-4-D Permute. More groups than ncnn's 4 dims are done
+    Size-1 axes are ignored; axes that stay adjacent merge (unless the blob
+    already has one Mat axis per tensor axis), so most transposes are one 2-4-D
+    Permute. More groups than ncnn's 4 dims are done
     as a sequence of moves, each bringing the next output axis to its place:
     moving one block past another is a permute of at most 4 groups (the axes
     before, the moved one, the block it passes, the axes after).
@@ -133,6 +134,12 @@ def permute_blob(ctx: Ctx, blob: str, shape: tuple[int, ...], perm: list[int]) -
     groups = _groups(shape, perm)
     if len(groups) <= 1:
         return blob
+    big = tuple(shape[a] for a in range(len(shape)) if shape[a] != 1)
+    if len(big) <= 4 and ctx.g.shapes.get(blob) == big:
+        # The blob already has one Mat axis per tensor axis: permute it as it is
+        # rather than merging axes, which costs a Reshape before and after
+        # (ConvNeXt's NCHW <-> NHWC around each LayerNorm).
+        return _permute_groups(ctx, blob, shape, [[a] for a in perm if shape[a] != 1])
     if len(groups) <= 4:
         return _permute_groups(ctx, blob, shape, groups)
     cur = list(range(len(shape)))
