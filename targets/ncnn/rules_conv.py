@@ -8,7 +8,8 @@ Cases:
     Deconvolution1D / Deconvolution / DeconvolutionDepthWise with pads as crops,
     output_padding (or the difference to ``output_shape``) as 18/19. Weights
     (tagged) must be constant; the bias (raw) is optional. The activation that
-    follows is fused into key 9 later by ``optimize``.
+    follows is fused into key 9 later by ``optimize``. A 1x1 convolution of a
+    [1, C, 1, 1] vector -> InnerProduct on the 1-D Mat.
 """
 
 from __future__ import annotations
@@ -63,9 +64,12 @@ def conv(ctx: Ctx, node: Node) -> None:
         raise NotLowerable(f"{n}-D convolution")
     if n == 3 and group != 1:
         raise NotLowerable("grouped 3-D convolution")
+    begin, end = _pads(node, x.shape[2:], k, s, d)
+    if group == 1 and x.shape[0] == 1 and all(v == 1 for v in (*x.shape[2:], *k)) and not any(begin + end):
+        _pointwise_on_vector(ctx, node, x, w, b)
+        return
     keep = tuple(range(1, x.rank))
     xb = ctx.blob_as(x, keep)
-    begin, end = _pads(node, x.shape[2:], k, s, d)
     out_c = w.shape[0]
     p: dict = {0: out_c, 5: int(b is not None), 6: int(w.size)}
     if n == 1:
@@ -96,6 +100,21 @@ def conv(ctx: Ctx, node: Node) -> None:
     out_shape = ctx.out_shape()
     blob = ctx.emit(type_, [xb], nc_shape(out_shape, keep), p, weights, out_name=node.outputs[0])
     ctx.bind(node.outputs[0], blob, keep)
+
+
+def _pointwise_on_vector(ctx: Ctx, node: Node, x, w: np.ndarray, b: np.ndarray | None) -> None:
+    """A 1x1 convolution of a [1, C, 1, 1] tensor (squeeze-excitation, classifier
+    heads after global pooling) is a matrix-vector product: InnerProduct on the 1-D
+    [C] Mat, which takes the same fused activation and runs without the
+    convolution's packing. The result stays a 1-D [O] Mat: ncnn's BinaryOp
+    broadcasts it per channel against a (O, H, W) Mat."""
+    from mconv.targets.ncnn.lower import Tensor
+    from mconv.targets.ncnn.rules_linear import inner_product
+
+    c = x.shape[1]
+    vec = Tensor(f"{x.name}_vec", (1, c), x.dtype, blob=ctx.reshape(ctx.blob_as(x), (c,), name_hint=x.name), keep=(1,))
+    w2 = np.asarray(w, np.float32).reshape(w.shape[0], -1)
+    inner_product(ctx, vec, w2, None if b is None else np.asarray(b, np.float32), node.outputs[0], out_keep=(1,))
 
 
 @rule("ConvTranspose")

@@ -48,6 +48,8 @@ def _trim(keep: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _operand(ctx: Ctx, t: Tensor, out_shape: tuple[int, ...], keep: tuple[int, ...]) -> str:
     r = len(out_shape)
+    out_nc = nc_shape(out_shape, keep)
+    out_c = out_nc[0] if len(out_nc) == 3 else None
     padded = (1,) * (r - t.rank) + tuple(t.shape)
     nc = nc_shape(padded, keep)
     if t.const is not None:
@@ -55,6 +57,11 @@ def _operand(ctx: Ctx, t: Tensor, out_shape: tuple[int, ...], keep: tuple[int, .
 
         return ctx.const_blob(np.asarray(t.const).reshape(padded), nc, sanitize_hint(t.name))
     assert t.blob is not None
+    cur = ctx.g.shapes.get(t.blob)
+    if len(nc) == 3 and nc[1:] == (1, 1) and cur == (nc[0],) and out_c == nc[0]:
+        # A 1-D [C] Mat broadcasts per channel against a (C, H, W) one in ncnn's
+        # BinaryOp (when C is the other's c): no Reshape for squeeze-excitation.
+        return t.blob
     return ctx.reshape(t.blob, nc, name_hint=t.name)
 
 

@@ -30,8 +30,11 @@ from mconv.targets.ncnn.registry import rule
 from mconv.targets.ncnn.rules_elementwise import ADD, MUL, binary_tensors
 
 
-def inner_product(ctx: Ctx, a: Tensor, w_nk: np.ndarray, bias: np.ndarray | None, out_name: str) -> None:
-    """``out = a @ w_nk.T + bias`` over the last axis of ``a`` (InnerProduct)."""
+def inner_product(
+    ctx: Ctx, a: Tensor, w_nk: np.ndarray, bias: np.ndarray | None, out_name: str, out_keep: tuple | None = None
+) -> None:
+    """``out = a @ w_nk.T + bias`` over the last axis of ``a`` (InnerProduct); the
+    output is bound with ``out_keep`` (default: its shape's default representation)."""
     n, k = w_nk.shape
     rows = int(np.prod(a.shape[:-1])) if a.rank > 1 else 1
     nc_in = (rows, k) if rows > 1 else (k,)
@@ -66,7 +69,7 @@ def inner_product(ctx: Ctx, a: Tensor, w_nk: np.ndarray, bias: np.ndarray | None
         out_name=out_name,
     )
     out_shape = ctx.shape(out_name)
-    ctx.bind(out_name, blob, default_keep(out_shape))
+    ctx.bind(out_name, blob, out_keep or default_keep(out_shape))
 
 
 @rule("Gemm")

@@ -93,6 +93,11 @@ def reduce(ctx: Ctx, node: Node) -> None:
     out_shape = ctx.out_shape()
     if keepdims:
         out_keep = keep
+        kept = [a for a in keep if a not in axes]
+        if len(kept) == 1 and len(keep) == 3 and kept[0] == keep[0]:
+            # Global pooling kept as (C, 1, 1): a 1-D [C] Mat instead, which feeds an
+            # InnerProduct and broadcasts per channel without a Reshape.
+            out_keep, keepdims = tuple(kept), 0
     else:
         remaining = [a for a in range(x.rank) if a not in axes]
         out_keep = tuple(remaining.index(a) for a in keep if a in remaining)
