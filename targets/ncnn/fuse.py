@@ -8,7 +8,11 @@ graph outputs):
     Mul(x, HardSigmoid(x, 1/6, 0.5))           -> HardSwish
     Mul(Mul(x, Add(Erf(Div(x, √2)), 1)), 0.5)  -> Gelu (exact), any operand order,
                                                    also Mul(x, 1/√2) for the Div
+    Mul(x, Add(Erf(Div(x, √2)), 1))            -> Gelu then x2 (the 0.5 went to the next layer)
     Reshape, Transpose (0, 2, 1, 3, 4), Reshape -> ShuffleChannel (channel shuffle)
+    Mul(x, scalar c) read only by Conv / MatMul -> the weights scaled by c
+    Where(IsNaN(Softmax(.)), c, Softmax(.))     -> the Softmax (a guard that never fires)
+    MatMul, [scale], [+ mask], Softmax, MatMul  -> SDPA (attention fuse_attention left)
 """
 
 from __future__ import annotations
@@ -76,15 +80,23 @@ def _match_simple(g: _Graph, mul: onnx.NodeProto):
 
 
 def _match_gelu(g: _Graph, last: onnx.NodeProto):
-    """Exact GELU ending in ``last`` (a Mul): (x, removed nodes) or None."""
-    half_of = None
+    """Exact GELU ending in ``last`` (a Mul): (x, removed nodes, factor) or None.
+
+    ``factor`` is 1 for ``0.5 * x * (1 + erf(x / √2))`` and 2 when the 0.5 is gone
+    (the passes folded it into the next layer's weights)."""
     for k in (0, 1):
-        if g.scalar(last.input[k]) == 0.5:
-            half_of = last.input[1 - k]
-    if half_of is None or not g.only_use(half_of):
-        return None
-    m1 = g.prod(half_of, "Mul")
-    if m1 is None:
+        if g.scalar(last.input[k]) == 0.5 and g.only_use(last.input[1 - k]):
+            m1 = g.prod(last.input[1 - k], "Mul")
+            hit = _erf_branch(g, m1) if m1 is not None else None
+            if hit is not None:
+                return hit[0], [m1, *hit[1]], 1.0
+    hit = _erf_branch(g, last)
+    return (hit[0], hit[1], 2.0) if hit is not None else None
+
+
+def _erf_branch(g: _Graph, m1: onnx.NodeProto):
+    """``Mul(x, Add(Erf(x / √2), 1))`` rooted at ``m1``: (x, its inner nodes) or None."""
+    if m1.op_type != "Mul":
         return None
     for k in (0, 1):
         x, add_out = m1.input[k], m1.input[1 - k]
@@ -105,13 +117,13 @@ def _match_gelu(g: _Graph, last: onnx.NodeProto):
             continue
         ok = abs(c - np.sqrt(2)) < 1e-4 if sc.op_type == "Div" else abs(c - 1 / np.sqrt(2)) < 1e-4
         if ok:
-            return x, [m1, add, erf, sc]
+            return x, [add, erf, sc]
     return None
 
 
 def fuse_patterns(prep: Prepared) -> list[onnx.NodeProto]:
     """The prepared nodes with the patterns above replaced by single nodes."""
-    nodes = list(prep.nodes)
+    nodes = drop_softmax_nan_guards(prep, list(prep.nodes))
     g = _Graph(prep, nodes)
     removed: set[int] = set()
     replace: dict[int, onnx.NodeProto] = {}
@@ -126,15 +138,26 @@ def fuse_patterns(prep: Prepared) -> list[onnx.NodeProto]:
             continue
         gelu = _match_gelu(g, n)
         if gelu is not None:
-            x, gone = gelu
-            replace[id(n)] = helper.make_node("Gelu", [x], list(n.output), name=n.name)
+            x, gone, factor = gelu
+            if factor == 1.0:
+                replace[id(n)] = helper.make_node("Gelu", [x], list(n.output), name=n.name)
+            else:
+                half, two = f"{n.output[0]}__gelu", f"{n.output[0]}__x2"
+                prep.consts[two] = np.array(factor, np.float32)
+                prep.shapes[half], prep.dtypes[half] = prep.shapes.get(x, ()), np.dtype("float32")
+                replace[id(n)] = [
+                    helper.make_node("Gelu", [x], [half], name=n.name),
+                    helper.make_node("Mul", [half, two], list(n.output), name=f"{n.name}_x2"),
+                ]
             removed.update(id(r) for r in gone)
     out = []
     for n in nodes:
         if id(n) in removed:
             continue
-        out.append(replace.get(id(n), n))
-    return fuse_linear_bias(prep, split_slices(prep, fuse_channel_shuffle(prep, fuse_attention(prep, out))))
+        r = replace.get(id(n), n)
+        out.extend(r if isinstance(r, list) else [r])
+    out = fuse_sdpa(prep, fold_scale_into_weights(prep, fuse_channel_shuffle(prep, fuse_attention(prep, out))))
+    return fuse_linear_bias(prep, split_slices(prep, out))
 
 
 # ----------------------------------------------------------------------------- attention
@@ -317,12 +340,39 @@ def _projection(g: _AttnGraph, name: str):
                 break
         else:
             return None
+    cols = None
+    if p is not None and p.op_type == "Split":
+        # q, k, v projections merged into one MatMul, then split by columns.
+        cols = _split_columns(g, p, nodes[-1].input if nodes else [name])
+        if cols is None:
+            return None
+        nodes.append(p)
+        p = g.producer.get(p.input[0])
     if p is None or p.op_type != "MatMul":
         return None
     w = g.const(p.input[1])
-    if w is None or w.ndim != 2 or g.const(p.input[0]) is not None or w.shape[1] != n_out:
+    if w is None or w.ndim != 2 or g.const(p.input[0]) is not None:
         return None
-    return p.input[0], np.asarray(w, np.float64), bias, [p, *nodes]
+    w = np.asarray(w, np.float64)
+    if cols is not None:
+        w = w[:, cols[0] : cols[1]]
+    if w.shape[1] != n_out:
+        return None
+    return p.input[0], w, bias, [p, *nodes]
+
+
+def _split_columns(g: _AttnGraph, split: onnx.NodeProto, names) -> tuple[int, int] | None:
+    """The [start, end) columns of the last axis that the split output in ``names`` takes."""
+    shape = g.prep.shapes.get(split.input[0])
+    axis = int(_attrs(split).get("axis", 0))
+    if shape is None or (axis + len(shape)) % len(shape) != len(shape) - 1:
+        return None
+    sizes = [g.prep.shapes[o][-1] for o in split.output]
+    k = next((i for i, o in enumerate(split.output) if o in names), None)
+    if k is None:
+        return None
+    start = int(sum(sizes[:k]))
+    return start, start + int(sizes[k])
 
 
 def _head_columns(rows: np.ndarray, cols: np.ndarray, seq: int) -> np.ndarray | None:
@@ -746,3 +796,170 @@ def fuse_channel_shuffle(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[on
     if not replace:
         return nodes
     return [replace.get(id(n), n) for n in nodes if replace.get(id(n), n) is not None]
+
+
+# ----------------------------------------------------------------------------- scale into weights
+
+
+def fold_scale_into_weights(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``Mul(x, c)`` (scalar constant) read only as the data input of a Conv, or of a
+    MatMul with a constant B, whose weight nothing else reads -> that layer with its
+    weight scaled by c (bias unchanged: W (c x) + b = (c W) x + b)."""
+    g = _AttnGraph(prep, nodes)
+    weight_uses = {k: len(v) for k, v in g.consumers.items()}
+    drop: set[int] = set()
+    rewired: dict[int, onnx.NodeProto] = {}
+    for n in nodes:
+        s = g.scalar_scale(n) if n.op_type == "Mul" else None
+        users = g.consumers.get(n.output[0], [])
+        if s is None or len(users) != 1 or not g.only_use(n.output[0]):
+            continue
+        u = users[0]
+        if u.op_type not in ("Conv", "MatMul") or u.input[0] != n.output[0] or id(u) in rewired:
+            continue
+        w = g.const(u.input[1])
+        if w is None or weight_uses.get(u.input[1], 0) != 1 or np.dtype(w.dtype).kind != "f":
+            continue
+        name = f"{u.input[1]}__scaled"
+        prep.consts[name] = (np.asarray(w, np.float32) * np.float32(s[1])).astype(w.dtype)
+        prep.shapes[name], prep.dtypes[name] = tuple(w.shape), np.dtype(w.dtype)
+        new = onnx.NodeProto()
+        new.CopyFrom(u)
+        new.input[0], new.input[1] = s[0], name
+        rewired[id(u)] = new
+        drop.add(id(n))
+    if not rewired:
+        return nodes
+    return [rewired.get(id(n), n) for n in nodes if id(n) not in drop]
+
+
+# ----------------------------------------------------------------------------- SDPA
+
+SDPA_OP = "MconvSDPA"
+
+
+def fuse_sdpa(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The attention core left after :func:`fuse_attention` (projections it could not
+    match: cross-attention on a class token, multi-query attention, MobileViT's
+    patches, masks computed at run time) -> one ``MconvSDPA`` (ncnn ``SDPA``):
+
+        MatMul(Q [.., H, Lq, d], KT [.., G, d, Lk]) [* or / scalar] [+ mask]
+        -> Softmax(last axis) -> MatMul(., V [.., G, Lk, dv]),   G = H or 1
+
+    When KT is a Transpose of K's last two axes read by nothing else, SDPA reads K
+    itself (the Transpose goes)."""
+    g = _AttnGraph(prep, nodes)
+    replace: dict[int, onnx.NodeProto | None] = {}
+    for sm in nodes:
+        hit = _match_sdpa(g, sm) if sm.op_type == "Softmax" else None
+        if hit is None or any(id(n) in replace for n in hit[0]):
+            continue
+        gone, node = hit
+        for n in gone:
+            replace[id(n)] = None
+        replace[id(gone[-1])] = node
+    if not replace:
+        return nodes
+    return [replace.get(id(n), n) for n in nodes if replace.get(id(n), n) is not None]
+
+
+def _match_sdpa(g: _AttnGraph, sm: onnx.NodeProto):
+    """(nodes replaced, last being the second MatMul; the SDPA node) or None."""
+    shape_s = g.prep.shapes.get(sm.output[0])
+    if (
+        shape_s is None
+        or len(shape_s) < 3
+        or (int(_attrs(sm).get("axis", -1)) + len(shape_s)) % len(shape_s) != len(shape_s) - 1
+    ):
+        return None
+    users = g.consumers.get(sm.output[0], [])
+    if len(users) != 1 or users[0].op_type != "MatMul" or users[0].input[0] != sm.output[0]:
+        return None
+    mm2, gone, t, mask, scale = users[0], [sm], sm.input[0], "", 1.0
+    p = g.producer.get(t)
+    if p is not None and p.op_type == "Add" and g.only_use(t):
+        for k in (0, 1):
+            q = g.producer.get(p.input[k])
+            if q is not None and (q.op_type == "MatMul" or g.scalar_scale(q) is not None):
+                mask, t = p.input[1 - k], p.input[k]
+                gone.append(p)
+                break
+        else:
+            return None
+    while (p := g.producer.get(t)) is not None and (s := g.scalar_scale(p)) is not None and g.only_use(t):
+        t, scale = s[0], scale * s[1]
+        gone.append(p)
+    mm1 = g.producer.get(t)
+    if mm1 is None or mm1.op_type != "MatMul" or not g.only_use(t) or not g.only_use(sm.output[0]):
+        return None
+    q, kt, v = mm1.input[0], mm1.input[1], mm2.input[1]
+    for i in (0, 1):  # scalar scales of q or k (MobileViT scales both by d**-0.25)
+        x = q if i == 0 else kt
+        while (p := g.producer.get(x)) is not None and (s := g.scalar_scale(p)) is not None and g.only_use(x):
+            x, scale = s[0], scale * s[1]
+            gone.append(p)
+        q, kt = (x, kt) if i == 0 else (q, x)
+    sq, sk, sv = (g.prep.shapes.get(x) for x in (q, kt, v))
+    if sq is None or sk is None or sv is None or min(len(sq), len(sk), len(sv)) < 2:
+        return None
+    h = int(np.prod(sq[:-2]))
+    lead_k = tuple(d for d in sk[:-2] if d != 1)
+    if lead_k not in ((), tuple(d for d in sq[:-2] if d != 1)) or tuple(sv[:-2]) != tuple(sk[:-2]):
+        return None  # K and V: the heads (and leading axes) of Q, or one shared group
+    if sk[-2] != sq[-1] or sv[-2] != sk[-1]:
+        return None
+    if mask and not _sdpa_mask_ok(g.prep.shapes.get(mask), h, sq[-2], sk[-1]):
+        return None
+    k_in, transposed = kt, 1
+    tp = g.producer.get(kt)
+    perm = _attrs(tp).get("perm") if tp is not None and tp.op_type == "Transpose" else None
+    if perm is not None and list(perm) == [*range(len(sk) - 2), len(sk) - 1, len(sk) - 2] and g.only_use(kt):
+        k_in, transposed = tp.input[0], 0
+        gone.append(tp)
+    gone = [*gone, mm1, mm2]
+    node = helper.make_node(SDPA_OP, [q, k_in, v, mask], list(mm2.output), name=f"{mm2.name or sm.name}_sdpa",
+                            scale=float(scale), k_transposed=transposed)  # fmt: skip
+    return gone, node
+
+
+def _sdpa_mask_ok(shape, h: int, lq: int, lk: int) -> bool:
+    """Masks SDPA can read: [Lq, Lk] or [H, Lq, Lk] after leading 1s, or [1, Lk] rows."""
+    if shape is None:
+        return False
+    s = list(shape)
+    while len(s) > 2 and s[0] == 1:
+        s.pop(0)
+    return tuple(s) in ((lq, lk), (h, lq, lk), (1, lk))
+
+
+def drop_softmax_nan_guards(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``Where(IsNaN(S), c, S)`` with S a Softmax output -> S (transformers' guard
+    against fully masked rows): a softmax of finite values is never NaN, and masks
+    are lowered finite (rules_logic), so the guard is the identity in ncnn. Removing
+    it here lets the attention fusions see Softmax -> MatMul."""
+    g = _AttnGraph(prep, nodes)
+    rename: dict[str, str] = {}
+    drop: set[int] = set()
+    for w in nodes:
+        if w.op_type != "Where" or len(w.input) != 3 or w.output[0] in prep.outputs:
+            continue
+        isnan = g.prod(w.input[0], "IsNaN")
+        s = w.input[2]
+        if isnan is None or isnan.input[0] != s or g.prod(s, "Softmax") is None or len(g.consumers[w.input[0]]) != 1:
+            continue
+        rename[w.output[0]] = s
+        drop |= {id(w), id(isnan)}
+    if not rename:
+        return nodes
+    out = []
+    for n in nodes:
+        if id(n) in drop:
+            continue
+        if any(i in rename for i in n.input):
+            m = onnx.NodeProto()
+            m.CopyFrom(n)
+            for k, i in enumerate(m.input):
+                m.input[k] = rename.get(i, i)
+            n = m
+        out.append(n)
+    return out

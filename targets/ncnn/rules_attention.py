@@ -1,5 +1,5 @@
-"""Fused attention: the ``MconvAttention`` node built by :func:`fuse.fuse_attention`
--> one ncnn ``MultiHeadAttention`` layer.
+"""Fused attention: ``MconvAttention`` (from :func:`fuse.fuse_attention`) and ``MconvSDPA``
+(from :func:`fuse.fuse_sdpa`) -> one ncnn ``MultiHeadAttention`` or ``SDPA`` layer.
 
 Layer params: ``0=embed_dim 1=num_heads 2=embed_dim*qdim 3=kdim 4=vdim
 5=attn_mask 6=scale``; weights in load order q, k, v, out, each a tagged weight
@@ -60,3 +60,45 @@ def attention(ctx: Ctx, node: Node) -> None:
     out = node.outputs[0]
     blob = ctx.emit("MultiHeadAttention", inputs, (lq, wo.shape[0]), params, weights, out_name=out)
     ctx.bind(out, blob, default_keep(ctx.shape(out)))
+
+
+@rule("MconvSDPA")
+def sdpa(ctx: Ctx, node: Node) -> None:
+    """``MconvSDPA(Q, K or KT, V, mask)`` from :func:`fuse.fuse_sdpa` -> ncnn ``SDPA``
+    on (heads, rows, dim) Mats: ``5=has_mask 6=scale``; K is (groups, Lk, d), so a
+    transposed K gets a Permute first; the mask is (Lq, Lk) or (H, Lq, Lk), a
+    [1, Lk] row mask is tiled to Lq rows."""
+    q, k, v, mask = node.inputs[:4]
+    if q is None or k is None or v is None or any(t.const is not None for t in (q, k, v)):
+        raise NotLowerable("attention inputs must be dynamic")
+    lq, d = q.shape[-2:]
+    h = int(np.prod(q.shape[:-2]))
+    transposed = int(node.attr("k_transposed", 1))
+    lk = k.shape[-1] if transposed else k.shape[-2]
+    g = int(np.prod(k.shape[:-2]))
+    qb = ctx.reshape(ctx.blob_as(q), (h, lq, d), name_hint=q.name)
+    kb = ctx.reshape(ctx.blob_as(k), (g, d, lk) if transposed else (g, lk, d), name_hint=k.name)
+    if transposed:
+        kb = ctx.emit("Permute", [kb], (g, lk, d), {0: 1})
+    vb = ctx.reshape(ctx.blob_as(v), (g, lk, v.shape[-1]), name_hint=v.name)
+    inputs = [qb, kb, vb]
+    if mask is not None:
+        inputs.append(_sdpa_mask(ctx, mask, h, lq, lk))
+    out = node.outputs[0]
+    params = {5: int(mask is not None), 6: float(node.attr("scale"))}
+    blob = ctx.emit("SDPA", inputs, (h, lq, v.shape[-1]), params, out_name=out)
+    ctx.bind(out, blob, default_keep(ctx.shape(out)))
+
+
+def _sdpa_mask(ctx: Ctx, mask, h: int, lq: int, lk: int) -> str:
+    size = int(np.prod(mask.shape))
+    rows = size // lk
+    nc = (h, lq, lk) if size == h * lq * lk and h > 1 else (rows, lk)
+    if mask.const is not None:
+        full = (nc[0], lq, lk) if len(nc) == 3 else (lq, lk)
+        m = np.broadcast_to(np.asarray(mask.const, np.float32).reshape(nc), full)
+        return ctx.const_blob(np.ascontiguousarray(m), m.shape, sanitize_hint(mask.name))
+    blob = ctx.reshape(ctx.blob_as(mask), nc, name_hint=mask.name)
+    if rows == 1 and lq > 1:  # one row for every query: ncnn's SDPA reads Lq rows
+        blob = ctx.emit("Tile", [blob], (lq, lk), {0: 0, 1: lq})
+    return blob

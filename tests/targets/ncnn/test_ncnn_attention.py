@@ -170,7 +170,8 @@ def test_rank5_qkv_is_not_split_fused_and_still_converts(tmp_path: Path) -> None
     # Regression: the Split fusion turned qkv[0..2] into one Split of the rank-5 tensor,
     # which no rule can lower; the model (that converted before) became unsupported.
     types = _types(_check(_WindowQKV(), (4, 9, 16), tmp_path))
-    assert "Softmax" in types  # 4 windows: attention stays op by op, and converts exactly
+    # 4 windows: no MultiHeadAttention (batch 1 only); the core is one SDPA, exact.
+    assert "SDPA" in types and "MultiHeadAttention" not in types
 
 
 class _MaskedMHA(nn.Module):

@@ -266,3 +266,36 @@ class Shuffle(nn.Module):
 def test_channel_shuffle_is_one_shufflechannel_layer(tmp_path: Path) -> None:
     text = check(Shuffle(), images((1, 3, 6, 5)), tmp_path).main.read_text()
     assert "ShuffleChannel" in text and "Permute" not in text
+
+
+class CrossAttention(nn.Module):
+    """CrossViT-style: one class-token query attends to all tokens (projections the
+    MultiHeadAttention matcher does not take) -> ncnn SDPA."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.q, self.kv = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim)
+        self.heads = heads
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q = self.q(x[:, :1]).reshape(b, 1, self.heads, c // self.heads).transpose(1, 2)
+        k, v = self.kv(x).reshape(b, n, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        a = (q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5
+        return (a.softmax(-1) @ v).transpose(1, 2).reshape(b, 1, c)
+
+
+def test_cross_attention_core_becomes_sdpa(tmp_path: Path) -> None:
+    text = check(CrossAttention(), images((1, 7, 16)), tmp_path).main.read_text()
+    assert "SDPA" in text and "Softmax" not in text
+
+
+def test_masked_text_encoder_attention_is_fused(tmp_path: Path) -> None:
+    # The NaN guard after the softmax is dropped, so the block becomes one layer.
+    rng = np.random.default_rng(1)
+    mask = np.ones((1, 12), np.int64)
+    mask[:, 9:] = 0
+    sample = {"input_ids": rng.integers(0, 50, (1, 12)).astype(np.int64), "attention_mask": mask}
+    text = check(MaskedAttention(), [sample], tmp_path).main.read_text()
+    assert "MultiHeadAttention" in text or "SDPA" in text
+    assert "Softmax" not in text
