@@ -12,6 +12,7 @@ graph outputs):
     Reshape, Transpose (0, 2, 1, 3, 4), Reshape -> ShuffleChannel (channel shuffle)
     Mul(x, scalar c) read only by Conv / MatMul -> the weights scaled by c
     Where(IsNaN(Softmax(.)), c, Softmax(.))     -> the Softmax (a guard that never fires)
+    Reshape, InstanceNorm, Reshape, Mul, Add    -> GroupNormalization (torch's GroupNorm)
     MatMul, [scale], [+ mask], Softmax, MatMul  -> SDPA (attention fuse_attention left)
 """
 
@@ -123,7 +124,7 @@ def _erf_branch(g: _Graph, m1: onnx.NodeProto):
 
 def fuse_patterns(prep: Prepared) -> list[onnx.NodeProto]:
     """The prepared nodes with the patterns above replaced by single nodes."""
-    nodes = drop_softmax_nan_guards(prep, list(prep.nodes))
+    nodes = fuse_group_norm(prep, drop_softmax_nan_guards(prep, list(prep.nodes)))
     g = _Graph(prep, nodes)
     removed: set[int] = set()
     replace: dict[int, onnx.NodeProto] = {}
@@ -963,3 +964,76 @@ def drop_softmax_nan_guards(prep: Prepared, nodes: list[onnx.NodeProto]) -> list
             n = m
         out.append(n)
     return out
+
+
+def fuse_group_norm(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """GroupNorm as torch exports it, Reshape [1, C, ...] -> [1, G, -1],
+    InstanceNormalization (scale 1, bias 0), Reshape back, [Mul gamma [C,1..]],
+    [Add beta [C,1..]] -> one GroupNormalization with per-channel scale and bias
+    (ncnn ``GroupNorm``; PoolFormer's and MobileViTv2's GroupNorm(1, C))."""
+    g = _AttnGraph(prep, nodes)
+    replace: dict[int, onnx.NodeProto | None] = {}
+    for inorm in nodes:
+        hit = _match_group_norm(g, inorm) if inorm.op_type == "InstanceNormalization" else None
+        if hit is None or any(id(n) in replace for n in hit[0]):
+            continue
+        gone, node = hit
+        for n in gone:
+            replace[id(n)] = None
+        replace[id(gone[-1])] = node
+    if not replace:
+        return nodes
+    return [replace.get(id(n), n) for n in nodes if replace.get(id(n), n) is not None]
+
+
+def _channel_const(g: _AttnGraph, n: onnx.NodeProto | None, x: str, op: str, c: int, rank: int):
+    """The per-channel constant of ``n = op(x, const)`` as a [C] vector, else None."""
+    if n is None or n.op_type != op or len(n.input) != 2:
+        return None
+    other = _other(n, x)
+    v = g.const(other) if other else None
+    if v is None or v.size != c or np.dtype(v.dtype).kind != "f":
+        return None
+    shape = list(v.shape)
+    while len(shape) < rank:
+        shape.insert(0, 1)
+    if len(shape) != rank or shape[1] != c:
+        return None
+    return np.asarray(v, np.float32).ravel()
+
+
+def _match_group_norm(g: _AttnGraph, inorm: onnx.NodeProto):
+    r1 = g.prod(inorm.input[0], "Reshape")
+    users = g.consumers.get(inorm.output[0], [])
+    if r1 is None or len(users) != 1 or users[0].op_type != "Reshape":
+        return None
+    r2 = users[0]
+    x = r1.input[0]
+    sx, mid = g.prep.shapes.get(x), g.prep.shapes.get(inorm.output[0])
+    if sx is None or mid is None or len(sx) < 3 or sx[0] != 1 or len(mid) != 3 or g.prep.shapes.get(r2.output[0]) != sx:
+        return None
+    groups, c = int(mid[1]), int(sx[1])
+    scale, bias = g.const(inorm.input[1]), g.const(inorm.input[2])
+    if scale is None or bias is None or not (np.all(scale == 1) and np.all(bias == 0)) or c % groups:
+        return None
+    if not (g.only_use(inorm.input[0]) and g.only_use(inorm.output[0])):
+        return None
+    gone, y = [r1, inorm, r2], r2.output[0]
+    gamma, beta = np.ones(c, np.float32), np.zeros(c, np.float32)
+    for op in ("Mul", "Add"):
+        u = g.consumers.get(y, [])
+        v = _channel_const(g, u[0], y, op, c, len(sx)) if len(u) == 1 and g.only_use(y) else None
+        if v is None:
+            continue
+        if op == "Mul":
+            gamma = v
+        else:
+            beta = v
+        gone.append(u[0])
+        y = u[0].output[0]
+    eps = float(_attrs(inorm).get("epsilon", 1e-5))
+    names = [f"{y}__gn_scale", f"{y}__gn_bias"]
+    g.prep.consts[names[0]], g.prep.consts[names[1]] = gamma, beta
+    node = helper.make_node("GroupNormalization", [x, *names], [y], name=f"{inorm.name}_groupnorm",
+                            num_groups=groups, epsilon=eps)  # fmt: skip
+    return gone, node

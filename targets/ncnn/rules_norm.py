@@ -5,9 +5,9 @@ Cases:
     BatchNormalization (inference form, constant stats) -> BatchNorm on the
     NC... Mat (per channel = outermost axis, or per element of a 1-D [C]); when
     axis 0 is larger than 1 (rows, not a batch) -> x * a + b per channel.
-    InstanceNormalization / GroupNormalization -> InstanceNorm / GroupNorm on a
-    (C, 1, H*W...) Mat: ncnn reduces over w*h*d of each channel, so any spatial
-    rank is flattened first. GroupNormalization opset 18 (scale per group) is
+    InstanceNormalization / GroupNormalization -> InstanceNorm / GroupNorm on the
+    (C, H, W) Mat, or a (C, 1, H*W...) one for other spatial ranks: ncnn reduces
+    over w*h*d of each channel. GroupNormalization opset 18 (scale per group) is
     expanded per channel. LayerNormalization / RMSNormalization over the last
     k axes -> LayerNorm / RMSNorm on a (rows, inner) Mat with ``0=inner``
     (ncnn-format.md: always write affine_size). LRN -> LRN across channels.
@@ -74,8 +74,9 @@ def _per_channel(ctx: Ctx, node: Node, type_: str, params: dict, weights: list[W
     xb = ctx.blob_as(x, _nc_keep(x))
     c = x.shape[1]
     size = int(np.prod(x.shape[2:]))
-    xb = ctx.reshape(xb, (c, 1, size), name_hint=x.name)
-    out = ctx.emit(type_, [xb], (c, 1, size), params, weights)
+    nc = (c, *x.shape[2:]) if x.rank == 4 else (c, 1, size)  # a (C, H, W) Mat as it is
+    xb = ctx.reshape(xb, nc, name_hint=x.name)
+    out = ctx.emit(type_, [xb], nc, params, weights, out_name=node.outputs[0])
     ctx.bind(node.outputs[0], out, _nc_keep(x))
 
 
