@@ -4,10 +4,8 @@ Cases:
     Gemm transA=0 with constant B -> InnerProduct (alpha folded into the
     weights, beta*C folded into the bias when C is a row vector, else added);
     any other Gemm -> MatMul on 2-D Mats (+ scale/bias BinaryOps).
-    MatMul with a constant 2-D B -> InnerProduct over the rows of A (A is
-    reshaped to [rows, K]; ncnn's InnerProduct treats a 2-D Mat as rows), or
-    ncnn's Gemm with constant B where the row count is not a multiple of 4 and
-    in INT8 builds;
+    MatMul with a constant 2-D B -> ncnn's Gemm with constant B over the rows
+    of A (A reshaped to [rows, K]), InnerProduct for a single row;
     otherwise -> MatMul with both operands brought to the output rank (ncnn's
     MatMul broadcasts leading dims like numpy at equal rank); 1-D operands get
     ONNX's vector semantics through reshapes.
@@ -42,14 +40,12 @@ def inner_product(
     if ab is None:
         raise NotLowerable("constant input (fold it first)")
     nc_out = (rows, n) if rows > 1 else (n,)
-    if rows > 1 and (rows % 4 or ctx.precision == "int8"):
-        # A row count that is not a multiple of 4 leaves InnerProduct's 2-D input
-        # unpacked (elempack 1), where it runs ~1.6x slower than ncnn's Gemm (constant
-        # B stored [N, K], C per column). With rows % 4 == 0 InnerProduct packs the
-        # rows and is as fast or faster (0.67-0.98x Gemm's time on x86), and it takes
-        # a fused activation (measured with ncnn 1.0.20261020 on this 2-core x86 machine).
-        # INT8 is the other way round: InnerProduct's int8 path over rows ran 2.2x
-        # slower than FP32, Gemm's (rows quantized at run time) 0.73x.
+    if rows > 1:
+        # Over rows, ncnn's Gemm (constant B stored [N, K], C per column) ran as fast
+        # as InnerProduct or faster on every shape measured (1 thread, x86, ncnn
+        # 1.0.20261020: 0.98-1.95x in Gemm's favour, e.g. [128,768]x[768,3072] 1.84x,
+        # the MLP-Mixer's token MLP 1.06x), and its INT8 path is the fast one (0.73x
+        # FP32 where InnerProduct's ran 2.2x). A vector (one row) stays InnerProduct.
         weights = [Weight(np.ascontiguousarray(w_nk, np.float32).ravel(), tagged=True)]
         if bias is not None:
             weights.append(Weight(np.asarray(bias, np.float32).ravel(), tagged=True))
@@ -69,6 +65,8 @@ def inner_product(
         out_name=out_name,
     )
     out_shape = ctx.shape(out_name)
+    if out_keep is None and out_shape and all(d == 1 for d in out_shape[:-1]):
+        out_keep = (len(out_shape) - 1,)  # a vector: keep the 1-D Mat (no Reshape)
     ctx.bind(out_name, blob, out_keep or default_keep(out_shape))
 
 

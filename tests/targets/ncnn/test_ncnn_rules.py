@@ -65,10 +65,10 @@ def test_gemm_and_matmul_const_and_dynamic(check, make_model, rng):
     assert "InnerProduct" in text and "MatMul" in text
 
 
-@pytest.mark.parametrize("rows,layer", [(8, "InnerProduct"), (6, "Gemm")])
+@pytest.mark.parametrize("rows,layer", [(1, "InnerProduct"), (8, "Gemm"), (6, "Gemm")])
 def test_matmul_const_over_rows_layer_choice(check, make_model, rng, rows, layer):
-    # Rows a multiple of 4: InnerProduct over the rows with the ReLU fused; other
-    # row counts: ncnn's Gemm (InnerProduct runs unpacked there) and a ReLU layer.
+    # One row: InnerProduct with the ReLU fused; rows: ncnn's Gemm (as fast or faster
+    # than InnerProduct on every shape measured) and a ReLU layer.
     m = make_model(
         [H("MatMul", ["x", "w"], ["h"]), H("Add", ["h", "b"], ["a"]), H("Relu", ["a"], ["y"])],
         {"x": (1, rows, 16)}, ["y"], {"w": _w(rng, 16, 12), "b": _w(rng, 12)},
@@ -82,7 +82,7 @@ def test_matmul_const_over_rows_layer_choice(check, make_model, rng, rows, layer
 @pytest.mark.parametrize("rows,layer,term", [(1, "InnerProduct", 8), (8, "Gemm", 18), (6, "Gemm", 18)])
 def test_int8_quantizes_inner_product_and_gemm(check, make_model, rng, rows, layer, term):
     # One vector: InnerProduct INT8. Rows: Gemm INT8 at any row count (InnerProduct's
-    # INT8 path over rows is slow), though FP32 takes InnerProduct for rows % 4 == 0.
+    # INT8 path over rows is slow), as in FP32.
     m = make_model(
         [H("MatMul", ["x", "w"], ["h"]), H("Add", ["h", "b"], ["y"])],
         {"x": (1, rows, 16)}, ["y"], {"w": _w(rng, 16, 12), "b": _w(rng, 12)},
@@ -107,7 +107,7 @@ def test_int8_build_names_the_layers_it_leaves_in_float(check, make_model, rng):
 
 def test_batchnorm_over_rows_stays_apart_from_inner_product(check, make_model, rng):
     # BatchNorm over axis 1 of [1, rows, n] scales each row; it must not be folded
-    # into the InnerProduct's per-output weights, even when rows == n.
+    # into the Gemm's per-output weights, even when rows == n.
     m = make_model(
         [H("MatMul", ["x", "w"], ["h"]), H("BatchNormalization", ["h", "s", "bb", "mu", "var"], ["y"])],
         {"x": (1, 8, 16)}, ["y"],
@@ -115,7 +115,7 @@ def test_batchnorm_over_rows_stays_apart_from_inner_product(check, make_model, r
          "var": np.abs(_w(rng, 8)) + 0.5},
     )  # fmt: skip
     check(m)
-    assert "InnerProduct" in check.param_text()
+    assert "Gemm" in check.param_text() and "BatchNorm" in check.param_text()
 
 
 @pytest.mark.parametrize(
