@@ -8,7 +8,7 @@ STAMP := $(VENV)/.mconv-setup-$(TORCH_VERSION)
 PYTEST_ARGS ?=
 JOBS ?= 2
 
-.PHONY: setup demo test test-fast conformance lint format bench clean
+.PHONY: setup demo test test-fast conformance lint format bench bench-venv bench-zoo clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,25 @@ format: setup
 
 bench: setup
 	$(PY) bench/passes.py
+
+# The bench-only venv for the real-world zoo (never used by the tests): torch 2.14.1 with
+# torchvision, timm, transformers and ultralytics to build models from their configs,
+# pnnx as the comparison baseline, and mconv itself. About 6 GB.
+BENCH_VENV ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.mconv-bench-setup
+bench-venv: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(BENCH_VENV)/bin/python -m pip install -q timm transformers ultralytics pnnx -e ".[ncnn,openvino]" "torch==2.14.1" "torchvision==0.29.1"
+	@touch $(BENCH_STAMP)
+
+# Export the zoo (cached in bench/.zoo), then compare mconv's ncnn writer with pnnx on it.
+bench-zoo: bench-venv
+	$(BENCH_VENV)/bin/python bench/zoo_models.py
+	$(BENCH_VENV)/bin/python bench/zoo_ncnn.py --control
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache demo_out

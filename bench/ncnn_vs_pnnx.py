@@ -13,13 +13,12 @@ artifact is loaded first; the ratio is the geometric mean of the per-process rat
 ``ctrl`` (with ``--control``) is pnnx's artifact timed against itself the same way, the
 noise floor of the ratio.
 
-Usage: python bench/ncnn_vs_pnnx.py [--threads 2] [--runs 20] [--procs 6] [--control] [--only vit,swin]
+Needs pnnx (the bench venv has it: `make bench-venv`). Usage: python bench/ncnn_vs_pnnx.py [--threads 2] [--runs 20] [--procs 6] [--control] [--only vit,swin]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import subprocess
@@ -33,10 +32,12 @@ import onnx
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ncnn_timing import NetSpec, outputs_isolated, timed_fresh
+
 from mconv.targets.base import BuildOptions
 from mconv.targets.ncnn import NcnnTarget
 from mconv.targets.ncnn.conformance import run_onnxruntime
-from mconv.targets.ncnn.runner import import_ncnn
 
 # ----------------------------------------------------------------------------- models
 
@@ -310,78 +311,8 @@ def build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
 # ----------------------------------------------------------------------------- running
 
 
-def load_net(param: Path, binf: Path, threads: int):
-    ncnn = import_ncnn()
-    net = ncnn.Net()
-    net.opt.use_vulkan_compute = False
-    net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = False
-    net.opt.num_threads = threads
-    if net.load_param(str(param)) != 0 or net.load_model(str(binf)) != 0:
-        raise RuntimeError(f"ncnn cannot load {param.name} (see ncnn's message above)")
-    return net
-
-
-def run_once(net, inp: str, out: str, x: np.ndarray) -> tuple[np.ndarray, float]:
-    ncnn = import_ncnn()
-    t0 = time.perf_counter()
-    with net.create_extractor() as ex:
-        ex.input(inp, ncnn.Mat(x).clone())
-        ret, mat = ex.extract(out)
-        if ret != 0:
-            raise RuntimeError(f"extract {out} failed ({ret})")
-        y = np.array(mat)
-    return y, time.perf_counter() - t0
-
-
-def timed(nets: dict, x: np.ndarray, runs: int) -> tuple[dict, dict]:
-    """Median latency (ms) per net in this process; runs interleave so load on the
-    machine affects both sides alike."""
-    outs, times = {}, {k: [] for k in nets}
-    for i in range(runs + 2):
-        for k, (net, inp, out) in nets.items():
-            y, dt = run_once(net, inp, out, x)
-            outs[k] = y
-            if i >= 2:
-                times[k].append(dt)
-    return outs, {k: float(np.median(v)) * 1000 for k, v in times.items()}
-
-
-def time_child(spec_path: str) -> int:
-    """Child mode: load the nets in the order given, time them, print JSON."""
-    spec = json.loads(Path(spec_path).read_text())
-    x = np.load(spec["input"])
-    nets = {k: (load_net(Path(p), Path(b), spec["threads"]), i, o) for k, p, b, i, o in spec["nets"]}
-    print(json.dumps(timed(nets, x, spec["runs"])[1]))
-    return 0
-
-
-def timed_fresh(specs: dict, x: np.ndarray, threads: int, runs: int, procs: int, work: Path) -> tuple[dict, float]:
-    """Latency per side measured in ``procs`` fresh processes that alternate which
-    side is loaded first, and the mconv/pnnx ratio as the geometric mean of the
-    per-process ratios.
-
-    On this machine the net loaded first in a process runs ~4% slower than one loaded
-    later, also for two copies of the same artifact, so a fixed load order would bias
-    every ratio by that much.
-    """
-    np.save(work / "input.npy", x)
-    names = list(specs)
-    per: dict[str, list[float]] = {k: [] for k in names}
-    ratios = []
-    for i in range(procs):
-        order = names if i % 2 == 0 else names[::-1]
-        spec = {"input": str(work / "input.npy"), "threads": threads, "runs": runs,
-                "nets": [[k, *map(str, specs[k])] for k in order]}  # fmt: skip
-        (work / "spec.json").write_text(json.dumps(spec))
-        proc = subprocess.run([sys.executable, __file__, "--time-child", str(work / "spec.json")],
-                              capture_output=True, text=True, check=True)  # fmt: skip
-        ms = json.loads(proc.stdout.strip().splitlines()[-1])
-        for k in names:
-            per[k].append(ms[k])
-        if len(names) == 2:
-            ratios.append(ms[names[0]] / ms[names[1]])
-    ratio = float(np.exp(np.mean(np.log(ratios)))) if ratios else math.nan
-    return {k: float(np.median(v)) for k, v in per.items()}, ratio
+def _net(param: Path, inp: str, out: str) -> NetSpec:
+    return NetSpec(str(param), str(param.with_suffix(".bin")), {inp: "x"}, [out])
 
 
 def rel_err(ref: np.ndarray, got: np.ndarray) -> float:
@@ -406,15 +337,13 @@ def bench_one(name: str, work: Path, threads: int, runs: int, procs: int, contro
     # ncnn reads token ids as int32 bits in a float Mat (its Embed layer).
     nc_in = (xn.astype(np.int32).view(np.float32) if ids else xn).reshape(shape[1:])
     row: dict = {"model": name}
-    nets: dict = {}
-    paths: dict = {}  # side -> (param, bin, input blob, output blob)
+    nets: dict[str, NetSpec] = {}
+    np.savez(work / "x.npz", x=np.ascontiguousarray(nc_in))
     try:
         t0 = time.perf_counter()
         art = NcnnTarget().write(proto, work / "mconv", name, BuildOptions())
         row["mconv_conv_s"] = time.perf_counter() - t0
-        ob = art.meta["outputs"][0]["blob"]
-        paths["mconv"] = (art.main, art.main.with_suffix(".bin"), "input", ob)
-        nets["mconv"] = (load_net(art.main, art.main.with_suffix(".bin"), threads), "input", ob)
+        nets["mconv"] = _net(art.main, "input", art.meta["outputs"][0]["blob"])
     except Exception as e:
         row.update(mconv_ok=False, mconv_err=f"{type(e).__name__}: {str(e)[:80]}")
     pnnx = shutil.which("pnnx") or str(Path(sys.executable).parent / "pnnx")
@@ -430,24 +359,21 @@ def bench_one(name: str, work: Path, threads: int, runs: int, procs: int, contro
     if proc.returncode != 0 or not param.is_file():
         row.update(pnnx_ok=False, pnnx_err=(proc.stderr or proc.stdout).strip()[-80:])
     else:
+        nets["pnnx"] = _net(param, "in0", "out0")
+    outs = {}
+    for k, net in nets.items():  # a side that does not load or run counts as not converted
         try:
-            paths["pnnx"] = (param, param.with_suffix(".bin"), "in0", "out0")
-            nets["pnnx"] = (load_net(param, param.with_suffix(".bin"), threads), "in0", "out0")
-        except Exception as e:
-            row.update(pnnx_ok=False, pnnx_err=f"{type(e).__name__}: {str(e)[:80]}")
-    for k in list(nets):  # a side that loads but cannot run counts as not converted
-        try:
-            run_once(nets[k][0], nets[k][1], nets[k][2], nc_in)
+            outs[k] = outputs_isolated(net, str(work / "x.npz"), threads)[0]
         except Exception as e:
             row.update({f"{k}_ok": False, f"{k}_err": f"{type(e).__name__}: {str(e)[:80]}"})
-            del nets[k]
-    outs = {k: run_once(*nets[k], nc_in)[0] for k in nets}
-    del nets  # timing happens in fresh processes
-    ms, row["ratio"] = timed_fresh({k: paths[k] for k in outs}, nc_in, threads, runs, procs, work)
     for k in outs:
-        row.update({f"{k}_ok": True, f"{k}_rel": rel_err(ref, outs[k]), f"{k}_ms": ms[k]})
+        row.update({f"{k}_ok": True, f"{k}_rel": rel_err(ref, outs[k])})
+    if len(outs) == 2:
+        t = timed_fresh(nets["mconv"], nets["pnnx"], str(work / "x.npz"), threads=threads, procs=procs, runs=runs)
+        row.update(mconv_ms=t.ms["a"], pnnx_ms=t.ms["b"], ratio=t.ratio)
     if control and "pnnx" in outs:  # the same artifact against itself: the noise floor
-        row["control"] = timed_fresh({"a": paths["pnnx"], "b": paths["pnnx"]}, nc_in, threads, runs, procs, work)[1]
+        c = timed_fresh(nets["pnnx"], nets["pnnx"], str(work / "x.npz"), threads=threads, procs=procs, runs=runs)
+        row["control"] = c.ratio
     return row
 
 
@@ -483,10 +409,7 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=6, help="fresh timing processes per model (even: orders alternate)")
     ap.add_argument("--control", action="store_true", help="also time pnnx's artifact against itself (noise floor)")
     ap.add_argument("--only", default="")
-    ap.add_argument("--time-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.time_child:
-        return time_child(args.time_child)
     names = [n for n in MODELS if not args.only or n in args.only.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="mconv-bench-") as tmp:
