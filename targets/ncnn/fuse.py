@@ -675,10 +675,6 @@ def split_slices(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeP
     for x, users in g.consumers.items():
         if len(users) < 2 or g.const(x) is not None or x not in prep.shapes:
             continue
-        if sum(d != 1 for d in prep.shapes[x]) > 4:
-            # No ncnn Mat holds it whole (Swin's [3, B*nW, heads, N, d] qkv): the
-            # per-part Gathers each drop an axis and lower fine, a Split would not.
-            continue
         pairs = [(u, p) for u in users if (p := _part(g, u, x)) is not None]
         if len(pairs) < 2 or len({p[0] for _, p in pairs}) != 1:
             continue
@@ -876,20 +872,11 @@ def _match_sdpa(g: _AttnGraph, sm: onnx.NodeProto):
     users = g.consumers.get(sm.output[0], [])
     if len(users) != 1 or users[0].op_type != "MatMul" or users[0].input[0] != sm.output[0]:
         return None
-    mm2, gone, t, mask, scale = users[0], [sm], sm.input[0], "", 1.0
-    p = g.producer.get(t)
-    if p is not None and p.op_type == "Add" and g.only_use(t):
-        for k in (0, 1):
-            q = g.producer.get(p.input[k])
-            if q is not None and (q.op_type == "MatMul" or g.scalar_scale(q) is not None):
-                mask, t = p.input[1 - k], p.input[k]
-                gone.append(p)
-                break
-        else:
-            return None
-    while (p := g.producer.get(t)) is not None and (s := g.scalar_scale(p)) is not None and g.only_use(t):
-        t, scale = s[0], scale * s[1]
-        gone.append(p)
+    mm2, gone = users[0], [sm]
+    walked = _scores_affine(g, sm.input[0], gone)
+    if walked is None:
+        return None
+    t, scale, mask = walked
     mm1 = g.producer.get(t)
     if mm1 is None or mm1.op_type != "MatMul" or not g.only_use(t) or not g.only_use(sm.output[0]):
         return None
@@ -923,14 +910,54 @@ def _match_sdpa(g: _AttnGraph, sm: onnx.NodeProto):
     return gone, node
 
 
+def _scores_affine(g: _AttnGraph, t: str, gone: list[onnx.NodeProto]):
+    """Walk back from the softmax input through Reshapes (that keep the last two axes),
+    Adds and scalar scales to the scores MatMul: the softmax input is then
+    ``scale * scores + mask``. Returns (scores, scale, mask name or "") or None.
+
+    Constant masks are summed (Swin: relative position bias, then the shift mask in
+    another shape) into one constant in the softmax input's shape; a dynamic mask is
+    taken when it is the only one and nothing scales it."""
+    target = g.prep.shapes.get(t)
+    scale, const, dyn = 1.0, None, ""
+    while (p := g.producer.get(t)) is not None and g.only_use(t):
+        ps = g.prep.shapes.get(p.input[0]) if p.input else None
+        if p.op_type == "Reshape" and ps is not None and target is not None and tuple(ps[-2:]) == tuple(target[-2:]):
+            t = p.input[0]
+        elif (s := g.scalar_scale(p)) is not None:
+            t, scale = s[0], scale * s[1]
+        elif p.op_type == "Add" and len(p.input) == 2:
+            k = next((k for k in (0, 1) if g.const(p.input[k]) is not None), None)
+            if k is not None:
+                c = np.broadcast_to(np.asarray(g.const(p.input[k]), np.float32), g.prep.shapes[p.output[0]])
+                c = scale * c.reshape(target)
+                const = c if const is None else const + c
+                t = p.input[1 - k]
+            else:
+                mm = [i for i in p.input if getattr(g.producer.get(i), "op_type", "") in ("MatMul", "Mul", "Div")]
+                if dyn or scale != 1.0 or len(mm) != 1:
+                    return None
+                dyn, t = next(i for i in p.input if i != mm[0]), mm[0]
+        else:
+            break
+        gone.append(p)
+    if const is not None and dyn:
+        return None
+    mask = dyn
+    if const is not None:
+        mask = f"{t}__sdpa_mask"
+        g.prep.consts[mask] = np.ascontiguousarray(const, np.float32)
+        g.prep.shapes[mask] = tuple(const.shape)
+    return t, scale, mask
+
+
 def _sdpa_mask_ok(shape, h: int, lq: int, lk: int) -> bool:
-    """Masks SDPA can read: [Lq, Lk] or [H, Lq, Lk] after leading 1s, or [1, Lk] rows."""
-    if shape is None:
+    """Masks SDPA can read: [.., Lq, Lk] shared by all heads or one per head, or a
+    [.., 1, Lk] row for every query."""
+    if shape is None or len(shape) < 2:
         return False
-    s = list(shape)
-    while len(s) > 2 and s[0] == 1:
-        s.pop(0)
-    return tuple(s) in ((lq, lk), (h, lq, lk), (1, lk))
+    lead = int(np.prod(shape[:-2]))
+    return (tuple(shape[-2:]) == (lq, lk) and lead in (1, h)) or (tuple(shape[-2:]) == (1, lk) and lead == 1)
 
 
 def drop_softmax_nan_guards(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:

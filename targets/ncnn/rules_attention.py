@@ -97,6 +97,8 @@ def _sdpa_mask(ctx: Ctx, mask, h: int, lq: int, lk: int) -> str:
     if mask.const is not None:
         full = (nc[0], lq, lk) if len(nc) == 3 else (lq, lk)
         m = np.broadcast_to(np.asarray(mask.const, np.float32).reshape(nc), full)
+        if m.ndim == 3 and all(np.array_equal(m[0], m[i]) for i in range(1, m.shape[0])):
+            m = m[0]  # the same for every head: one (Lq, Lk) Mat
         return ctx.const_blob(np.ascontiguousarray(m), m.shape, sanitize_hint(mask.name))
     blob = ctx.reshape(ctx.blob_as(mask), nc, name_hint=mask.name)
     if rows == 1 and lq > 1:  # one row for every query: ncnn's SDPA reads Lq rows

@@ -297,13 +297,17 @@ def slice_axis(
     if step < 0:
         flipped = ctx.emit("Flip", [blob], nc, {0: [axis]})
         return slice_axis(ctx, flipped, nc, axis, n - 1 - start, -step, count)
-    if start + step * count <= n and len(nc) < 4:
-        # Crop [start, start+step*count), view it as (count, step), keep column 0.
-        c = _crop(ctx, blob, nc, axis, start, start + step * count)
+    # Crop a block [b, b + step*count) holding the wanted elements at offset j of each
+    # group of ``step`` (j = 0 when it fits; x[1::2] takes j = 1 from b = 0), view it
+    # as (count, step) and keep column j.
+    j = max(0, start + step * count - n)
+    if j <= min(start, step - 1) and len(nc) < 4:
+        b = start - j
+        c = _crop(ctx, blob, nc, axis, b, b + step * count)
         v = (*nc[:axis], count, step, *nc[axis + 1 :])
         c = ctx.reshape(c, v)
         c = ctx.emit("Crop", [c], (*nc[:axis], count, 1, *nc[axis + 1 :]),
-                     {9: [0], 10: [1], 11: [axis + 1]})  # fmt: skip
+                     {9: [j], 10: [j + 1], 11: [axis + 1]})  # fmt: skip
         return ctx.reshape(c, tuple(out)), tuple(out)
     if count > 64:
         raise NotLowerable(f"strided slice of {count} elements")

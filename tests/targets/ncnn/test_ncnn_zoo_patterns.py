@@ -299,3 +299,28 @@ def test_masked_text_encoder_attention_is_fused(tmp_path: Path) -> None:
     text = check(MaskedAttention(), [sample], tmp_path).main.read_text()
     assert "MultiHeadAttention" in text or "SDPA" in text
     assert "Softmax" not in text
+
+
+class ShiftedWindowAttention(nn.Module):
+    """torchvision's Swin: windows in the batch axis, a relative position bias per head,
+    then a shift mask per window added in another shape; patch merging takes x[1::2]."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, tokens: int = 4, windows: int = 3) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.bias = nn.Parameter(torch.randn(1, heads, tokens, tokens))
+        self.register_buffer("shift", (torch.rand(1, windows, 1, tokens, tokens) > 0.5).float() * -100.0)
+        self.heads, self.windows = heads, windows
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        a = (q * 0.5) @ k.transpose(-2, -1) + self.bias
+        a = (a.view(1, self.windows, self.heads, n, n) + self.shift).view(-1, self.heads, n, n)
+        y = (a.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
+        return y[:, 1::2] + y[:, 0::2]
+
+
+def test_shifted_window_attention_with_two_constant_masks(tmp_path: Path) -> None:
+    text = check(ShiftedWindowAttention(), images((3, 4, 8)), tmp_path).main.read_text()
+    assert "SDPA" in text and "Softmax" not in text and "Concat" not in text
