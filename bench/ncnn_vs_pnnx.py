@@ -13,7 +13,8 @@ artifact is loaded first; the ratio is the geometric mean of the per-process rat
 ``ctrl`` (with ``--control``) is pnnx's artifact timed against itself the same way, the
 noise floor of the ratio.
 
-Needs pnnx (the bench venv has it: `make bench-venv`). Usage: python bench/ncnn_vs_pnnx.py [--threads 2] [--runs 20] [--procs 6] [--control] [--only vit,swin]
+Needs pnnx (the bench venv has it: `make bench-venv`). Usage:
+    python bench/ncnn_vs_pnnx.py [--threads 2] [--runs 20] [--procs 6] [--control] [--only vit,swin]
 """
 
 from __future__ import annotations
