@@ -27,7 +27,7 @@ Raw results: ``bench/results/zoo_ncnn/<model>.json``; the table:
 ``bench/results/zoo_ncnn.md``.
 
 Usage: .venv-bench/bin/python bench/zoo_ncnn.py [--only a,b] [--family timm] [--no-timing]
-       [--control] [--procs 4] [--threads 2] [--rebuild-pnnx] [--table-only]
+       [--timing-only] [--control] [--procs 4] [--threads 2] [--rebuild-pnnx] [--table-only]
 """
 
 from __future__ import annotations
@@ -236,6 +236,37 @@ def mat_inputs(feeds: dict, names: list[str], in_shapes: dict[str, tuple]) -> di
     return out
 
 
+def retime_model(name: str, args) -> dict:
+    """Time again the artifacts a previous run judged (``--timing-only``): no rebuild."""
+    row = json.loads((RESULTS / f"{name}.json").read_text())
+    if not all(row[s].get("right") for s in ("mconv", "pnnx")):
+        return row
+    model_dir = ZOO / name
+    work = model_dir / "ncnn_bench"
+    refs, _ = reference(model_dir)
+    spec, _ = mconv_net(Path(row["mconv"]["param"]))
+    nets = {"mconv": spec, "pnnx": pnnx_net(Path(row["pnnx"]["param"]), len(row.get("inputs", [])) or 1, len(refs))}
+    return _time(row, nets, work, args)
+
+
+def _time(row: dict, nets: dict, work: Path, args) -> dict:
+    t = timed_fresh(nets["mconv"], nets["pnnx"], str(work / "mat_inputs.npz"), threads=args.threads,
+                    procs=args.procs, budget_s=args.budget)  # fmt: skip
+    row.update(ms_mconv=t.ms["a"], ms_pnnx=t.ms["b"], ratio=t.ratio, spread=t.spread)
+    row.pop("layers_diff", None)
+    if args.control:
+        c = timed_fresh(nets["pnnx"], nets["pnnx"], str(work / "mat_inputs.npz"), threads=args.threads,
+                        procs=args.procs, budget_s=args.budget)  # fmt: skip
+        row.update(control=c.ratio, control_spread=c.spread)
+    if t.ratio > 1.0:
+        hm, hp = layer_histogram(nets["mconv"].param), layer_histogram(nets["pnnx"].param)
+        row["layers_diff"] = {k: [hm.get(k, 0), hp.get(k, 0)] for k in sorted(set(hm) | set(hp))
+                              if hm.get(k, 0) != hp.get(k, 0)}  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{row['model']}.json").write_text(json.dumps(row, indent=1, default=str) + "\n")
+    return row
+
+
 def bench_model(name: str, args) -> dict:
     model_dir = ZOO / name
     meta = json.loads((model_dir / "meta.json").read_text())
@@ -264,19 +295,10 @@ def bench_model(name: str, args) -> dict:
             row[side]["ran"] = True
         except Exception as e:  # load failure, native crash, missing blob
             row[side].update(ran=False, right=False, run_error=str(e)[:160])
+    row["inputs"] = in_names
     both = all(row[s].get("right") for s in ("mconv", "pnnx"))
     if both and not args.no_timing:
-        t = timed_fresh(nets["mconv"], nets["pnnx"], str(work / "mat_inputs.npz"), threads=args.threads,
-                        procs=args.procs, budget_s=args.budget)  # fmt: skip
-        row.update(ms_mconv=t.ms["a"], ms_pnnx=t.ms["b"], ratio=t.ratio, spread=t.spread)
-        if args.control:
-            c = timed_fresh(nets["pnnx"], nets["pnnx"], str(work / "mat_inputs.npz"), threads=args.threads,
-                            procs=args.procs, budget_s=args.budget)  # fmt: skip
-            row.update(control=c.ratio, control_spread=c.spread)
-        if t.ratio > 1.0:
-            hm, hp = layer_histogram(nets["mconv"].param), layer_histogram(nets["pnnx"].param)
-            row["layers_diff"] = {k: [hm.get(k, 0), hp.get(k, 0)] for k in sorted(set(hm) | set(hp))
-                                  if hm.get(k, 0) != hp.get(k, 0)}  # fmt: skip
+        return _time(row, nets, work, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(row, indent=1, default=str) + "\n")
     return row
@@ -368,6 +390,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=3.0, help="seconds of timed runs per process")
     ap.add_argument("--control", action="store_true", help="also time pnnx's artifact against itself")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--timing-only", action="store_true", help="re-time the artifacts of the last run, no rebuild")
     ap.add_argument("--rebuild-pnnx", action="store_true")
     ap.add_argument("--table-only", action="store_true", help="print the table from bench/results/zoo_ncnn/")
     args = ap.parse_args()
@@ -383,7 +406,7 @@ def main() -> int:
                 rows.append(json.loads((RESULTS / f"{n}.json").read_text()))
             continue
         t0 = time.perf_counter()
-        r = bench_model(n, args)
+        r = retime_model(n, args) if args.timing_only else bench_model(n, args)
         rows.append(r)
         took = time.perf_counter() - t0
         print(f"{n:<30} mconv {status(r['mconv']):>7}  pnnx {status(r['pnnx']):>7}  ratio "
