@@ -81,18 +81,74 @@ def _match_simple(g: _Graph, mul: onnx.NodeProto):
 
 
 def _match_gelu(g: _Graph, last: onnx.NodeProto):
-    """Exact GELU ending in ``last`` (a Mul): (x, removed nodes, factor) or None.
+    """GELU ending in ``last`` (a Mul): (x, removed nodes, factor, approximate) or None.
 
     ``factor`` is 1 for ``0.5 * x * (1 + erf(x / √2))`` and 2 when the 0.5 is gone
-    (the passes folded it into the next layer's weights)."""
+    (the passes folded it into the next layer's weights); ``approximate`` is "tanh"
+    for ``0.5 * x * (1 + tanh(√(2/π) * (x + 0.044715 x³)))`` (GPT-2's gelu_new, which
+    ncnn's GELU ``0=1`` computes with the same constants)."""
     for k in (0, 1):
         if g.scalar(last.input[k]) == 0.5 and g.only_use(last.input[1 - k]):
             m1 = g.prod(last.input[1 - k], "Mul")
-            hit = _erf_branch(g, m1) if m1 is not None else None
+            hit = _gelu_branch(g, m1) if m1 is not None else None
             if hit is not None:
-                return hit[0], [m1, *hit[1]], 1.0
-    hit = _erf_branch(g, last)
-    return (hit[0], hit[1], 2.0) if hit is not None else None
+                return hit[0], [m1, *hit[1]], 1.0, hit[2]
+        # 0.5 * x taken first: Mul(Mul(x, 0.5), 1 + tanh(...))
+        h = g.prod(last.input[k], "Mul")
+        if h is not None and g.only_use(last.input[k]) and 0.5 in (g.scalar(h.input[0]), g.scalar(h.input[1])):
+            x = h.input[0] if g.scalar(h.input[1]) == 0.5 else h.input[1]
+            probe = helper.make_node("Mul", [x, last.input[1 - k]], ["_"])
+            hit = _gelu_branch(g, probe)
+            if hit is not None:
+                return hit[0], [h, *hit[1]], 1.0, hit[2]
+    hit = _gelu_branch(g, last)
+    return (hit[0], hit[1], 2.0, hit[2]) if hit is not None else None
+
+
+def _gelu_branch(g: _Graph, m1: onnx.NodeProto):
+    """``Mul(x, 1 + erf(...))`` or ``Mul(x, 1 + tanh(...))``: (x, inner nodes, approximate)."""
+    hit = _erf_branch(g, m1)
+    if hit is not None:
+        return hit[0], hit[1], "none"
+    hit = _tanh_branch(g, m1)
+    return (hit[0], hit[1], "tanh") if hit is not None else None
+
+
+def _tanh_branch(g: _Graph, m1: onnx.NodeProto):
+    """``Mul(x, Add(Tanh(√(2/π) * (x + 0.044715 * x**3)), 1))``: (x, inner nodes) or None."""
+    if m1.op_type != "Mul":
+        return None
+    for k in (0, 1):
+        x, add_out = m1.input[k], m1.input[1 - k]
+        add = g.prod(add_out, "Add")
+        if add is None or not g.only_use(add_out):
+            continue
+        t_out = _other(add, next((i for i in add.input if g.scalar(i) == 1.0), ""))
+        th = g.prod(t_out, "Tanh") if t_out is not None and g.only_use(t_out) else None
+        sc = g.prod(th.input[0], "Mul") if th is not None and g.only_use(th.input[0]) else None
+        c = _scaled(g, sc, 0.7978845608)
+        inner = g.prod(c, "Add") if c is not None and g.only_use(c) else None
+        if inner is None or x not in inner.input:
+            continue
+        cube_s = _other(inner, x)
+        cm = g.prod(cube_s, "Mul") if cube_s is not None and g.only_use(cube_s) else None
+        cube = _scaled(g, cm, 0.044715)
+        pw = g.prod(cube, "Pow") if cube is not None and g.only_use(cube) else None
+        if pw is None or pw.input[0] != x or g.scalar(pw.input[1]) != 3.0:
+            continue
+        return x, [add, th, sc, inner, cm, pw]
+    return None
+
+
+def _scaled(g: _Graph, n: onnx.NodeProto | None, value: float) -> str | None:
+    """The other input of ``n`` = Mul(t, value) (within 1e-5), else None."""
+    if n is None or len(n.input) != 2:
+        return None
+    for k in (0, 1):
+        c = g.scalar(n.input[k])
+        if c is not None and abs(c - value) <= 1e-5 * abs(value):
+            return n.input[1 - k]
+    return None
 
 
 def _erf_branch(g: _Graph, m1: onnx.NodeProto):
@@ -125,6 +181,7 @@ def _erf_branch(g: _Graph, m1: onnx.NodeProto):
 def fuse_patterns(prep: Prepared) -> list[onnx.NodeProto]:
     """The prepared nodes with the patterns above replaced by single nodes."""
     nodes = fuse_group_norm(prep, drop_softmax_nan_guards(prep, list(prep.nodes)))
+    nodes = drop_broadcast_expands(prep, gather_elements_as_gather(prep, nodes))
     g = _Graph(prep, nodes)
     removed: set[int] = set()
     replace: dict[int, onnx.NodeProto] = {}
@@ -139,15 +196,15 @@ def fuse_patterns(prep: Prepared) -> list[onnx.NodeProto]:
             continue
         gelu = _match_gelu(g, n)
         if gelu is not None:
-            x, gone, factor = gelu
+            x, gone, factor, approx = gelu
             if factor == 1.0:
-                replace[id(n)] = helper.make_node("Gelu", [x], list(n.output), name=n.name)
+                replace[id(n)] = helper.make_node("Gelu", [x], list(n.output), name=n.name, approximate=approx)
             else:
                 half, two = f"{n.output[0]}__gelu", f"{n.output[0]}__x2"
                 prep.consts[two] = np.array(factor, np.float32)
                 prep.shapes[half], prep.dtypes[half] = prep.shapes.get(x, ()), np.dtype("float32")
                 replace[id(n)] = [
-                    helper.make_node("Gelu", [x], [half], name=n.name),
+                    helper.make_node("Gelu", [x], [half], name=n.name, approximate=approx),
                     helper.make_node("Mul", [half, two], list(n.output), name=f"{n.name}_x2"),
                 ]
             removed.update(id(r) for r in gone)
@@ -977,6 +1034,11 @@ def drop_softmax_nan_guards(prep: Prepared, nodes: list[onnx.NodeProto]) -> list
             continue
         rename[w.output[0]] = s
         drop |= {id(w), id(isnan)}
+    return _bypass(nodes, rename, drop)
+
+
+def _bypass(nodes: list[onnx.NodeProto], rename: dict[str, str], drop: set[int]) -> list[onnx.NodeProto]:
+    """``nodes`` without the dropped ones, their consumers reading ``rename[output]``."""
     if not rename:
         return nodes
     out = []
@@ -991,6 +1053,83 @@ def drop_softmax_nan_guards(prep: Prepared, nodes: list[onnx.NodeProto]) -> list
             n = m
         out.append(n)
     return out
+
+
+def gather_elements_as_gather(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``GatherElements(data, Expand(u))`` (through Casts) where ``u`` is 1 on every
+    axis but ``axis`` and the expansion spans data's other axes -> ``Gather(data,
+    flat(u), axis)``: the same rows picked whole (RT-DETR picks its top-k boxes so).
+    ncnn has no per-element gather; a row gather by computed indices it has."""
+    g = _AttnGraph(prep, nodes)
+    out: list[onnx.NodeProto] = []
+    for n in nodes:
+        if n.op_type != "GatherElements" or len(n.input) != 2:
+            out.append(n)
+            continue
+        data, ids = n.input
+        axis = next((int(helper.get_attribute_value(a)) for a in n.attribute if a.name == "axis"), 0)
+        t = ids
+        while (p := g.producer.get(t)) is not None and p.op_type == "Cast":
+            t = p.input[0]
+        e = g.producer.get(t)
+        ds, os_ = prep.shapes.get(data), prep.shapes.get(n.output[0])
+        us = prep.shapes.get(e.input[0]) if e is not None and e.op_type == "Expand" else None
+        if us is None or ds is None or os_ is None or len(us) != len(ds) or len(os_) != len(ds):
+            out.append(n)
+            continue
+        axis %= len(ds)
+        if any(us[a] != 1 or os_[a] != ds[a] for a in range(len(ds)) if a != axis):
+            out.append(n)
+            continue
+        u, k = e.input[0], int(us[axis])
+        flat, shape = f"{n.output[0]}__rows", f"{n.output[0]}__rows_shape"
+        prep.consts[shape] = np.array([k], np.int64)
+        prep.shapes[shape], prep.dtypes[shape] = (1,), np.dtype("int64")
+        prep.shapes[flat], prep.dtypes[flat] = (k,), prep.dtypes.get(u, np.dtype("int64"))
+        out.append(helper.make_node("Reshape", [u, shape], [flat], name=f"{n.name}_rows"))
+        out.append(helper.make_node("Gather", [data, flat], list(n.output), name=n.name, axis=axis))
+    return out
+
+
+_BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where"}
+
+
+def drop_broadcast_expands(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``Expand(x)`` read only by broadcasting element-wise ops whose result has the
+    same shape without it -> ``x`` (torch's ``F.normalize`` divides by
+    ``norm.clamp_min(eps).expand_as(x)``: XCiT, EdgeNeXt). The expanded copy would be
+    a MemoryData of zeros and an extra BinaryOp in ncnn."""
+    g = _AttnGraph(prep, nodes)
+    rename: dict[str, str] = {}
+    drop: set[int] = set()
+    for e in nodes:
+        if e.op_type != "Expand" or e.output[0] in prep.outputs or g.const(e.input[0]) is not None:
+            continue
+        x, y = e.input[0], e.output[0]
+        xs = prep.shapes.get(x)
+        users = g.consumers.get(y, [])
+        if xs is None or not users:
+            continue
+        ok = True
+        for u in users:
+            if u.op_type not in _BROADCASTING or (u.op_type == "Where" and u.input[0] == y):
+                ok = False
+                break
+            shapes = [xs if i == y else prep.shapes.get(i) for i in u.input]
+            out = prep.shapes.get(u.output[0])
+            if out is None or any(sh is None for sh in shapes):
+                ok = False
+                break
+            try:
+                ok = tuple(np.broadcast_shapes(*[tuple(sh) for sh in shapes])) == tuple(out)
+            except ValueError:
+                ok = False
+            if not ok:
+                break
+        if ok:
+            rename[y] = x
+            drop.add(id(e))
+    return _bypass(nodes, rename, drop)
 
 
 def fuse_group_norm(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:

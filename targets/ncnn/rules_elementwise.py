@@ -108,9 +108,30 @@ for _op, _code in (
     ("Add", ADD),
     ("Sub", SUB),
     ("Mul", MUL),
-    ("Div", DIV),
 ):
     rule(_op)(_binary_rule(_code))
+
+UNARY_FLOOR, UNARY_TRUNC = 2, 19
+
+
+def _integer(ctx: Ctx, node: Node) -> bool:
+    return ctx.prep.dtypes.get(node.outputs[0], np.dtype("float32")).kind in "iu"
+
+
+@rule("Div")
+def div(ctx: Ctx, node: Node) -> None:
+    """Float Div -> BinaryOp div; integer Div (index arithmetic, e.g. ``idx // classes``
+    in a detection head) truncates toward zero as onnxruntime does: div + UnaryOp trunc
+    (exact for the integer values float Mats hold, below 2**23)."""
+    a, b = node.inputs[0], node.inputs[1]
+    assert a is not None and b is not None
+    out = node.outputs[0]
+    if not _integer(ctx, node):
+        _binary_rule(DIV)(ctx, node)
+        return
+    blob, keep = binary_tensors(ctx, DIV, a, b, ctx.out_shape())
+    ctx.bind(out, ctx.emit("UnaryOp", [blob], nc_shape(ctx.out_shape(), keep), {0: UNARY_TRUNC}, out_name=out), keep)
+
 
 UNARY_SQUARE, UNARY_SQRT, UNARY_RSQRT, UNARY_RECIPROCAL = 4, 5, 6, 15
 _POW_UNARY = {2.0: UNARY_SQUARE, 0.5: UNARY_SQRT, -0.5: UNARY_RSQRT, -1.0: UNARY_RECIPROCAL}
@@ -154,11 +175,27 @@ def pow_(ctx: Ctx, node: Node) -> None:
 
 @rule("Mod")
 def mod(ctx: Ctx, node: Node) -> None:
-    if int(node.attr("fmod", 0)) != 1:
-        # Python-style modulo (sign of the divisor): ncnn's REMAINDER differs
-        # on mixed signs (checked against the runtime).
-        raise NotLowerable("Mod with fmod=0")
-    _binary_rule(FMOD)(ctx, node)
+    """fmod=1 -> BinaryOp fmod; integer Mod (fmod=0, sign of the divisor) ->
+    ``a - floor(a / b) * b``, exact on the integer values float Mats hold (class ids
+    from a flattened top-k index)."""
+    if int(node.attr("fmod", 0)) == 1:
+        _binary_rule(FMOD)(ctx, node)
+        return
+    if not _integer(ctx, node):
+        # Python-style modulo of floats: ncnn's REMAINDER differs on mixed signs
+        # (checked against the runtime), and a - floor(a/b)*b rounds differently.
+        raise NotLowerable("Mod with fmod=0 of floats")
+    from mconv.targets.ncnn.rules_logic import binary
+
+    a, b = node.inputs[0], node.inputs[1]
+    assert a is not None and b is not None
+    shape = tuple(ctx.out_shape())
+    q, keep = binary_tensors(ctx, DIV, a, b, shape)
+    q = ctx.emit("UnaryOp", [q], nc_shape(shape, keep), {0: UNARY_FLOOR})
+    qt = Tensor(f"{node.outputs[0]}_q", shape, np.dtype("float32"), blob=q, keep=keep)
+    qb = binary(ctx, MUL, qt, b, shape)
+    blob, keep = binary_tensors(ctx, SUB, a, qb, shape, node.outputs[0])
+    ctx.bind(node.outputs[0], blob, keep)
 
 
 def _variadic(ctx: Ctx, node: Node, op: int, mean: bool = False) -> None:

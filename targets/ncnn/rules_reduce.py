@@ -9,6 +9,9 @@ Cases:
     ``5=1``; reduced axes are always present in the Mat (a size-1 axis is not a
     no-op for L2, LogSum, SumSquare). CumSum (forward, inclusive) ->
     CumulativeSum.
+    TopK has no layer: ncnn's ArgMax (which has a top-k parameter) is compiled out
+    of ncnn's standard packages ("layer ArgMax not exists" at load), so a detector
+    that selects queries by TopK (RT-DETR) is refused before writing.
 """
 
 from __future__ import annotations

@@ -180,7 +180,7 @@ _GRID_PADDING = {"zeros": 1, "border": 2, "reflection": 3}
 
 @rule("GridSample")
 def grid_sample(ctx: Ctx, node: Node) -> None:
-    """GridSample (2-D and 3-D, batch 1) -> ncnn GridSample: the grid [1, H, W, 2] is
+    """GridSample (2-D and 3-D, batch 1; 2-D batches item by item) -> ncnn GridSample: the grid [1, H, W, 2] is
     the Mat (c=H, h=W, w=2) the layer reads without ``permute_fusion``. Nearest
     sampling and reflection padding are refused: they differ from onnxruntime on the
     onnx conformance cases (ncnn rounds half up; its reflection differs)."""
@@ -198,9 +198,41 @@ def grid_sample(ctx: Ctx, node: Node) -> None:
         raise NotLowerable("a dynamic 4-D or 5-D input")
     if mode in ("bicubic", "cubic") and x.rank == 5:
         raise NotLowerable("bicubic 3-D sampling (ncnn's GridSample is bicubic in 2-D only)")
+    params = {0: _GRID_MODES[mode], 1: _GRID_PADDING[padding], 2: int(node.attr("align_corners", 0)), 3: 0}
+    n = int(x.shape[0])
+    if n > 1:
+        _grid_sample_batch(ctx, node, x, grid, params)
+        return
     keep = tuple(range(1, x.rank))
     xb = ctx.blob_as(x, keep)
     gb = ctx.blob_as(grid, tuple(range(1, grid.rank)))
-    params = {0: _GRID_MODES[mode], 1: _GRID_PADDING[padding], 2: int(node.attr("align_corners", 0)), 3: 0}
     out = ctx.emit("GridSample", [xb, gb], nc_shape(ctx.out_shape(), keep), params, out_name=node.outputs[0])
     ctx.bind(node.outputs[0], out, keep)
+
+
+# Most batch items sampled one GridSample each (multi-scale deformable attention
+# samples one value map per head: 8).
+GRID_BATCH_MAX = 64
+
+
+def _grid_sample_batch(ctx: Ctx, node: Node, x, grid, params: dict) -> None:
+    """A batch of 2-D samplings (RT-DETR's deformable attention puts its heads in the
+    batch axis): Slice both along it, one GridSample per item, Concat the results."""
+    n = int(x.shape[0])
+    if x.rank != 4 or int(grid.shape[0]) != n or n > GRID_BATCH_MAX:
+        raise NotLowerable(f"GridSample of a batch of {n} {x.rank - 2}-D inputs (2-D up to {GRID_BATCH_MAX} converts)")
+    c, h, w = (int(d) for d in x.shape[1:])
+    gh, gw = int(grid.shape[1]), int(grid.shape[2])
+    xb = ctx.reshape(ctx.blob_as(x), (n, c, h, w), name_hint=x.name)
+    gb = ctx.reshape(ctx.blob_as(grid), (n, gh, gw, 2), name_hint=grid.name)
+    xs = ctx.layer("Slice", [xb], [(1, c, h, w)] * n, {0: [1] * (n - 1) + [-233], 1: 0})
+    gs = ctx.layer("Slice", [gb], [(1, gh, gw, 2)] * n, {0: [1] * (n - 1) + [-233], 1: 0})
+    outs = []
+    for xi, gi in zip(xs, gs):
+        xi = ctx.reshape(xi, (c, h, w))
+        gi = ctx.reshape(gi, (gh, gw, 2))
+        outs.append(ctx.emit("GridSample", [xi, gi], (c, gh, gw), params))
+    cat = ctx.emit("Concat", outs, (n * c, gh, gw), {0: 0})
+    out_shape = ctx.out_shape()
+    keep = tuple(range(len(out_shape)))
+    ctx.bind(node.outputs[0], ctx.reshape(cat, nc_shape(out_shape, keep), name_hint=node.outputs[0]), keep)

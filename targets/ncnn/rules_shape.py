@@ -16,8 +16,9 @@ Cases:
     GatherElements from a constant: uniform -> constant; a 1-D table -> one-hot lookup.
     Gather of a constant [V, D] table on axis 0 with indices from an integer
     graph input -> Embed (ids fed as int32 bits; ncnn clamps them to [0, V-1]);
-    with computed indices (float values) and V <= 4096 -> one-hot rows times the
-    table (InnerProduct).
+    with computed indices (float values) -> one-hot rows times the table
+    (InnerProduct); computed data by computed indices -> one-hot rows times the data
+    (MatMul); both up to a one-hot matrix of 2**24 elements.
     Pad constant/edge/reflect -> Padding (negative pads -> Crop).
     Expand -> BinaryOp add of zeros; Tile -> Tile.
 """
@@ -369,32 +370,63 @@ def _embed(ctx: Ctx, node: Node, table: np.ndarray, ids: Tensor) -> None:
     ctx.bind(node.outputs[0], blob, keep_out)
 
 
-# Largest table looked up by one-hot products (rows x V x D multiply-adds per lookup).
-ONE_HOT_MAX_ROWS = 4096
+# Largest one-hot matrix (index rows x table rows) built for a lookup by computed
+# indices: 16M floats, 64 MiB (RT-DETR's 300 queries of 8400 anchors take 2.5M).
+ONE_HOT_MAX = 1 << 24
 
 
-def _one_hot_lookup(ctx: Ctx, node: Node, table: np.ndarray, ids: Tensor, axis: int | None = 0) -> None:
-    """Rows of a constant table picked by computed indices (float values in ncnn, e.g.
-    positions derived from a mask): ``one_hot(ids) @ table``, exact since each output
-    sums one product by 1 and zeros. Negative indices wrap as in ONNX."""
+def _one_hot(ctx: Ctx, ids: Tensor, v: int) -> Tensor:
+    """``one_hot(ids)`` as a (rows, v) Mat of 0/1 from computed indices (float values
+    in ncnn); negative indices wrap as in ONNX."""
     from mconv.targets.ncnn.rules_elementwise import ADD, MIN, MUL, SUB
-    from mconv.targets.ncnn.rules_linear import inner_product
     from mconv.targets.ncnn.rules_logic import RSUB, UNARY_ABS, UNARY_SIGN, binary, scalar, unary
 
-    v = table.shape[0]
-    if (axis is not None and int(node.attr("axis", 0)) not in (0, -table.ndim)) or v > ONE_HOT_MAX_ROWS:
-        raise NotLowerable(
-            f"gather from a constant table of {v} rows by computed indices: ncnn's Embed takes only int32 "
-            f"ids straight from a graph input (computed indices convert for tables up to {ONE_HOT_MAX_ROWS} rows)"
-        )
     rows = int(np.prod(ids.shape)) if ids.shape else 1
+    if rows * v > ONE_HOT_MAX:
+        raise NotLowerable(
+            f"gather of {rows} computed indices from {v} rows: the one-hot lookup ncnn needs "
+            f"({rows} x {v}) exceeds {ONE_HOT_MAX} elements (ncnn's Embed takes only int32 ids from a graph input)"
+        )
     col = Tensor(f"{ids.name}_col", (rows, 1), np.dtype("float32"),
                  blob=ctx.reshape(ctx.blob_as(ids), (rows, 1), name_hint=ids.name), keep=(0, 1))  # fmt: skip
     wrap = scalar(ctx, scalar(ctx, unary(ctx, col, UNARY_SIGN), MIN, 0.0), MUL, -float(v))  # V where negative
     idx = binary(ctx, ADD, col, wrap, (rows, 1))
     grid = Tensor("arange", (1, v), np.dtype("float32"), const=np.arange(v, dtype=np.float32)[None])
-    hot = scalar(ctx, unary(ctx, unary(ctx, binary(ctx, SUB, idx, grid, (rows, v)), UNARY_SIGN), UNARY_ABS), RSUB, 1.0)
+    return scalar(ctx, unary(ctx, unary(ctx, binary(ctx, SUB, idx, grid, (rows, v)), UNARY_SIGN), UNARY_ABS), RSUB, 1.0)
+
+
+def _one_hot_lookup(ctx: Ctx, node: Node, table: np.ndarray, ids: Tensor, axis: int | None = 0) -> None:
+    """Rows of a constant table picked by computed indices (e.g. positions derived
+    from a mask, anchors picked by a top-k): ``one_hot(ids) @ table`` (InnerProduct),
+    exact since each output sums one product by 1 and zeros."""
+    from mconv.targets.ncnn.rules_linear import inner_product
+
+    if axis is not None:
+        axis = int(node.attr("axis", 0)) % table.ndim
+        if any(d != 1 for d in table.shape[:axis]):
+            raise NotLowerable(f"gather on axis {axis} of a constant table of shape {list(table.shape)}")
+        table = table.reshape(table.shape[axis:])
+    v = table.shape[0]
+    hot = _one_hot(ctx, ids, v)
     inner_product(ctx, hot, np.asarray(table, np.float32).reshape(v, -1).T, None, node.outputs[0])
+
+
+def _dynamic_lookup(ctx: Ctx, node: Node, x: Tensor, ids: Tensor) -> None:
+    """Gather of computed data by computed indices along an axis with only 1s
+    before it (RT-DETR's top-k query features): ``one_hot(ids) @ data`` (MatMul)."""
+    axis = int(node.attr("axis", 0)) % x.rank
+    if any(d != 1 for d in x.shape[:axis]):
+        raise NotLowerable(f"gather by computed indices on axis {axis} of {list(x.shape)}")
+    v = int(x.shape[axis])
+    inner = int(np.prod(x.shape[axis + 1 :]))
+    hot = _one_hot(ctx, ids, v)
+    assert hot.blob is not None
+    hb = ctx.reshape(hot.blob, (hot.shape[0], v))
+    data = ctx.reshape(ctx.blob_as(x), (v, inner), name_hint=x.name)
+    mm = ctx.emit("MatMul", [hb, data], (hot.shape[0], inner), {0: 0})
+    out_shape = ctx.out_shape()
+    keep = default_keep(out_shape)
+    ctx.bind(node.outputs[0], ctx.reshape(mm, nc_shape(out_shape, keep), name_hint=node.outputs[0]), keep)
 
 
 @rule("Gather")
@@ -407,6 +439,9 @@ def gather(ctx: Ctx, node: Node) -> None:
         return
     if x.const is not None and ids is not None and ids.const is None:
         _one_hot_lookup(ctx, node, np.asarray(x.const), ids)
+        return
+    if ids is not None and ids.const is None:
+        _dynamic_lookup(ctx, node, x, ids)
         return
     idx = np.asarray(node.const(1, "indices")).astype(np.int64)
     if x.const is not None:

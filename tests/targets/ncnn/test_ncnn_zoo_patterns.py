@@ -324,3 +324,93 @@ class ShiftedWindowAttention(nn.Module):
 def test_shifted_window_attention_with_two_constant_masks(tmp_path: Path) -> None:
     text = check(ShiftedWindowAttention(), images((3, 4, 8)), tmp_path).main.read_text()
     assert "SDPA" in text and "Softmax" not in text and "Concat" not in text
+
+
+class CrossCovarianceAttention(nn.Module):
+    """XCiT/EdgeNeXt: q and k L2-normalised over tokens (F.normalize exports
+    ReduceL2, Clip, Expand, Div), then a channel-by-channel attention."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.heads = heads
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 4, 1).unbind(0)
+        q, k = nn.functional.normalize(q, dim=-1), nn.functional.normalize(k, dim=-1)
+        a = (q @ k.transpose(-2, -1)).softmax(-1)
+        return (a @ v).permute(0, 3, 1, 2).reshape(b, n, c)
+
+
+def test_normalize_divides_without_the_expanded_copy(tmp_path: Path) -> None:
+    text = check(CrossCovarianceAttention(), images((1, 10, 16)), tmp_path, ops=("Expand",)).main.read_text()
+    assert text.count("Reduction") == 2 and "MemoryData" not in text
+    assert sum(line.startswith("BinaryOp") for line in text.splitlines()) == 2  # the two Divs
+
+
+class DeformableSampling(nn.Module):
+    """RT-DETR's multi-scale deformable attention: each head's value map sampled by
+    its own grid, the heads in GridSample's batch axis."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, hw: tuple[int, int] = (5, 6), points: int = 3) -> None:
+        super().__init__()
+        self.loc = nn.Linear(dim, heads * points * 2)
+        self.heads, self.hw, self.points = heads, hw, points
+
+    def forward(self, x):
+        _, n, d = x.shape
+        (h, w), m = self.hw, self.heads
+        value = x.view(1, h, w, m, d // m).permute(0, 3, 4, 1, 2).reshape(m, d // m, h, w)
+        grid = torch.tanh(self.loc(x)).view(1, n, m, self.points, 2)
+        grid = grid.permute(0, 2, 1, 3, 4).reshape(m, n, self.points, 2)
+        out = nn.functional.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return out.sum(-1).reshape(1, d, n).transpose(1, 2)
+
+
+def test_grid_sample_with_heads_in_the_batch_axis(tmp_path: Path) -> None:
+    text = check(DeformableSampling(), images((1, 30, 16)), tmp_path, ops=("GridSample",)).main.read_text()
+    assert sum(line.startswith("GridSample") for line in text.splitlines()) == 4  # one per head
+
+
+class QuerySelection(nn.Module):
+    """RT-DETR's head after its query selection: computed indices pick rows of computed
+    features (Gather) and boxes through an expanded index (torch.gather ->
+    GatherElements); class ids come from integer floor division and modulo."""
+
+    def __init__(self, dim: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        self.score, self.box = nn.Linear(dim, 1), nn.Linear(dim, 4)
+        self.classes = classes
+
+    def forward(self, x):
+        n = x.shape[1]
+        flat = (torch.sigmoid(self.score(x))[..., 0] * (n * self.classes - 1)).long()
+        q = torch.div(flat, self.classes, rounding_mode="floor")
+        cls = flat % self.classes
+        feats = x[0, q[0]]
+        boxes = torch.gather(self.box(x), 1, q.unsqueeze(-1).expand(-1, -1, 4))
+        return torch.cat([boxes, feats[None, :, :4], cls.unsqueeze(-1).float(), q.unsqueeze(-1).float()], -1)
+
+
+def test_rows_picked_by_computed_indices(tmp_path: Path) -> None:
+    check(QuerySelection(), images((1, 10, 8)), tmp_path, ops=("GatherElements", "Mod", "Div"))
+
+
+class TanhGelu(nn.Module):
+    """GPT-2's gelu_new written out (transformers' NewGELUActivation)."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * torch.pow(h, 3.0))))
+
+
+def test_tanh_gelu_is_one_layer(tmp_path: Path) -> None:
+    text = check(TanhGelu(), images((1, 5, 16)), tmp_path, ops=("Tanh", "Pow")).main.read_text()
+    gelu = [line for line in text.splitlines() if line.startswith("GELU")]
+    assert len(gelu) == 1 and " 0=1" in gelu[0]
+    assert "TanH" not in text and "BinaryOp" not in text
