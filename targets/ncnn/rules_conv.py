@@ -9,7 +9,9 @@ Cases:
     output_padding (or the difference to ``output_shape``) as 18/19. Weights
     (tagged) must be constant; the bias (raw) is optional. The activation that
     follows is fused into key 9 later by ``optimize``. A 1x1 convolution of a
-    [1, C, 1, 1] vector -> InnerProduct on the 1-D Mat.
+    [1, C, 1, 1] vector -> InnerProduct on the 1-D Mat. A batch of N > 1 (windows
+    moved into the batch axis) -> one grouped convolution over the N items side by
+    side in channels, the weights repeated N times (group N x group).
 """
 
 from __future__ import annotations
@@ -68,8 +70,21 @@ def conv(ctx: Ctx, node: Node) -> None:
     if group == 1 and x.shape[0] == 1 and all(v == 1 for v in (*x.shape[2:], *k)) and not any(begin + end):
         _pointwise_on_vector(ctx, node, x, w, b)
         return
-    keep = tuple(range(1, x.rank))
-    xb = ctx.blob_as(x, keep)
+    batch = int(x.shape[0])
+    if batch > 1:
+        # Windows (or heads) in the batch axis (EfficientViT-M's cascaded group
+        # attention): the N items side by side in channels, one grouped convolution
+        # with the weights repeated per item — group N x group.
+        if n == 3 or batch > CONV_BATCH_MAX:
+            raise NotLowerable(f"a batch of {batch} {n}-D convolutions (2-D/1-D up to {CONV_BATCH_MAX} convert)")
+        xb = ctx.reshape(ctx.blob_as(x), (batch * x.shape[1], *x.shape[2:]), name_hint=x.name)
+        w = np.tile(np.asarray(w), (batch,) + (1,) * (w.ndim - 1))
+        b = None if b is None else np.tile(np.asarray(b), batch)
+        group *= batch
+        keep = tuple(range(1, x.rank))
+    else:
+        keep = tuple(range(1, x.rank))
+        xb = ctx.blob_as(x, keep)
     out_c = w.shape[0]
     p: dict = {0: out_c, 5: int(b is not None), 6: int(w.size)}
     if n == 1:
@@ -98,8 +113,17 @@ def conv(ctx: Ctx, node: Node) -> None:
     if b is not None:
         weights.append(Weight(np.asarray(b, np.float32).ravel(), tagged=False))
     out_shape = ctx.out_shape()
+    if batch > 1:
+        blob = ctx.emit(type_, [xb], (out_c, *out_shape[2:]), p, weights)
+        full = tuple(range(len(out_shape)))
+        ctx.bind(node.outputs[0], ctx.reshape(blob, tuple(out_shape), name_hint=node.outputs[0]), full)
+        return
     blob = ctx.emit(type_, [xb], nc_shape(out_shape, keep), p, weights, out_name=node.outputs[0])
     ctx.bind(node.outputs[0], blob, keep)
+
+
+# Most batch items one convolution takes side by side in channels (weights repeat per item).
+CONV_BATCH_MAX = 64
 
 
 def _pointwise_on_vector(ctx: Ctx, node: Node, x, w: np.ndarray, b: np.ndarray | None) -> None:

@@ -230,7 +230,7 @@ def test_topk_selection_is_refused_with_the_list(tmp_path: Path) -> None:
 
 
 class WindowsInBatch(nn.Module):
-    """EfficientViT-M moves attention windows into the batch axis before a 3x3 conv."""
+    """Windows in the batch axis, a convolution, then a reduction over that axis."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -242,11 +242,25 @@ class WindowsInBatch(nn.Module):
         return self.conv(win).sum(0, keepdim=True)
 
 
-def test_windows_moved_into_the_batch_axis_are_refused_clearly(tmp_path: Path) -> None:
-    model = export(WindowsInBatch(), images((1, 4, 8, 8)))
+def test_windows_moved_into_the_batch_axis_convert(tmp_path: Path) -> None:
+    check(WindowsInBatch(), images((1, 4, 8, 8)), tmp_path)
+
+
+class VolumesInBatch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x.reshape(2, 2, 4, 4, 4)).sum(0, keepdim=True)
+
+
+def test_a_batch_of_3d_convolutions_is_refused_clearly(tmp_path: Path) -> None:
+    sample = images((1, 4, 4, 4, 4))
     with pytest.raises(ConversionError) as e:
-        convert_and_run(model, images((1, 4, 8, 8)), tmp_path / "out")
-    assert "axis 0" in str(e.value) and "no batch axis" in str(e.value)
+        convert_and_run(export(VolumesInBatch(), sample), sample, tmp_path / "out")
+    assert "a batch of 2 3-D convolutions" in str(e.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 class Shuffle(nn.Module):
@@ -414,3 +428,26 @@ def test_tanh_gelu_is_one_layer(tmp_path: Path) -> None:
     gelu = [line for line in text.splitlines() if line.startswith("GELU")]
     assert len(gelu) == 1 and " 0=1" in gelu[0]
     assert "TanH" not in text and "BinaryOp" not in text
+
+
+class WindowConvolutions(nn.Module):
+    """EfficientViT-M's local window attention: windows moved into the batch axis,
+    then a depthwise 3x3 and a plain 1x1 convolution per window."""
+
+    def __init__(self, c: int = 8, win: int = 3) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.pw = nn.Conv2d(c, 2 * c, 1)
+        self.win = win
+
+    def forward(self, x):
+        _, c, h, w = x.shape
+        s = self.win
+        t = x.view(1, c, h // s, s, w // s, s).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, s, s)
+        t = self.pw(torch.relu(self.dw(t)))
+        return t.view(1, h // s, w // s, 2 * c, s, s).permute(0, 3, 1, 4, 2, 5).reshape(1, 2 * c, h, w)
+
+
+def test_convolutions_of_windows_in_the_batch_axis(tmp_path: Path) -> None:
+    text = check(WindowConvolutions(), images((1, 8, 6, 9)), tmp_path).main.read_text()
+    assert "ConvolutionDepthWise" in text
