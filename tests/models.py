@@ -171,3 +171,44 @@ def write_big_model(path: str, gib: float, width: int = 16384, seed: int = 0) ->
     weight_bytes = sum(tensor_nbytes(t) for t in m.graph.initializer)
     save_onnx(m, path, external=True, keep=False)
     return weight_bytes
+
+
+def noisy_head_cnn(depth: int = 6, channels: int = 16, size: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """A CNN whose output is ill-conditioned: float noise alone moves it by more than 1e-4.
+
+    ``depth`` Conv + HardSwish layers, then two 1x1 heads whose weights differ by 0.1 %
+    and their difference (the cancellation a residual subtraction or a sharp
+    normalisation makes in real nets): a correct FP32 artifact differs from
+    onnxruntime by ~2e-4 of the output's largest magnitude, and so does onnxruntime
+    itself with its optimizations off.
+    """
+    rng = np.random.default_rng(seed)
+    inits, nodes, x, cin = [], [], "x", 3
+    for i in range(depth):
+        w = rng.standard_normal((channels, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))
+        inits += [
+            numpy_helper.from_array(w.astype(np.float32), f"conv{i}.weight"),
+            numpy_helper.from_array((rng.standard_normal(channels) * 0.1).astype(np.float32), f"conv{i}.bias"),
+        ]
+        nodes += [
+            helper.make_node("Conv", [x, f"conv{i}.weight", f"conv{i}.bias"], [f"c{i}"], name=f"conv{i}", pads=[1] * 4),
+            helper.make_node("HardSwish", [f"c{i}"], [f"a{i}"], name=f"act{i}"),
+        ]
+        x, cin = f"a{i}", channels
+    wa = rng.standard_normal((channels, channels, 1, 1)) * np.sqrt(1.0 / channels)
+    wb = wa * (1 + 1e-3 * rng.standard_normal(wa.shape))
+    inits += [
+        numpy_helper.from_array(wa.astype(np.float32), "head_a.weight"),
+        numpy_helper.from_array(wb.astype(np.float32), "head_b.weight"),
+    ]
+    nodes += [
+        helper.make_node("Conv", [x, "head_a.weight"], ["ya"], name="head_a"),
+        helper.make_node("Conv", [x, "head_b.weight"], ["yb"], name="head_b"),
+        helper.make_node("Sub", ["ya", "yb"], ["y"], name="diff"),
+    ]
+    return make_graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, size, size])],
+        inits,
+    )
