@@ -119,7 +119,7 @@ def _print_verification(con, report: dict[str, Any]) -> None:
     for col in ("output", "shape", "max abs", "rel", "floor", "x floor", "cosine", "top-1", "ok"):
         t.add_column(col)
     for o in v["outputs"]:
-        rule = "" if o.get("rule", "elementwise") == "elementwise" else f" [{o['rule']}]"
+        rule = "" if o.get("rule", "elementwise") == "elementwise" else f" by {o['rule']}"
         t.add_row(
             o["name"],
             "x".join(map(str, o["shape"])),

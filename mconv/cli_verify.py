@@ -130,7 +130,7 @@ def _render_verify(r: dict[str, Any]) -> None:
             t.add_row(name, row["target"], row["precision"], *[""] * 9, f"[red]{row['status']}[/red]: {row['error']}")
             continue
         for o in row["outputs"]:
-            rule = "" if o.get("rule", "elementwise") == "elementwise" else f" [{o['rule']}]"
+            rule = "" if o.get("rule", "elementwise") == "elementwise" else f" by {o['rule']}"
             ok = "[green]ok[/green]" + tol if o["passed"] else f"[red]FAIL[/red] {o['reason']}{tol}"
             t.add_row(
                 name,
