@@ -483,13 +483,25 @@ def locate(
             f"{artifact.main}: no intermediate tensor of the artifact carries a name from the source "
             "graph, so --locate cannot match layers"
         )
-    refs, _ = reference_outputs(_with_outputs(src, shared), samples)
+    probe_model = _with_outputs(src, shared)
+    refs, _ = reference_outputs(probe_model, samples)
+    floors: list[Feeds] | None = None
+    if tol.floor_k and tol.rtol is not None:
+        from mconv.noise import probe_outputs
+
+        # Each tensor gets its own rounding floor, as the outputs do: otherwise a noisy
+        # model's first tensor above 1e-4 would be named, not the first real divergence.
+        floors = probe_outputs(probe_model, samples)
     graph_inputs = {i.name for i in src.graph.input}
     metrics: dict[str, Any] = {}
     compared: list[dict[str, Any]] = []
     first = None
     for name in shared:
-        m = _compare_tensor(name, [r[name] for r in refs], [g[name] for g in got], tol)
+        floor = None
+        if floors is not None:
+            fm = _compare_tensor(name, [r[name] for r in refs], [f[name] for f in floors], Tolerance())
+            floor = fm.rel if fm is not None and not fm.reason and math.isfinite(fm.rel) else None
+        m = _compare_tensor(name, [r[name] for r in refs], [g[name] for g in got], tol, floor)
         if m is None:
             continue
         metrics[name] = m
@@ -500,6 +512,7 @@ def locate(
             "op_type": node.op_type,
             "passed": m.passed,
             "rel": m.rel,
+            "floor": m.floor,
             "cosine": m.cosine,
         }
         compared.append(entry)
@@ -560,7 +573,9 @@ def _uncompared_ancestors(node, metrics, producer) -> list[tuple[int, onnx.NodeP
     return sorted(found.items())
 
 
-def _compare_tensor(name: str, refs: list[np.ndarray], gots: list[np.ndarray], tol: Tolerance):
+def _compare_tensor(
+    name: str, refs: list[np.ndarray], gots: list[np.ndarray], tol: Tolerance, floor: float | None = None
+):
     """Metrics over all samples, or None when the artifact keeps the tensor in another layout."""
     r = [np.asarray(x) for x in refs]
     g = [np.asarray(x) for x in gots]
@@ -572,7 +587,7 @@ def _compare_tensor(name: str, refs: list[np.ndarray], gots: list[np.ndarray], t
     got = np.concatenate([b.reshape(-1) for b in g])
     m = compare_arrays(name, ref, got)
     m.shape = list(r[0].shape)
-    return apply_tolerance(m, tol)
+    return apply_tolerance(m, tol, floor)
 
 
 def _brief(m, node_input: str | None = None) -> dict[str, Any]:

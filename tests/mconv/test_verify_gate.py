@@ -67,6 +67,10 @@ def test_corrupted_weights_fail(cli, noisy, noisy_ov, tmp_path):
     scale_bin_range(art.with_suffix(".bin"), offset, count // 8, 3.0)
     r = cli("verify", noisy, art)
     assert_clean_error(r, 3, "rounding floor", "--locate", "--rtol")
+    r = cli("verify", noisy, art, "--locate", "--json")
+    loc = r.json["report"]["results"][0]["locate"]
+    assert loc["found"] and loc["node"] == "conv3"  # every tensor against its own floor
+    assert all(t["floor"] is not None for t in loc["tensors"])
 
 
 def test_one_wrong_weight_fails(cli, noisy, noisy_ov, tmp_path):
