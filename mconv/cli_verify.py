@@ -84,7 +84,7 @@ def verify(
     Default tolerances follow the artifact's precision (fp32: rel <= 1e-4, or up to 20x the
     model's rounding floor, measured by running the source again in onnxruntime with
     optimizations off and weights one ulp away; fp16: cos >= 0.9999; int8: cos >= 0.99).
-    Outputs behind TopK/ArgMax/NMS are compared after matching their rows. --rtol, --atol
+    Outputs behind TopK/NonMaxSuppression are compared after matching their rows. --rtol, --atol
     and --min-cos replace the defaults. Exit 3 when an artifact misses its tolerance,
     crashes or hangs.
     """

@@ -1,4 +1,4 @@
-"""Outputs behind a selection: rows picked by TopK, ArgMax/ArgMin or NonMaxSuppression.
+"""Outputs behind a selection: rows picked by TopK or NonMaxSuppression.
 
 A detector that ends in ``TopK`` over query scores (RT-DETR), or one with NMS in the
 graph, emits its rows in score order. Two correct runtimes whose scores differ by
@@ -17,7 +17,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-SELECTING_OPS = ("TopK", "ArgMax", "ArgMin", "NonMaxSuppression")
+# Ops that pick and order rows. ArgMax/ArgMin are not among them: they label positions
+# (a class per pixel or per box) without reordering anything, so those outputs compare
+# element-wise, and a label that flips shows as the error it is.
+SELECTING_OPS = ("TopK", "NonMaxSuppression")
 # Above this many rows the assignment costs too much; such outputs compare element-wise.
 MAX_ROWS = 4096
 

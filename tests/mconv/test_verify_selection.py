@@ -22,6 +22,13 @@ def test_outputs_behind_topk_are_found():
     assert selected_outputs(chain_model()) == {}
 
 
+def test_argmax_labels_are_not_reordered_rows():
+    m = chain_model()
+    m.graph.node.append(onnx.helper.make_node("ArgMax", ["logits"], ["label"], axis=1))
+    m.graph.output[0].name = "label"
+    assert selected_outputs(m) == {}
+
+
 def _dets(seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.random((1, 16, 12)).astype(np.float32)
