@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from mconv.errors import ConversionError, UsageError
-from mconv.graphinfo import graph_inputs, opset
+from mconv.graphinfo import attention_score_nodes, graph_inputs, opset
 from mconv.quiet import quiet
 
 Feeds = dict[str, np.ndarray]
@@ -123,7 +123,10 @@ def quantize_qdq(
     if missing:
         raise UsageError(f"--calib: the samples lack input(s) {missing}; the model takes {names}")
     exclude = excluded_nodes(prepared, ignore)
-    exclude = sorted(set(exclude) | _softmax_output_nodes(prepared))
+    # Attention scores stay float from the score MatMul to the Softmax (scale, mask, Softmax):
+    # on BERT-base (bench zoo, 16 random calibration samples) INT8 cosine to FP32 is 0.145
+    # with them quantized, 0.727 with only the Softmax kept float, 0.993 with the chain.
+    exclude = sorted(set(exclude) | _softmax_output_nodes(prepared) | set(attention_score_nodes(prepared)))
     large = prepared.ByteSize() > 1_900_000_000
     with tempfile.TemporaryDirectory(prefix="mconv-qdq-") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"

@@ -101,3 +101,70 @@ def tiny_vit_onnx(seed: int = 0, **kw):
         net, (torch.randn(1, 3, size, size),), buf, input_names=["image"], output_names=["logits"], dynamo=False
     )
     return onnx.load_from_string(buf.getvalue())
+
+
+class TinyBert(nn.Module):
+    """A BERT encoder in miniature, masked the way transformers' BERT is: token, position
+    and type embeddings, LayerNorm, then blocks whose attention scores get
+    ``where(mask, 0, finfo.min)`` added before the Softmax."""
+
+    def __init__(self, vocab: int = 100, tokens: int = 16, dim: int = 64, depth: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Embedding(tokens, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList()
+        for _ in range(depth):
+            self.blocks.append(
+                nn.ModuleDict(
+                    {
+                        "q": nn.Linear(dim, dim),
+                        "k": nn.Linear(dim, dim),
+                        "v": nn.Linear(dim, dim),
+                        "o": nn.Linear(dim, dim),
+                        "n1": nn.LayerNorm(dim),
+                        "fc1": nn.Linear(dim, 4 * dim),
+                        "fc2": nn.Linear(4 * dim, dim),
+                        "n2": nn.LayerNorm(dim),
+                    }
+                )
+            )
+
+    def forward(self, input_ids, attention_mask):
+        b, t = input_ids.shape
+        x = self.norm(self.tok(input_ids) + self.pos(torch.arange(t)))
+        h, d = self.heads, x.shape[-1] // self.heads
+        mask = attention_mask[:, None, None, :].bool()
+        bias = torch.where(mask, torch.tensor(0.0), torch.tensor(torch.finfo(torch.float32).min))
+
+        def split(y):
+            return y.reshape(b, t, h, d).transpose(1, 2)
+
+        for blk in self.blocks:
+            s = split(blk["q"](x)) @ split(blk["k"](x)).transpose(-1, -2) / d**0.5 + bias
+            a = (torch.softmax(s, dim=-1) @ split(blk["v"](x))).transpose(1, 2).reshape(b, t, h * d)
+            x = blk["n1"](x + blk["o"](a))
+            x = blk["n2"](x + blk["fc2"](torch.nn.functional.gelu(blk["fc1"](x))))
+        return x
+
+
+def tiny_bert_onnx(seed: int = 0, tokens: int = 16, **kw):
+    """:class:`TinyBert` (seeded) as ONNX with int64 inputs ``input_ids`` and ``attention_mask``."""
+    import io
+
+    import onnx
+
+    torch.manual_seed(seed)
+    net = TinyBert(tokens=tokens, **kw).eval()
+    ids = torch.randint(0, 100, (1, tokens))
+    buf = io.BytesIO()
+    torch.onnx.export(
+        net,
+        (ids, torch.ones(1, tokens, dtype=torch.int64)),
+        buf,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["hidden"],
+        dynamo=False,
+    )
+    return onnx.load_from_string(buf.getvalue())
