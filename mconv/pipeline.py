@@ -341,6 +341,10 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
                 "reference": "onnxruntime",
                 "samples": len(samples),
                 "tolerance": tol.describe(),
+                # The floor is measured only when an FP32 output misses the fixed bound.
+                "floor_probe": None
+                if floor is None
+                else floor.error or ("measured" if floor.measured else "not needed"),
                 **comp.to_json(),
             }
         if comp is not None and not comp.passed and not req.verify.keep_failed:

@@ -37,7 +37,7 @@ def test_float_noise_above_1e4_passes_by_the_floor(cli, noisy, tmp_path, target)
     # off and weights one ulp away, moves the output as much.
     assert out["rel"] > 1e-4 and out["passed"]
     assert out["floor"] > 1e-4 and out["ratio"] < 5
-    assert out["bound"] == pytest.approx(20 * out["floor"])
+    assert out["bound"] == pytest.approx(20 * out["floor"]) and v["floor_probe"] == "measured"
 
 
 def test_rtol_overrides_the_floor(cli, noisy, tmp_path):

@@ -74,6 +74,8 @@ def test_topk_detector_verifies_on_openvino(cli, detector, tmp_path):
     assert r.code == 0, r.err
     (out,) = r.json["verification"]["outputs"]
     assert out["rule"] == "matched rows (TopK 'topk')" and out["passed"] and out["rel"] < 1e-4
+    # Within 1e-4, build does not spend a run on the rounding floor.
+    assert r.json["verification"]["floor_probe"] == "not needed" and out["floor"] is None
 
 
 def test_broken_box_head_fails_on_openvino(cli, detector, tmp_path):
