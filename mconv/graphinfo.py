@@ -143,34 +143,3 @@ def attention_blocks(model: onnx.ModelProto) -> int:
         if n.op_type == "Softmax" and reaches(list(n.input[:1]), up) and reaches(list(n.output[:1]), down):
             count += 1
     return count
-
-
-def attention_score_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes from each attention score MatMul to its Softmax, Softmax included.
-
-    The scale, the mask (``Add`` of -1e4 or -3.4e38 where tokens are padded) and the
-    Softmax: one int8 scale over a range set by the mask rounds every real score to the
-    same level, so INT8 paths that quantize elementwise ops keep these in float.
-    """
-    nodes = all_nodes(model.graph)
-    producer = {o: n for n in nodes for o in n.output if o}
-    found: list[str] = []
-    for n in nodes:
-        if n.op_type != "Softmax":
-            continue
-        chain, frontier, hit = [n], list(n.input[:1]), False
-        for _ in range(5):
-            nxt = []
-            for t in frontier:
-                p = producer.get(t)
-                if p is None:
-                    continue
-                if p.op_type in ("MatMul", "Einsum"):
-                    hit = True
-                elif p.op_type in _ATTENTION_GLUE:
-                    chain.append(p)
-                    nxt += list(p.input)
-            frontier = nxt
-        if hit:
-            found += [c.name for c in chain if c.name]
-    return list(dict.fromkeys(found))

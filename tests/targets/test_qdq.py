@@ -167,8 +167,9 @@ def test_light_squeezenet_opset9_is_lifted_and_quantized():
 
 
 def test_attention_scores_stay_float_and_a_masked_encoder_stays_close():
-    """From each score MatMul to its Softmax (scale, padding mask, Softmax) nothing is
-    quantized; the MatMuls themselves are. On BERT-base this is what keeps INT8 usable."""
+    """In a graph with attention only MatMul/Gemm/Conv are quantized: the padding mask and
+    Softmax, the norms and GELU stay float (on BERT-base and ViT-B/16 this is what keeps
+    INT8 usable)."""
     from tests.torch_models import tiny_bert_onnx
 
     model = tiny_bert_onnx(depth=4, dim=96)
@@ -191,4 +192,12 @@ def test_attention_scores_stay_float_and_a_masked_encoder_stays_close():
         assert add.op_type == "Add"
         assert all(getattr(producer.get(x), "op_type", None) != "DequantizeLinear" for x in add.input)
     assert sum(n.op_type == "MatMul" and producer[n.input[0]].op_type == "DequantizeLinear" for n in q.graph.node)
+    consumers: dict[str, list[str]] = {}
+    for n in q.graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n.op_type)
+    # No Q/DQ in front of the norms, GELU's Erf, the mask or the Softmax.
+    for dq in (n for n in q.graph.node if n.op_type == "DequantizeLinear"):
+        floats = {"LayerNormalization", "Softmax", "Erf", "Where"}
+        assert not floats & set(consumers.get(dq.output[0], [])), consumers[dq.output[0]]
     assert min_cosine(model, q, feeds(4)) >= 0.99
