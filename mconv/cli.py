@@ -116,17 +116,20 @@ def _print_verification(con, report: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title=f"verification vs {v.get('reference')} ({v.get('tolerance')})", title_justify="left")
-    for col in ("output", "shape", "max abs", "rel", "cosine", "top-1", "ok"):
+    for col in ("output", "shape", "max abs", "rel", "floor", "x floor", "cosine", "top-1", "ok"):
         t.add_column(col)
     for o in v["outputs"]:
+        rule = "" if o.get("rule", "elementwise") == "elementwise" else f" by {o['rule']}"
         t.add_row(
             o["name"],
             "x".join(map(str, o["shape"])),
             f"{float(o['max_abs']):.3g}",
             f"{float(o['rel']):.3g}",
+            "" if o.get("floor") is None else f"{float(o['floor']):.3g}",
+            "" if o.get("ratio") is None else f"{float(o['ratio']):.2g}",
             f"{float(o['cosine']):.6f}",
             "" if o.get("top1") is None else f"{o['top1']:.2f}",
-            "yes" if o["passed"] else f"NO: {o['reason']}",
+            ("yes" if o["passed"] else f"NO: {o['reason']}") + rule,
         )
     con.print(t)
 

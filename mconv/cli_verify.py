@@ -81,8 +81,12 @@ def verify(
 ):
     """Check that each artifact computes what SOURCE computes (onnxruntime), each runtime in a child process.
 
-    Default tolerances follow the artifact's precision (fp32: rel <= 1e-4; fp16: cos >= 0.9999;
-    int8: cos >= 0.99). Exit 3 when an artifact misses its tolerance, crashes or hangs.
+    Default tolerances follow the artifact's precision (fp32: rel <= 1e-4, or up to 20x the
+    model's rounding floor, measured by running the source again in onnxruntime with
+    optimizations off and weights one ulp away; fp16: cos >= 0.9999; int8: cos >= 0.99).
+    Outputs behind TopK/NonMaxSuppression are compared after matching their rows. --rtol, --atol
+    and --min-cos replace the defaults. Exit 3 when an artifact misses its tolerance,
+    crashes or hangs.
     """
     from mconv.verify import VerifyRequest, raise_for_report
     from mconv.verify import verify as run_verify
@@ -114,16 +118,19 @@ def _render_verify(r: dict[str, Any]) -> None:
         title=f"{r['source']} vs artifacts: onnxruntime reference, {r['samples']} sample(s) from {r['inputs']}",
         title_justify="left",
     )
-    for col in ("artifact", "target", "prec", "output", "max abs", "rel", "mean abs", "cosine", "top-1", "top-5"):
-        t.add_column(col, justify="right" if col in ("max abs", "rel", "mean abs", "cosine") else "left")
+    numeric = ("max abs", "rel", "floor", "x floor", "mean abs", "cosine")
+    cols = ("artifact", "target", "prec", "output", "max abs", "rel", "floor", "x floor", "mean abs", "cosine")
+    for col in (*cols, "top-1", "top-5"):
+        t.add_column(col, justify="right" if col in numeric else "left")
     t.add_column("result")
     for row in r["results"]:
         name = Path(row["path"]).name
         tol = f" ({row['tolerance']})" if row["tolerance"] else ""
         if not row["outputs"]:
-            t.add_row(name, row["target"], row["precision"], *[""] * 7, f"[red]{row['status']}[/red]: {row['error']}")
+            t.add_row(name, row["target"], row["precision"], *[""] * 9, f"[red]{row['status']}[/red]: {row['error']}")
             continue
         for o in row["outputs"]:
+            rule = "" if o.get("rule", "elementwise") == "elementwise" else f" by {o['rule']}"
             ok = "[green]ok[/green]" + tol if o["passed"] else f"[red]FAIL[/red] {o['reason']}{tol}"
             t.add_row(
                 name,
@@ -132,13 +139,18 @@ def _render_verify(r: dict[str, Any]) -> None:
                 o["name"],
                 _num(o["max_abs"]),
                 _num(o["rel"]),
+                _num(o.get("floor")),
+                _num(o.get("ratio"), ".2g"),
                 _num(o["mean_abs"]),
                 _num(o["cosine"], ".6f"),
                 _num(o.get("top1"), ".2f"),
                 _num(o.get("top5"), ".2f"),
-                ok,
+                ok + rule,
             )
     con.print(t)
+    for row in r["results"]:
+        if row.get("advice"):
+            con.print(f"{Path(row['path']).name}: {row['advice']}")
     for row in r["results"]:
         loc = row.get("locate")
         if not loc:

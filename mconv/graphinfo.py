@@ -101,3 +101,45 @@ def parameter_stats(model: onnx.ModelProto) -> tuple[int, int]:
         count += n
         nbytes += tensor_nbytes(t)
     return count, nbytes
+
+
+# Fused attention ops (onnxruntime's contrib ops, ONNX opset 23's Attention).
+FUSED_ATTENTION = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedMultiHeadAttention")
+# Ops that may sit between the score MatMul, the Softmax and the value MatMul.
+_ATTENTION_GLUE = ("Add", "Mul", "Div", "Sub", "Where", "Cast", "Reshape", "Transpose", "Dropout", "Identity", "Sqrt")
+
+
+def attention_blocks(model: onnx.ModelProto) -> int:
+    """How many attention blocks the graph has: MatMul -> Softmax -> MatMul chains (masks,
+    scales and reshapes in between allowed, at most 4 ops each side) plus fused attention ops."""
+    nodes = all_nodes(model.graph)
+    producer = {o: n for n in nodes for o in n.output if o}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+
+    def reaches(start: list[str], step, hops: int = 4) -> bool:
+        frontier = start
+        for _ in range(hops + 1):
+            nxt = []
+            for t in frontier:
+                for n in step(t):
+                    if n.op_type in ("MatMul", "Einsum"):
+                        return True
+                    if n.op_type in _ATTENTION_GLUE:
+                        nxt += list(n.output if step is down else n.input)
+            frontier = nxt
+        return False
+
+    def up(t: str) -> list[onnx.NodeProto]:
+        return [producer[t]] if t in producer else []
+
+    def down(t: str) -> list[onnx.NodeProto]:
+        return consumers.get(t, [])
+
+    count = sum(n.op_type in FUSED_ATTENTION for n in nodes)
+    for n in nodes:
+        if n.op_type == "Softmax" and reaches(list(n.input[:1]), up) and reaches(list(n.output[:1]), down):
+            count += 1
+    return count

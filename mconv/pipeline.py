@@ -19,6 +19,7 @@ from mconv.fsutil import StagingDir
 from mconv.graphinfo import graph_inputs, graph_outputs, op_histogram, opset, parameter_stats
 from mconv.metrics import Comparison, Tolerance, compare_outputs, default_tolerance
 from mconv.modelio import load_onnx, model_nbytes, parse_model, save_onnx
+from mconv.selection import selected_outputs
 from mconv.specs import DynamicAxis, InputSpec
 
 VERIFY_SAMPLES = 2
@@ -269,10 +270,14 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
     if req.calib:
         calib = load_samples(req.calib, graph_inputs(source), limit=req.calib_count, image=req.image)
         warnings += calibration_warnings(len(calib), req.calib_count)
-    samples = refs = names = None
+    samples = refs = names = floor = None
+    selection: dict[str, str] = {}
     if req.verify.enabled:
         samples = verification_samples(source, req.verify, calib, shapes, req.image)
+        selection = selected_outputs(source)
     big = model_nbytes(source) >= BIG_MODEL_BYTES
+    if samples is not None:
+        floor = _floor(source, samples, req, info, shapes, big)
     if big:
         # Never hold the weights twice: take the reference now, in a child process reading
         # the file, then let the passes work on the loaded model in place.
@@ -322,19 +327,31 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
                 refs, names = reference_outputs(source, samples)
             tol = req.verify.tolerance or target.default_tolerance(req.precision)
             comp = check_artifact(
-                artifact, samples, refs, names, tol, timeout=req.verify.timeout, isolate=True if big else None
+                artifact,
+                samples,
+                refs,
+                names,
+                tol,
+                timeout=req.verify.timeout,
+                isolate=True if big else None,
+                selection=selection,
+                floor=floor,
             )
             report["verification"] = {
                 "reference": "onnxruntime",
                 "samples": len(samples),
                 "tolerance": tol.describe(),
+                # The floor is measured only when an FP32 output misses the fixed bound.
+                "floor_probe": None
+                if floor is None
+                else floor.error or ("measured" if floor.measured else "not needed"),
                 **comp.to_json(),
             }
         if comp is not None and not comp.passed and not req.verify.keep_failed:
             raise VerificationError(
                 f"{req.path} -> {target.name} ({req.precision}) differs from onnxruntime beyond "
-                f"{report['verification']['tolerance']}: {comp.summary()}; nothing written "
-                "(--keep-failed keeps the files for `mconv verify --locate`)",
+                f"{report['verification']['tolerance']}: {comp.summary()}; nothing written; "
+                f"{comp.advice()} (--keep-failed keeps the files for `mconv verify --locate`)",
                 report,
             )
         staging.promote()
@@ -349,6 +366,23 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
             _json_safe(report),
         )
     return _json_safe(report)
+
+
+def _floor(source: onnx.ModelProto, samples: list, req: BuildRequest, info: dict, shapes: dict, big: bool):
+    """The source's rounding floor on ``samples``, measured only if an FP32 output needs it.
+
+    Big models are probed in a child process reading the source file, so only an
+    unchanged ONNX source (no --input shapes, no --batch) gets one; the others keep
+    the fixed bound.
+    """
+    from mconv.noise import RoundingFloor, probe_outputs_isolated, rounding_floor
+
+    if not big:
+        return rounding_floor(source, samples)
+    if info["kind"] == "onnx" and not shapes and req.batch is None:
+        path = str(req.path)
+        return RoundingFloor(lambda: probe_outputs_isolated(path, samples, timeout=req.verify.timeout))
+    return None
 
 
 def _reference_from_file(source: onnx.ModelProto, samples: list, req: BuildRequest, info: dict, shapes: dict) -> tuple:

@@ -147,6 +147,7 @@ class RecipeRun:
         self.shapes = {i.name: tuple(i.shape) for i in self.spec.inputs}
         self.data: dict[int, str] = {}  # id(DataSpec) -> generated folder
         self._refs: dict[tuple, tuple[list, list[str]]] = {}
+        self._floors: dict[tuple, tuple[dict, Any]] = {}  # (selected outputs, RoundingFloor) per reference
 
     # -- step bookkeeping
     @contextlib.contextmanager
@@ -320,8 +321,10 @@ class RecipeRun:
 
     def _reference(self, onnx_path: Path, samples: list, label: str, batch: int | None):
         from mconv.modelio import load_onnx
+        from mconv.noise import RoundingFloor
         from mconv.pipeline import apply_input_shapes
         from mconv.runner import reference_outputs
+        from mconv.selection import selected_outputs
 
         key = (label, batch)
         if key not in self._refs:
@@ -329,6 +332,7 @@ class RecipeRun:
             if batch is not None:
                 apply_input_shapes(model, {}, batch)
             self._refs[key] = reference_outputs(model, samples)
+            self._floors[key] = (selected_outputs(model), RoundingFloor(lambda: _probe(onnx_path, samples, batch)))
         return self._refs[key]
 
     def _target(self, t: TargetSpec, onnx_path: Path, opt_path: Path) -> None:
@@ -400,7 +404,17 @@ class RecipeRun:
             tol = _tolerance(
                 t.verify, v.tolerances.get(t.precision), ToleranceSpec(rtol=v.rtol, atol=v.atol, min_cos=v.min_cos)
             ) or target.default_tolerance(t.precision)
-            comp = check_artifact(Artifact.from_json(artifact), samples, refs, names, tol, timeout=v.timeout)
+            selection, floor = self._floors[(label, t.batch)]
+            comp = check_artifact(
+                Artifact.from_json(artifact),
+                samples,
+                refs,
+                names,
+                tol,
+                timeout=v.timeout,
+                selection=selection,
+                floor=floor,
+            )
             rec["verification"] = _verification_record(samples, label, tol, comp)
             if not comp.passed:
                 raise VerificationError(f"{t.label} differs from onnxruntime beyond {tol.describe()}: {comp.summary()}")
@@ -896,3 +910,15 @@ def _verification_record(samples: list, label: str, tol: Any, comp: Any) -> dict
         "tolerance": tol.describe(),
         **comp.to_json(),
     }
+
+
+def _probe(onnx_path: Path, samples: list, batch: int | None) -> list:
+    """The rounding-floor probe of the model at ``onnx_path`` (re-read: nothing held meanwhile)."""
+    from mconv.modelio import load_onnx
+    from mconv.noise import probe_outputs
+    from mconv.pipeline import apply_input_shapes
+
+    model = load_onnx(onnx_path)
+    if batch is not None:
+        apply_input_shapes(model, {}, batch)
+    return probe_outputs(model, samples)

@@ -18,8 +18,11 @@ from mconv.targets.base import Artifact
 Feeds = dict[str, np.ndarray]
 
 
-def _session(model: onnx.ModelProto | str):
-    """An onnxruntime CPU session on a ModelProto or on a file path (external data beside it)."""
+def _session(model: onnx.ModelProto | str, optimize: bool = True):
+    """An onnxruntime CPU session on a ModelProto or on a file path (external data beside it).
+
+    ``optimize=False`` disables every graph optimization (the rounding-floor probe).
+    """
     import tempfile
 
     import onnxruntime as ort
@@ -28,6 +31,8 @@ def _session(model: onnx.ModelProto | str):
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     providers = ["CPUExecutionProvider"]
     if isinstance(model, str):
         return ort.InferenceSession(model, so, providers=providers)
@@ -40,13 +45,16 @@ def _session(model: onnx.ModelProto | str):
         return ort.InferenceSession(path, so, providers=providers)
 
 
-def reference_outputs(model: onnx.ModelProto | str, samples: list[Feeds]) -> tuple[list[Feeds], list[str]]:
+def reference_outputs(
+    model: onnx.ModelProto | str, samples: list[Feeds], *, optimize: bool = True
+) -> tuple[list[Feeds], list[str]]:
     """Run ``model`` (a ModelProto or an .onnx path) with onnxruntime on the CPU.
 
-    Returns the outputs per sample and the output names.
+    Returns the outputs per sample and the output names. ``optimize=False`` runs
+    it with onnxruntime's graph optimizations disabled.
     """
     try:
-        sess = _session(model)
+        sess = _session(model, optimize)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConversionError(f"onnxruntime cannot run the source model: {first[:300]}") from e

@@ -33,6 +33,7 @@ from mconv.data import ImageOptions
 from mconv.errors import ConversionError, InputError, MconvError, MissingDependencyError, UsageError, VerificationError
 from mconv.graphinfo import TensorInfo
 from mconv.metrics import Comparison, Tolerance, apply_tolerance, compare_arrays, compare_outputs
+from mconv.noise import RoundingFloor
 from mconv.targets.base import Artifact
 
 Feeds = dict[str, np.ndarray]
@@ -184,8 +185,12 @@ def check_artifact(
     *,
     timeout: float | None = None,
     isolate: bool | None = None,
+    selection: dict[str, str] | None = None,
+    floor: RoundingFloor | None = None,
 ) -> Comparison:
     """Run ``samples`` through ``artifact`` and compare with ``refs`` (the build's and verify's one path).
+
+    ``selection`` and ``floor``: see :func:`mconv.metrics.compare_outputs`.
 
     Raises:
         IsolatedFailure: the runtime crashed, hung past ``timeout`` or raised in its child.
@@ -196,7 +201,7 @@ def check_artifact(
     target = get_target(artifact.target)
     feeds = [target.verify_feeds(s) for s in samples]
     gots = run_artifact(artifact, feeds, isolate=isolate, timeout=timeout)
-    return compare_outputs(refs, gots, tol, names)
+    return compare_outputs(refs, gots, tol, names, selection=selection, floor=floor)
 
 
 @dataclass
@@ -254,6 +259,8 @@ def _verify_one(
     refs: list[Feeds],
     names: list[str],
     req: VerifyRequest,
+    selection: dict[str, str] | None = None,
+    floor: RoundingFloor | None = None,
 ) -> dict[str, Any]:
     from mconv.isolate import IsolatedFailure
     from mconv.targets import get_target
@@ -276,7 +283,9 @@ def _verify_one(
         return row
     t0 = time.perf_counter()
     try:
-        comp = check_artifact(artifact, samples, refs, names, tol, timeout=req.timeout, isolate=True)
+        comp = check_artifact(
+            artifact, samples, refs, names, tol, timeout=req.timeout, isolate=True, selection=selection, floor=floor
+        )
     except IsolatedFailure as e:
         status = {"signal": "crashed", "timeout": "timeout"}.get(e.kind, "error")
         row.update(status=status, error=e.message, exit_code=3 if status != "error" else e.exit_code)
@@ -292,6 +301,7 @@ def _verify_one(
     row["exit_code"] = 0 if comp.passed else 3
     if not comp.passed:
         row["error"] = comp.summary()
+        row["advice"] = comp.advice()
         if req.locate:
             try:
                 row["locate"] = locate(model, artifact, samples, tol, timeout=req.timeout)
@@ -315,8 +325,11 @@ def verify(req: VerifyRequest) -> dict[str, Any]:
     become that artifact's row, and the others still run. :func:`raise_for_report`
     turns the report into the exit status.
     """
-    from mconv.pipeline import ExportOptions, load_model_any
+    from mconv.modelio import model_nbytes
+    from mconv.noise import rounding_floor
+    from mconv.pipeline import BIG_MODEL_BYTES, ExportOptions, load_model_any
     from mconv.runner import reference_outputs
+    from mconv.selection import selected_outputs
 
     if not req.artifacts:
         raise UsageError("give at least one ARTIFACT to verify")
@@ -326,7 +339,12 @@ def verify(req: VerifyRequest) -> dict[str, Any]:
     model, info = load_model_any(Path(req.source), req.export or ExportOptions())
     samples, origin = _samples(model, req)
     refs, names = reference_outputs(model, samples)
-    results = [_verify_one(art, model, samples, refs, names, req) for art in artifacts]
+    selection = selected_outputs(model)
+    floor = rounding_floor(model, samples)
+    fp32 = req.tolerance is None and any(a.precision == "fp32" for a in artifacts)
+    if fp32 and model_nbytes(model) < BIG_MODEL_BYTES:
+        floor.probe()  # verify reports every FP32 output's floor, passing or not (big models: when needed)
+    results = [_verify_one(art, model, samples, refs, names, req, selection, floor) for art in artifacts]
     return {
         "command": "verify",
         "source": str(req.source),
@@ -334,6 +352,7 @@ def verify(req: VerifyRequest) -> dict[str, Any]:
         "reference": "onnxruntime",
         "inputs": origin,
         "samples": len(samples),
+        "floor_probe": floor.error or ("measured" if floor.measured else "not needed"),
         "passed": all(r["passed"] for r in results),
         "results": results,
     }
@@ -364,6 +383,8 @@ def raise_for_report(report: dict[str, Any]) -> None:
             msg += f"; first divergence at {loc['node']} ({loc['op_type']}), output '{loc['tensor']}'"
             if loc.get("span"):
                 msg += " (fused in the artifact: " + " -> ".join(loc["span"]) + ")"
+        elif first.get("advice"):
+            msg += f"; {first['advice']}"
         raise VerificationError(msg, report)
     if code == 2:
         err: MconvError = InputError(f"{first['error']}{more}")
@@ -462,13 +483,25 @@ def locate(
             f"{artifact.main}: no intermediate tensor of the artifact carries a name from the source "
             "graph, so --locate cannot match layers"
         )
-    refs, _ = reference_outputs(_with_outputs(src, shared), samples)
+    probe_model = _with_outputs(src, shared)
+    refs, _ = reference_outputs(probe_model, samples)
+    floors: list[Feeds] | None = None
+    if tol.floor_k and tol.rtol is not None:
+        from mconv.noise import probe_outputs
+
+        # Each tensor gets its own rounding floor, as the outputs do: otherwise a noisy
+        # model's first tensor above 1e-4 would be named, not the first real divergence.
+        floors = probe_outputs(probe_model, samples)
     graph_inputs = {i.name for i in src.graph.input}
     metrics: dict[str, Any] = {}
     compared: list[dict[str, Any]] = []
     first = None
     for name in shared:
-        m = _compare_tensor(name, [r[name] for r in refs], [g[name] for g in got], tol)
+        floor = None
+        if floors is not None:
+            fm = _compare_tensor(name, [r[name] for r in refs], [f[name] for f in floors], Tolerance())
+            floor = fm.rel if fm is not None and not fm.reason and math.isfinite(fm.rel) else None
+        m = _compare_tensor(name, [r[name] for r in refs], [g[name] for g in got], tol, floor)
         if m is None:
             continue
         metrics[name] = m
@@ -479,6 +512,7 @@ def locate(
             "op_type": node.op_type,
             "passed": m.passed,
             "rel": m.rel,
+            "floor": m.floor,
             "cosine": m.cosine,
         }
         compared.append(entry)
@@ -539,7 +573,9 @@ def _uncompared_ancestors(node, metrics, producer) -> list[tuple[int, onnx.NodeP
     return sorted(found.items())
 
 
-def _compare_tensor(name: str, refs: list[np.ndarray], gots: list[np.ndarray], tol: Tolerance):
+def _compare_tensor(
+    name: str, refs: list[np.ndarray], gots: list[np.ndarray], tol: Tolerance, floor: float | None = None
+):
     """Metrics over all samples, or None when the artifact keeps the tensor in another layout."""
     r = [np.asarray(x) for x in refs]
     g = [np.asarray(x) for x in gots]
@@ -551,7 +587,7 @@ def _compare_tensor(name: str, refs: list[np.ndarray], gots: list[np.ndarray], t
     got = np.concatenate([b.reshape(-1) for b in g])
     m = compare_arrays(name, ref, got)
     m.shape = list(r[0].shape)
-    return apply_tolerance(m, tol)
+    return apply_tolerance(m, tol, floor)
 
 
 def _brief(m, node_input: str | None = None) -> dict[str, Any]:

@@ -21,7 +21,8 @@ the pipeline around them:
 ``BuildOptions.extra`` keys read here: ``input_shapes`` (name -> tuple), ``batch``
 (int), ``int8_preset`` (performance|mixed, default performance), ``ignore`` (list of
 node names or op types), ``calib_count_requested`` (int, for the "fewer samples than
-asked" warning), ``int8_model_type`` ("transformer" passes NNCF's transformer mode).
+asked" warning), ``int8_model_type`` ("transformer": NNCF's transformer mode,
+"default": NNCF's default; unset: transformer mode when the graph has attention).
 
 Warnings: :func:`int8_warnings` (also returned by ``preflight``) and, after writing,
 ``artifact.meta["warnings"]`` hold the same lines; print one of them, not both.
@@ -114,8 +115,8 @@ def check_options(options: BuildOptions) -> None:
     if preset not in INT8_PRESETS:
         raise UsageError(f"--int8-preset '{preset}': choose one of {', '.join(INT8_PRESETS)}")
     model_type = extra.get("int8_model_type")
-    if model_type not in (None, "transformer"):
-        raise UsageError(f"int8_model_type '{model_type}': only 'transformer' is known")
+    if model_type not in (None, "transformer", "default"):
+        raise UsageError(f"int8_model_type '{model_type}': choose 'transformer' or 'default' (unset: by the graph)")
     batch = extra.get("batch")
     if batch is not None and int(batch) < 1:
         raise UsageError(f"--batch {batch}: the batch size must be >= 1")
@@ -305,13 +306,35 @@ def resolve_ignored(
     return {k: list(dict.fromkeys(v)) for k, v in scope.items()}
 
 
+def int8_model_type(model: onnx.ModelProto, options: BuildOptions) -> str:
+    """``"transformer"`` or ``"default"``: as ``int8_model_type`` says, else by the graph.
+
+    A graph with attention (MatMul -> Softmax -> MatMul, or a fused attention op) gets
+    NNCF's transformer mode: SmoothQuant moves activation outliers into the weights,
+    and Softmax, LayerNorm and the attention MatMuls' inputs are quantized the way
+    transformers tolerate. On ViT-B/16, Swin-T and BERT with NNCF's defaults, INT8
+    cosine to FP32 drops below 0.99 (``bench/openvino.py --zoo``).
+    """
+    chosen = options.extra.get("int8_model_type")
+    if chosen:
+        return chosen
+    from mconv.graphinfo import attention_blocks
+
+    return "transformer" if attention_blocks(model) else "default"
+
+
+def int8_preset(model_type: str, options: BuildOptions) -> str:
+    """The preset asked for, else ``mixed`` for transformers (NNCF's own choice for
+    them: asymmetric activations after GELU/Softmax) and ``performance`` otherwise."""
+    return options.extra.get("int8_preset") or ("mixed" if model_type == "transformer" else "performance")
+
+
 def quantize_int8(ov_model: Any, model: onnx.ModelProto, options: BuildOptions) -> Any:
     """``nncf.quantize`` on the OpenVINO model with the calibration samples."""
     nncf = _import_nncf()
-    preset = {
-        "performance": nncf.QuantizationPreset.PERFORMANCE,
-        "mixed": nncf.QuantizationPreset.MIXED,
-    }[options.extra.get("int8_preset") or "performance"]
+    model_type = int8_model_type(model, options)
+    presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
+    preset = presets[int8_preset(model_type, options)]
     scope = resolve_ignored(list(options.extra.get("ignore") or ()), model, ov_model)
     ignored = nncf.IgnoredScope(**scope, validate=False) if any(scope.values()) else None
     port_shapes = {}
@@ -319,7 +342,6 @@ def quantize_int8(ov_model: Any, model: onnx.ModelProto, options: BuildOptions) 
         for n in port.get_names():
             port_shapes[n] = port.get_partial_shape()
     samples = [_fit_sample(s, port_shapes) for s in options.calib or []]
-    model_type = options.extra.get("int8_model_type")
     kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if model_type == "transformer" else {}
     try:
         # NNCF draws progress bars on stdout; stdout belongs to the CLI's report.
@@ -531,9 +553,11 @@ class OpenVinoTarget(Target):
         meta: dict[str, Any] = {}
         if options.precision == "int8":
             ov_model = quantize_int8(ov_model, model, options)
+            model_type = int8_model_type(model, options)
             meta["int8"] = {
                 "calib_samples": len(options.calib or []),
-                "preset": options.extra.get("int8_preset") or "performance",
+                "model_type": model_type,
+                "preset": int8_preset(model_type, options),
                 "ignore": list(options.extra.get("ignore") or []),
             }
         onnx_outputs = [o.name for o in model.graph.output]

@@ -171,3 +171,106 @@ def write_big_model(path: str, gib: float, width: int = 16384, seed: int = 0) ->
     weight_bytes = sum(tensor_nbytes(t) for t in m.graph.initializer)
     save_onnx(m, path, external=True, keep=False)
     return weight_bytes
+
+
+def noisy_head_cnn(depth: int = 6, channels: int = 16, size: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """A CNN whose output is ill-conditioned: float noise alone moves it by more than 1e-4.
+
+    ``depth`` Conv + HardSwish layers, then two 1x1 heads whose weights differ by 0.1 %
+    and their difference (the cancellation a residual subtraction or a sharp
+    normalisation makes in real nets): a correct FP32 artifact differs from
+    onnxruntime by ~2e-4 of the output's largest magnitude, and so does onnxruntime
+    itself with its optimizations off.
+    """
+    rng = np.random.default_rng(seed)
+    inits, nodes, x, cin = [], [], "x", 3
+    for i in range(depth):
+        w = rng.standard_normal((channels, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))
+        inits += [
+            numpy_helper.from_array(w.astype(np.float32), f"conv{i}.weight"),
+            numpy_helper.from_array((rng.standard_normal(channels) * 0.1).astype(np.float32), f"conv{i}.bias"),
+        ]
+        nodes += [
+            helper.make_node("Conv", [x, f"conv{i}.weight", f"conv{i}.bias"], [f"c{i}"], name=f"conv{i}", pads=[1] * 4),
+            helper.make_node("HardSwish", [f"c{i}"], [f"a{i}"], name=f"act{i}"),
+        ]
+        x, cin = f"a{i}", channels
+    wa = rng.standard_normal((channels, channels, 1, 1)) * np.sqrt(1.0 / channels)
+    wb = wa * (1 + 1e-3 * rng.standard_normal(wa.shape))
+    inits += [
+        numpy_helper.from_array(wa.astype(np.float32), "head_a.weight"),
+        numpy_helper.from_array(wb.astype(np.float32), "head_b.weight"),
+    ]
+    nodes += [
+        helper.make_node("Conv", [x, "head_a.weight"], ["ya"], name="head_a"),
+        helper.make_node("Conv", [x, "head_b.weight"], ["yb"], name="head_b"),
+        helper.make_node("Sub", ["ya", "yb"], ["y"], name="diff"),
+    ]
+    return make_graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, size, size])],
+        inits,
+    )
+
+
+def topk_detector(candidates: int = 64, keep: int = 16, classes: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A DETR-style head: per-candidate class scores and boxes, TopK over the best class score.
+
+    ``x`` (1, 2, 4*8, 4*8): a stride-4 patch Conv makes ``candidates`` (8x8) feature
+    vectors; the class head reads only the features of input channel 0, the box head
+    only those of channel 1, so inputs whose channel-0 patches repeat give candidates
+    with (nearly) tied scores but different boxes. Output ``dets`` (1, keep, 4 + classes):
+    the kept candidates' boxes and scores, in score order.
+    """
+    assert candidates == 64
+    rng = np.random.default_rng(seed)
+    half = 8
+    w = np.zeros((2 * half, 2, 4, 4), np.float32)
+    w[:half, 0] = rng.standard_normal((half, 4, 4)) * 0.25
+    w[half:, 1] = rng.standard_normal((half, 4, 4)) * 0.25
+    wc = np.zeros((2 * half, classes), np.float32)
+    wc[:half] = rng.standard_normal((half, classes))
+    wb = np.zeros((2 * half, 4), np.float32)
+    wb[half:] = rng.standard_normal((half, 4))
+    inits = [
+        numpy_helper.from_array(w, "patch.weight"),
+        numpy_helper.from_array(wc, "cls.weight"),
+        numpy_helper.from_array(wb, "box.weight"),
+        numpy_helper.from_array(np.array([1, 2 * half, candidates], np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array([keep], np.int64), "k"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "patch.weight"], ["p"], name="patch", strides=[4, 4]),
+        helper.make_node("Reshape", ["p", "flat_shape"], ["pf"], name="flatten"),
+        helper.make_node("Transpose", ["pf"], ["feats"], name="tokens", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["feats", "cls.weight"], ["logits"], name="cls"),
+        helper.make_node("Sigmoid", ["logits"], ["scores"], name="cls_sigmoid"),
+        helper.make_node("MatMul", ["feats", "box.weight"], ["box_raw"], name="box"),
+        helper.make_node("Sigmoid", ["box_raw"], ["boxes"], name="box_sigmoid"),
+        helper.make_node("ReduceMax", ["scores"], ["best"], name="best", axes=[2], keepdims=0),
+        helper.make_node("TopK", ["best", "k"], ["top_v", "top_i"], name="topk", axis=1),
+        helper.make_node("Squeeze", ["top_i"], ["idx"], name="idx", axes=None),
+        helper.make_node("Gather", ["boxes", "idx"], ["kept_boxes"], name="gather_boxes", axis=1),
+        helper.make_node("Gather", ["scores", "idx"], ["kept_scores"], name="gather_scores", axis=1),
+        helper.make_node("Concat", ["kept_boxes", "kept_scores"], ["dets"], name="dets", axis=2),
+    ]
+    del nodes[9].attribute[:]  # Squeeze-13: the axes are an input; none -> drop every 1-dim
+    return make_graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 32, 32])],
+        [helper.make_tensor_value_info("dets", TensorProto.FLOAT, [1, keep, 4 + classes])],
+        inits,
+    )
+
+
+def tied_detector_inputs(seed: int = 0, jitter: float = 1e-6) -> dict[str, np.ndarray]:
+    """Inputs for :func:`topk_detector` whose channel 0 repeats one 4x4 patch per pair of
+    candidates (scores tied up to ``jitter``) while channel 1 is random (distinct boxes)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, 2, 32, 32)).astype(np.float32)
+    patches = rng.standard_normal((32, 4, 4)).astype(np.float32)
+    for c in range(64):
+        r, q = divmod(c, 8)
+        x[0, 0, 4 * r : 4 * r + 4, 4 * q : 4 * q + 4] = patches[c // 2] + jitter * rng.standard_normal((4, 4))
+    return {"x": x}

@@ -231,13 +231,16 @@ def test_all_real_targets_pass_with_metrics_per_output(cli, built):
     assert rep["passed"] is True and rep["samples"] == 2 and rep["inputs"] == "random (seed 0)"
     assert [x["target"] for x in rep["results"]] == ["onnx", "openvino", "ncnn"]
     for row in rep["results"]:
-        assert row["status"] == "passed" and row["tolerance"] == "rel<=0.0001"
+        assert row["status"] == "passed" and row["tolerance"] == "rel<=max(0.0001, 20x floor)"
         (out,) = row["outputs"]
         assert out["name"] == "logits" and out["shape"] == [1, 10]
         assert out["rel"] <= 1e-4 and out["max_abs"] <= 1e-4 * out["ref_max"]
         assert out["mean_abs"] <= out["max_abs"]
         assert out["cosine"] > 0.99999
         assert out["top1"] == 1.0 and out["top5"] == 1.0  # class scores: top-k agreement
+        # verify measures the rounding floor for every FP32 output, passing or not
+        assert 0 < out["floor"] < 1e-5 and out["ratio"] == pytest.approx(out["rel"] / out["floor"])
+        assert out["rule"] == "elementwise"
 
 
 def test_table_lists_every_artifact(cli, built):
@@ -245,7 +248,7 @@ def test_table_lists_every_artifact(cli, built):
     assert r.code == 0, r.err
     for col in ("max abs", "rel", "mean abs", "cosine", "top-1", "top-5"):
         assert col in r.out
-    assert "chain.onnx" in r.out and "chain.param" in r.out and r.out.count("ok (rel<=0.0001)") == 2
+    assert "chain.onnx" in r.out and "chain.param" in r.out and r.out.count("ok (rel<=max(0.0001, 20x floor))") == 2
 
 
 @pytest.mark.parametrize("target", ["onnx", "openvino", "ncnn"])
@@ -350,7 +353,7 @@ def test_missing_runtime_row_names_the_extra(cli, built, tmp_path, doubles):
     nort.write_text("")
     r = cli("verify", built["src"], nort, built["onnx"])
     assert_clean_error(r, 1, "m.nort (noruntime)", "pip install 'mconv[noruntime]'")
-    assert "no-runtime" in r.out and "ok (rel<=0.0001)" in r.out  # the ONNX artifact still ran
+    assert "no-runtime" in r.out and "ok (rel<=max(0.0001, 20x floor))" in r.out  # the ONNX artifact still ran
     r = cli("verify", built["src"], nort, built["onnx"], "--json")
     rows = r.json["report"]["results"]
     assert rows[0]["status"] == "no-runtime" and "pip install 'mconv[noruntime]'" in rows[0]["error"]

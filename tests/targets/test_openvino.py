@@ -316,7 +316,7 @@ def test_int8_ir_quantizes_and_stays_close(name, tmp_path):
     art = build(model, tmp_path, precision="int8", calib=calib, calib_count_requested=300)
     assert art.precision == "int8"
     assert layer_types(art.main).count("FakeQuantize") >= 5
-    assert art.meta["int8"] == {"calib_samples": 12, "preset": "performance", "ignore": []}
+    assert art.meta["int8"] == {"calib_samples": 12, "model_type": "default", "preset": "performance", "ignore": []}
     # Held-out samples, not the calibration ones.
     comp = check(model, art, image_feeds(model, 6, seed=99), "int8", min_centred_cos=0.95)
     out = comp.outputs[0]
@@ -365,6 +365,28 @@ def test_ignore_unknown_entry_is_usage_error(tmp_path):
     assert ei.value.exit_code == EXIT_USAGE
     assert "Conv" in str(ei.value)
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_int8_transformer_gets_nncf_transformer_mode_and_passes(tmp_path):
+    """A ViT-like graph (MatMul -> Softmax -> MatMul attention) is quantized in NNCF's
+    transformer mode without being asked, and its INT8 IR keeps cosine >= 0.99."""
+    from mconv.graphinfo import attention_blocks
+    from tests.torch_models import tiny_vit_onnx
+
+    model = tiny_vit_onnx(depth=6, dim=96)
+    assert attention_blocks(model) == 6
+    art = build(model, tmp_path, precision="int8", calib=image_feeds(model, 16, seed=10))
+    assert art.meta["int8"]["model_type"] == "transformer" and art.meta["int8"]["preset"] == "mixed"
+    # Held-out samples; the input-dependent part must agree too (NNCF's defaults give ~0.987 here).
+    check(model, art, image_feeds(model, 6, seed=99), "int8", min_centred_cos=0.99)
+
+
+def test_int8_model_type_can_be_forced(tmp_path):
+    from tests.torch_models import tiny_vit_onnx
+
+    model = tiny_vit_onnx(depth=1)
+    art = build(model, tmp_path, precision="int8", calib=image_feeds(model, 2, seed=1), int8_model_type="default")
+    assert art.meta["int8"]["model_type"] == "default" and art.meta["int8"]["preset"] == "performance"
 
 
 def test_int8_needs_calibration_and_known_preset(tmp_path):

@@ -164,3 +164,40 @@ def test_light_squeezenet_opset9_is_lifted_and_quantized():
     assert len(per_channel_weight_dq(q)) >= 10
     test = [{name: rng.uniform(0, 1, (1, 3, 224, 224)).astype(np.float32)} for _ in range(2)]
     assert min_cosine(model, q, test) >= 0.99
+
+
+def test_attention_scores_stay_float_and_a_masked_encoder_stays_close():
+    """In a graph with attention only MatMul/Gemm/Conv are quantized: the padding mask and
+    Softmax, the norms and GELU stay float (on BERT-base and ViT-B/16 this is what keeps
+    INT8 usable)."""
+    from tests.torch_models import tiny_bert_onnx
+
+    model = tiny_bert_onnx(depth=4, dim=96)
+    rng = np.random.default_rng(0)
+
+    def feeds(n: int) -> list[dict[str, np.ndarray]]:
+        out = []
+        for _ in range(n):
+            mask = np.ones((1, 16), np.int64)
+            mask[0, rng.integers(8, 16) :] = 0  # padded tokens
+            out.append({"input_ids": rng.integers(0, 100, (1, 16)).astype(np.int64), "attention_mask": mask})
+        return out
+
+    q = quantize_qdq(model, feeds(16))
+    producer = {o: n for n in q.graph.node for o in n.output}
+    softmaxes = [n for n in q.graph.node if n.op_type == "Softmax"]
+    assert len(softmaxes) == 4
+    for sm in softmaxes:
+        add = producer[sm.input[0]]  # scores + mask, straight into the Softmax
+        assert add.op_type == "Add"
+        assert all(getattr(producer.get(x), "op_type", None) != "DequantizeLinear" for x in add.input)
+    assert sum(n.op_type == "MatMul" and producer[n.input[0]].op_type == "DequantizeLinear" for n in q.graph.node)
+    consumers: dict[str, list[str]] = {}
+    for n in q.graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n.op_type)
+    # No Q/DQ in front of the norms, GELU's Erf, the mask or the Softmax.
+    for dq in (n for n in q.graph.node if n.op_type == "DequantizeLinear"):
+        floats = {"LayerNormalization", "Softmax", "Erf", "Where"}
+        assert not floats & set(consumers.get(dq.output[0], [])), consumers[dq.output[0]]
+    assert min_cosine(model, q, feeds(4)) >= 0.99
