@@ -11,7 +11,7 @@ not load or run) or *wrong* (runs, misses the tolerance). Prints the totals and 
 cases where one is right and the other is not; raw rows go to
 ``bench/results/conformance_vs_pnnx.json``.
 
-Usage: .venv-bench/bin/python bench/conformance_vs_pnnx.py [--only SUBSTRING] [--limit N]
+Usage: .venv-bench/bin/python bench/conformance_vs_pnnx.py [--only SUBSTRING] [--limit N] [--resume]
 """
 
 from __future__ import annotations
@@ -114,21 +114,31 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="keep the cases an interrupted full run finished")
     args = ap.parse_args()
     cases = float_cases(args.only)
     if args.limit:
         cases = cases[: args.limit]
+    full = not args.only and not args.limit
+    partial = RESULTS.with_suffix(".partial.json")
+    done = {r["case"]: r for r in json.loads(partial.read_text())} if full and args.resume and partial.is_file() else {}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, c in enumerate(cases):
+        if c.name in done:
+            rows.append(done[c.name])
+            continue
         with tempfile.TemporaryDirectory(prefix="conf-") as tmp:
             row = {"case": c.name, "ops": sorted({n.op_type for n in c.model.graph.node}),
                    "mconv": mconv_side(c, Path(tmp)), "pnnx": pnnx_side(c, Path(tmp))}  # fmt: skip
         rows.append(row)
-        if i % 50 == 0:
+        if i % 25 == 0:
             print(f"{i}/{len(cases)}", file=sys.stderr, flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if not args.only and not args.limit:
+            if full:  # an interrupted run continues with --resume
+                partial.write_text(json.dumps(rows, indent=0) + "\n")
+    if full:
         RESULTS.write_text(json.dumps(rows, indent=0) + "\n")
+        partial.unlink(missing_ok=True)
     print(f"{len(rows)} float cases (inputs after the first frozen as constants)")
     print(f"{'':<8}{'right':>8}{'refused':>9}{'wrong':>7}")
     for side in ("mconv", "pnnx"):
