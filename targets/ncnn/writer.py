@@ -163,7 +163,8 @@ def lower_model(
         missing = [x for x, t in zip(proto.input, node.inputs) if x and (t is None or x in failed)]
         fn = table.get(op)
         reason = None
-        if fn is None:
+        all_const = all(t is None or t.const is not None for t in node.inputs) and any(node.inputs)
+        if fn is None and not (all_const and not missing and proto.domain in ("", "ai.onnx")):
             reason = ""
         elif missing:
             reason = None  # an upstream failure already reported
@@ -171,20 +172,10 @@ def lower_model(
             t is not None and t.const is None and 0 in t.shape for t in node.inputs
         ):
             reason = "zero-size tensor (ncnn Mats cannot be empty)"
-        elif all(t is None or t.const is not None for t in node.inputs) and any(node.inputs):
+        elif all_const:
             # Inputs became constant during lowering (e.g. a Reshape of a
             # constant): evaluate instead of emitting layers.
-            from mconv.targets.ncnn.fold import _eval_node
-
-            try:
-                vals = _eval_node(proto, [t.const if t is not None else None for t in node.inputs],
-                                  prep.opset)  # fmt: skip
-                for o, v in zip(proto.output, vals):
-                    if o:
-                        ctx.bind_const(o, v)
-                        prep.shapes[o] = tuple(v.shape)
-            except Exception as e:
-                reason = f"constant evaluation failed: {e}"
+            reason = _fold_during_lowering(ctx, proto, node, prep)
         else:
             ctx.node = node
             try:
@@ -248,6 +239,34 @@ def lower_model(
         "dyn_batch_inputs": sorted(prep.dyn_batch),
     }
     return Lowered(ctx.g, meta, prep)
+
+
+def _fold_during_lowering(ctx: Ctx, proto: onnx.NodeProto, node: Node, prep: Prepared) -> str | None:
+    """Evaluate a node whose inputs are all constant; the reason it cannot be, or None.
+
+    A node whose output would exceed the fold limit is reported, never evaluated:
+    ncnn has no layer that makes such a tensor at run time either.
+    """
+    from mconv.limits import human
+    from mconv.targets.ncnn.fold import _eval_node, folded_nbytes
+
+    consts = {x: t.const for x, t in zip(proto.input, node.inputs) if x and t is not None}
+    size = folded_nbytes(proto, consts, prep.shapes, prep.dtypes)
+    if size is None or size > prep.fold_limit:
+        what = "of unbounded size" if size is None else f"of {human(size)}"
+        return (
+            f"constant output {what} above the fold limit {human(prep.fold_limit)}; "
+            "raise it with --fold-limit if the model really needs it"
+        )
+    try:
+        vals = _eval_node(proto, [t.const if t is not None else None for t in node.inputs], prep.opset)
+    except Exception as e:
+        return f"constant evaluation failed: {e}"
+    for o, v in zip(proto.output, vals):
+        if o:
+            ctx.bind_const(o, v)
+            prep.shapes[o] = tuple(v.shape)
+    return None
 
 
 def _open_consts(ctx: Ctx, proto: onnx.NodeProto, lazy: dict[str, LazyConst], mode: str) -> list[tuple]:
