@@ -45,6 +45,13 @@ _FLOAT_KINDS = ("f",)
 _INT_KINDS = ("i", "u")
 
 
+# ncnn's Net::forward_layer recurses once per layer along the path to the
+# extracted blob: a ReLU chain crashed the runtime (SIGSEGV) past 47,251 layers
+# on an 8 MiB stack (measured with the 1.0.20261020 wheel, bisected to +-400).
+# Refused above this, which leaves room for heavier layers' frames and the
+# caller's own stack.
+MAX_DEPTH = 32_768
+
 # In "dry" mode, initializers this large are lowered as zeros (never read).
 PLACEHOLDER_BYTES = 64 << 20
 # Ops whose rule stores constant input 1 (2-D) transposed (see _read_transposed).
@@ -227,6 +234,12 @@ def lower_model(
     if optimize_graph:
         renamed = optimize.run_all(ctx.g, keep_blobs=out_blobs | {i["blob"] for i in inputs_meta})
     ctx.g.insert_splits()
+    depth = ctx.g.depth()
+    if depth > MAX_DEPTH:
+        raise ConversionError(
+            f"the ncnn graph is {depth} layers deep; ncnn's runtime runs layers recursively and "
+            f"crashes on graphs this deep (mconv refuses above {MAX_DEPTH}): target openvino or onnx instead"
+        )
     blob_map = {}
     for onnx_name, blob in ctx.blob_map.items():
         blob_map[onnx_name] = renamed.get(blob, blob)
