@@ -30,6 +30,7 @@ def _child(func_path: str, kwargs: dict[str, Any], conn) -> None:
     try:
         mod, _, name = func_path.partition(":")
         fn = getattr(importlib.import_module(mod), name)
+        conn.send(("started", None))  # the timeout counts from here, not the interpreter's start
         with quiet(printed):  # runtimes' own log lines are not mconv's (--verbose shows them)
             result = fn(**kwargs)
         conn.send(("ok", result))
@@ -41,6 +42,9 @@ def _child(func_path: str, kwargs: dict[str, Any], conn) -> None:
         conn.close()
 
 
+STARTUP_SECONDS = 120.0
+
+
 def call_isolated(func_path: str, kwargs: dict[str, Any], *, timeout: float | None = None, what: str = "runner") -> Any:
     """Call ``module:function(**kwargs)`` in a spawned child and return its result."""
     ctx = mp.get_context("spawn")
@@ -49,7 +53,17 @@ def call_isolated(func_path: str, kwargs: dict[str, Any], *, timeout: float | No
     proc.start()
     child.close()
     try:
-        if not parent.poll(timeout):
+        # Starting an interpreter and importing mconv is not the runner's time: on a
+        # loaded machine it alone can take longer than a short --timeout.
+        started = parent.poll(STARTUP_SECONDS)
+        if started:
+            try:
+                status, payload = parent.recv()
+            except EOFError:
+                proc.join(10)
+                raise _signal_failure(what, proc.exitcode) from None
+            started = status == "started"
+        if not started or not parent.poll(timeout):
             proc.kill()
             proc.join(5)
             if proc.exitcode is not None and proc.exitcode < 0 and proc.exitcode != -signal.SIGKILL:
