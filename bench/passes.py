@@ -156,10 +156,10 @@ def real_graphs(zoo: str) -> list[tuple[str, str]]:
     import onnx
 
     light = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
-    out = [(n, os.path.join(zoo, n, "model.onnx")) for n in REAL_ZOO]
+    out = [(f"zoo:{n}", os.path.join(zoo, n, "model.onnx")) for n in REAL_ZOO]
     out = [(n, p) for n, p in out if os.path.exists(p)]
     out += [
-        (f.removeprefix("light_").removesuffix(".onnx"), os.path.join(light, f))
+        (f"light:{f.removeprefix('light_').removesuffix('.onnx')}", os.path.join(light, f))
         for f in sorted(os.listdir(light))
         if f.startswith("light_") and f.endswith(".onnx")
     ]

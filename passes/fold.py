@@ -15,6 +15,7 @@ the limit.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -101,7 +102,8 @@ def _cast(node, arrs):
 def _cos(node, arrs):
     value = attr(node, "value")
     v = numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
-    return [np.full([int(d) for d in arrs[0]], v.reshape(-1)[0], dtype=v.dtype)]
+    # A read-only view: the bytes are made once, when it becomes an initializer.
+    return [np.broadcast_to(v.reshape(-1)[:1].reshape(()), [int(d) for d in arrs[0]])]
 
 
 def _gather(node, arrs):
@@ -208,7 +210,7 @@ class FoldConstantsPass(Pass):
         graph_inputs = {i.name for i in g.input} - init_names
         shapes = static_shapes(model)
         lazy_inits = {t.name: t for t in g.initializer}
-        new_inits: list[onnx.TensorProto] = []
+        new_inits: list[str] = []
         keep: list[onnx.NodeProto] = []
         folded = 0
         failures: list[str] = []
@@ -299,7 +301,7 @@ class FoldConstantsPass(Pass):
                 if name:
                     arr = np.asarray(arr)
                     consts[name] = arr
-                    new_inits.append(numpy_helper.from_array(arr, name))
+                    new_inits.append(name)
             folded += 1
         notes = []
         if too_big:
@@ -315,11 +317,33 @@ class FoldConstantsPass(Pass):
         used = {i for n in keep for i in n.input} | {o.name for o in g.output}
         del g.node[:]
         g.node.extend(keep)
-        g.initializer.extend(t for t in new_inits if t.name in used)
+        for name in new_inits:
+            if name in used:
+                _add_initializer(g, name, consts[name])
         notes.insert(0, f"folded {folded} node(s)")
         if failures:
             notes.append(f"left {len(failures)} node(s) unfolded: " + ", ".join(failures[:5]))
         return PassResult(model, True, notes)
+
+
+_RAW_KINDS = "biuf"
+
+
+def _add_initializer(g: onnx.GraphProto, name: str, arr: np.ndarray) -> None:
+    """Append ``arr`` as an initializer, copying its bytes once (from_array then
+    ``extend`` copied them three times: 1.8 s of vgg19's 548 MB of folded weights)."""
+    if sys.byteorder == "little" and arr.dtype.kind in _RAW_KINDS and arr.dtype.itemsize in (1, 2, 4, 8):
+        try:
+            dtype = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
+        except Exception:
+            dtype = None
+        if dtype:
+            t = g.initializer.add()
+            t.name, t.data_type = name, dtype
+            t.dims.extend(int(d) for d in arr.shape)
+            t.raw_data = arr.tobytes()
+            return
+    g.initializer.append(numpy_helper.from_array(np.asarray(arr), name))
 
 
 def _size_text(size: int | None) -> str:
