@@ -342,11 +342,13 @@ def inspect(
     input: InputOpt = None,
     model: ModelOpt = None,
     trust_pickle: TrustOpt = False,
+    fold_limit: FoldLimitOpt = None,
     as_json: JsonOpt = False,
 ):
     """Inputs, outputs, opset, op histogram, parameters, and what each target cannot lower."""
     from mconv.pipeline import inspect_model
 
+    _set_fold_limit(fold_limit)
     report = inspect_model(model_path, target, _export_options(input, None, None, "auto", model, trust_pickle))
 
     def render(r):
