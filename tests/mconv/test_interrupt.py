@@ -108,6 +108,7 @@ def _slow_openvino_build(tmp_path, *extra: str) -> tuple[subprocess.Popen, objec
     return proc, out
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_slow_openvino_compile_ends_within_seconds(tmp_path):
     proc, out = _slow_openvino_build(tmp_path)
     # The IR is written, then the reference runs, then the verification compiles it.
@@ -142,6 +143,7 @@ def _state(pid: int) -> str:
         return "zombie"
 
 
+@pytest.mark.slow
 def test_a_runner_past_its_timeout_fails_the_build(tmp_path):
     proc, out = _slow_openvino_build(tmp_path, "--timeout", "8")
     t0 = time.monotonic()

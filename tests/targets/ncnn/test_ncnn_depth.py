@@ -7,6 +7,7 @@ past 47,251 layers on an 8 MiB stack (measured; see writer.MAX_DEPTH).
 from __future__ import annotations
 
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 
@@ -21,6 +22,7 @@ def relu_chain(n: int) -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
 
+@pytest.mark.slow
 def test_a_graph_deeper_than_ncnn_runs_is_refused_naming_its_depth(tmp_path, mconv_proc):
     src = tmp_path / "deep.onnx"
     onnx.save(relu_chain(33_000), str(src))
