@@ -15,8 +15,9 @@ than onnxsim alone at 50k nodes.
 DenseNet-121 from the bench zoo, see bench/zoo_models.py, and the nine light models
 that ship in the onnx wheel): ``mconv optimize IN -o OUT`` against a process that
 loads the model, calls ``onnxsim.simplify`` and saves the result (what the ``onnxsim``
-CLI does, without its report). Each is the best of ``--repeat`` fresh runs; outputs are
-checked against the source with onnxruntime on random inputs (max relative error).
+CLI does, without its report). Each is the best of ``--repeat`` fresh runs, the two
+interleaved; outputs are checked against the source with onnxruntime on random inputs
+(max relative error).
 Goal: mconv <= onnxsim on every row.
 """
 
@@ -175,8 +176,10 @@ def main_real(zoo: str, repeat: int, only: list[str] | None) -> int:
             if only and name not in only:
                 continue
             a, b = os.path.join(d, "mconv.onnx"), os.path.join(d, "onnxsim.onnx")
-            t_m = min(_wall([sys.executable, "-m", "mconv", "optimize", path, "-o", a]) for _ in range(repeat))
-            t_s = min(_wall([sys.executable, "-c", _ONNXSIM_ALONE, path, b]) for _ in range(repeat))
+            t_m = t_s = float("inf")
+            for _ in range(repeat):  # interleaved, so both see the same machine load
+                t_m = min(t_m, _wall([sys.executable, "-m", "mconv", "optimize", path, "-o", a]))
+                t_s = min(t_s, _wall([sys.executable, "-c", _ONNXSIM_ALONE, path, b]))
             nodes = len(onnx.load(path, load_external_data=False).graph.node)
             rows.append(
                 (
