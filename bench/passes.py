@@ -6,9 +6,19 @@ of the kind exporters emit for flatten/unflatten. Each measurement runs in a fre
 process, so peak RSS (ru_maxrss) belongs to that run alone.
 
     python bench/passes.py [--sizes 5000,20000,50000] [--skip-onnxsim]
+    python bench/passes.py --real [--zoo bench/.zoo] [--repeat 2]
 
 Goals: time grows no worse than linearly (50k/5k ratio <= 12), and the pipeline is faster
 than onnxsim alone at 50k nodes.
+
+``--real``: whole processes, as users run them, on real graphs (ViT-B/16, Swin-T and
+DenseNet-121 from the bench zoo, see bench/zoo_models.py, and the nine light models
+that ship in the onnx wheel): ``mconv optimize IN -o OUT`` against a process that
+loads the model, calls ``onnxsim.simplify`` and saves the result (what the ``onnxsim``
+CLI does, without its report). Each is the best of ``--repeat`` fresh runs, the two
+interleaved; outputs are checked against the source with onnxruntime on random inputs
+(max relative error).
+Goal: mconv <= onnxsim on every row.
 """
 
 from __future__ import annotations
@@ -110,12 +120,104 @@ def measure(kind: str, path: str) -> dict:
     return result
 
 
+REAL_ZOO = ("tv_vit_b_16", "tv_swin_t", "densenet121")
+_ONNXSIM_ALONE = """
+import sys, onnx, onnxsim
+m = onnx.load(sys.argv[1])
+out, ok = onnxsim.simplify(m)
+assert ok
+onnx.save(out, sys.argv[2])
+"""
+
+
+def _wall(cmd: list[str]) -> float:
+    import subprocess
+
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def _max_rel_error(src: str, out: str) -> float:
+    import onnx
+    import onnxruntime as ort
+
+    from mconv.data import random_feeds
+    from mconv.graphinfo import graph_inputs
+
+    feeds = random_feeds(graph_inputs(onnx.load(src, load_external_data=False)), seed=0, count=1)[0]
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    a = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    b = ort.InferenceSession(out, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    return max(float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-12)) for x, y in zip(a, b))
+
+
+def real_graphs(zoo: str) -> list[tuple[str, str]]:
+    import onnx
+
+    light = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+    out = [(f"zoo:{n}", os.path.join(zoo, n, "model.onnx")) for n in REAL_ZOO]
+    out = [(n, p) for n, p in out if os.path.exists(p)]
+    out += [
+        (f"light:{f.removeprefix('light_').removesuffix('.onnx')}", os.path.join(light, f))
+        for f in sorted(os.listdir(light))
+        if f.startswith("light_") and f.endswith(".onnx")
+    ]
+    return out
+
+
+def main_real(zoo: str, repeat: int, only: list[str] | None) -> int:
+    import onnx
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for name, path in real_graphs(zoo):
+            if only and name not in only:
+                continue
+            a, b = os.path.join(d, "mconv.onnx"), os.path.join(d, "onnxsim.onnx")
+            t_m = t_s = float("inf")
+            for _ in range(repeat):  # interleaved, so both see the same machine load
+                t_m = min(t_m, _wall([sys.executable, "-m", "mconv", "optimize", path, "-o", a]))
+                t_s = min(t_s, _wall([sys.executable, "-c", _ONNXSIM_ALONE, path, b]))
+            nodes = len(onnx.load(path, load_external_data=False).graph.node)
+            rows.append(
+                (
+                    name,
+                    nodes,
+                    t_m,
+                    len(onnx.load(a).graph.node),
+                    _max_rel_error(path, a),
+                    t_s,
+                    len(onnx.load(b).graph.node),
+                )
+            )
+            print(f"measured {name}", file=sys.stderr)
+    hdr = (
+        f"{'model':>18} {'nodes':>6} | {'mconv s':>7} {'after':>6} {'max rel err':>11} | "
+        f"{'onnxsim s':>9} {'after':>6} | {'mconv/onnxsim':>13}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for name, nodes, t_m, n_m, err, t_s, n_s in rows:
+        print(f"{name:>18} {nodes:>6} | {t_m:>7.2f} {n_m:>6} {err:>11.1e} | {t_s:>9.2f} {n_s:>6} | {t_m / t_s:>13.2f}")
+    slower = [r[0] for r in rows if r[2] > r[5]]
+    print("\nmconv optimize <= onnxsim alone on every row" if not slower else f"\nSLOWER on: {', '.join(slower)}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="5000,20000,50000")
     ap.add_argument("--skip-onnxsim", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--real", action="store_true", help="whole processes on real graphs (see the docstring)")
+    ap.add_argument("--zoo", default=os.path.join(os.path.dirname(__file__), ".zoo"))
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--only", default=None, help="comma-separated model names (with --real)")
     args = ap.parse_args()
+    if args.real:
+        return main_real(args.zoo, args.repeat, args.only.split(",") if args.only else None)
     import onnx
 
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -2,7 +2,8 @@
 
 Errors from the library are ``MconvError`` subclasses; they are printed as one
 line on stderr with their exit code (0 ok, 1 conversion error, 2 usage or input
-error, 3 verification failed). ``--debug`` anywhere on the line shows tracebacks.
+error, 3 verification failed). ``--debug`` anywhere on the line shows tracebacks;
+``--verbose`` (or ``--debug``) lets third-party runtimes' own log lines through.
 """
 
 from __future__ import annotations
@@ -49,6 +50,26 @@ SizeOpt = Annotated[str | None, typer.Option("--size", help="Image size HxW, e.g
 PassesOpt = Annotated[
     str | None, typer.Option("--passes", help="Comma-separated pass names instead of the default pipeline.")
 ]
+FoldLimitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fold-limit",
+        help="Largest tensor constant folding may create, e.g. 512M or 4G "
+        "(default max(1G, 2 x the model's weights); env MCONV_FOLD_LIMIT).",
+    ),
+]
+
+
+def _set_fold_limit(text: str | None) -> None:
+    """Validate --fold-limit and hand it to every stage (and child process) via the environment."""
+    import os
+
+    from mconv.limits import FOLD_ENV, parse_size
+
+    if text is not None:
+        os.environ[FOLD_ENV] = str(parse_size(text, "--fold-limit"))
+    elif os.environ.get(FOLD_ENV):
+        parse_size(os.environ[FOLD_ENV], f"{FOLD_ENV} (or --fold-limit)")
 
 
 def _export_options(inputs, dynamic, opset, exporter, model, trust_pickle):
@@ -182,11 +203,14 @@ def optimize(
     model_path: Annotated[Path, typer.Argument(metavar="IN.onnx")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Output .onnx path.")] = None,
     passes: PassesOpt = None,
+    fold_limit: FoldLimitOpt = None,
     as_json: JsonOpt = False,
 ):
     """Run the ONNX pass pipeline (shape inference, folding, simplification, fusions)."""
     from mconv.passes import parse_pass_list
     from mconv.pipeline import optimize_model
+
+    _set_fold_limit(fold_limit)
 
     report = optimize_model(model_path, output, parse_pass_list(passes))
 
@@ -247,6 +271,15 @@ def build(
     atol: Annotated[float | None, typer.Option("--atol", help="Absolute tolerance added to --rtol.")] = None,
     min_cos: Annotated[float | None, typer.Option("--min-cos", help="Minimum cosine similarity.")] = None,
     keep_failed: Annotated[bool, typer.Option("--keep-failed", help="Keep artifacts that fail verification.")] = False,
+    fold_limit: FoldLimitOpt = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            help="Seconds the verification runners may take before the build fails (exit 1); "
+            "default 120 + 60 per GiB of weights + 0.02 per node.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ):
     """Build a target artifact from ONNX or PyTorch, then verify it against onnxruntime."""
@@ -262,6 +295,9 @@ def build(
         raise UsageError("--calib-count must be >= 1")
     if batch is not None and batch <= 0:
         raise UsageError("--batch must be >= 1")
+    if timeout is not None and timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    _set_fold_limit(fold_limit)
     image = _image_options(mean, std, size)
     extra: dict[str, Any] = {
         "calib_method": calib_method,
@@ -286,6 +322,7 @@ def build(
             inputs=inputs_data,
             tolerance=_tolerance(rtol, atol, min_cos),
             keep_failed=keep_failed,
+            timeout=timeout,
         ),
         batch=batch,
         extra=extra,
@@ -308,11 +345,13 @@ def inspect(
     input: InputOpt = None,
     model: ModelOpt = None,
     trust_pickle: TrustOpt = False,
+    fold_limit: FoldLimitOpt = None,
     as_json: JsonOpt = False,
 ):
     """Inputs, outputs, opset, op histogram, parameters, and what each target cannot lower."""
     from mconv.pipeline import inspect_model
 
+    _set_fold_limit(fold_limit)
     report = inspect_model(model_path, target, _export_options(input, None, None, "auto", model, trust_pickle))
 
     def render(r):
@@ -413,6 +452,15 @@ from mconv import cli_run, cli_verify  # noqa: E402, F401
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: run the app, map errors to exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args or "--verbose" in args:
+        # Third-party logs (onnxruntime, onnxsim, OpenVINO, ...) reach stderr only then.
+        import os
+
+        from mconv.quiet import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
+    if "--verbose" in args:
+        args = [a for a in args if a != "--verbose"]
     if "--debug" in args:
         args = [a for a in args if a != "--debug"]
         _state["debug"] = True

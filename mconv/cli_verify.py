@@ -27,7 +27,12 @@ ArtifactsArg = Annotated[
     list[Path], typer.Argument(metavar="ARTIFACT...", help=".onnx, OpenVINO .xml, ncnn .param, TensorRT .engine.")
 ]
 TimeoutOpt = Annotated[
-    float | None, typer.Option("--timeout", help="Seconds before a runner that hangs is killed (per artifact).")
+    float | None,
+    typer.Option(
+        "--timeout",
+        help="Seconds before a runner that hangs is killed (per artifact; default 120 + 60 per GiB "
+        "of weights + 0.02 per node).",
+    ),
 ]
 
 
@@ -73,7 +78,7 @@ def verify(
     locate: Annotated[
         bool, typer.Option("--locate", help="For a failing artifact, find the first layer that diverges.")
     ] = False,
-    timeout: TimeoutOpt = 600.0,
+    timeout: TimeoutOpt = None,
     input: InputOpt = None,
     model: ModelOpt = None,
     trust_pickle: TrustOpt = False,

@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -44,22 +43,58 @@ def cleanup_temporaries() -> None:
                 os.unlink(p)
 
 
+_ending = threading.Lock()
+
+
+def _terminate(signum: int) -> None:
+    """Kill runner children, remove temporaries, exit 128 + ``signum`` (once)."""
+    if not _ending.acquire(blocking=False):
+        return  # the other path is already ending the process
+    import multiprocessing
+
+    for child in multiprocessing.active_children():  # runners in child processes
+        with contextlib.suppress(Exception):
+            child.kill()
+    cleanup_temporaries()
+    with contextlib.suppress(Exception):
+        os.write(2, f"mconv: interrupted by {signal.Signals(signum).name}; partial files removed\n".encode())
+    os._exit(128 + signum)
+
+
 def install_signal_cleanup() -> None:
-    """On SIGINT/SIGTERM remove temporaries, then exit 130/143."""
+    """On SIGINT/SIGTERM remove temporaries, then exit 130/143, within seconds.
+
+    Python runs signal handlers in the main thread between bytecodes, so a handler
+    alone waits for whatever native call the main thread is in (OpenVINO compiling a
+    deep graph ran on for minutes). The C-level handler also writes the signal number
+    to a wakeup pipe, which a watcher thread reads: it ends the process from there as
+    soon as the native call lets go of the GIL (runtimes' long calls do).
+    """
 
     def handler(signum: int, _frame: object) -> None:
-        import multiprocessing
-
-        for child in multiprocessing.active_children():  # runners in child processes
-            child.kill()
-        cleanup_temporaries()
-        sys.stderr.write(f"mconv: interrupted by {signal.Signals(signum).name}; partial files removed\n")
-        sys.stderr.flush()
-        os._exit(128 + signum)
+        _terminate(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not in the main thread
             signal.signal(sig, handler)
+    try:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except (ValueError, OSError):  # not in the main thread
+        return
+
+    def watch() -> None:
+        while True:
+            try:
+                data = os.read(r, 64)
+            except OSError:
+                return
+            for signum in data:
+                if signum in (signal.SIGINT, signal.SIGTERM):
+                    _terminate(signum)
+
+    threading.Thread(target=watch, name="mconv-signals", daemon=True).start()
 
 
 def _umask() -> int:

@@ -21,16 +21,28 @@ class IsolatedFailure(MconvError):
 
 
 def _child(func_path: str, kwargs: dict[str, Any], conn) -> None:
+    from mconv.quiet import quiet
+
+    # The parent's SIGINT handler would run here too (same process group): the parent
+    # decides, and kills this child.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    printed: list[str] = []
     try:
         mod, _, name = func_path.partition(":")
         fn = getattr(importlib.import_module(mod), name)
-        conn.send(("ok", fn(**kwargs)))
+        conn.send(("started", None))  # the timeout counts from here, not the interpreter's start
+        with quiet(printed):  # runtimes' own log lines are not mconv's (--verbose shows them)
+            result = fn(**kwargs)
+        conn.send(("ok", result))
     except MconvError as e:
         conn.send(("mconv", (type(e).__name__, e.message, e.exit_code)))
     except BaseException as e:  # report, never hang the parent
-        conn.send(("error", (f"{type(e).__name__}: {e}", traceback.format_exc())))
+        conn.send(("error", (f"{type(e).__name__}: {e}", traceback.format_exc() + "".join(printed))))
     finally:
         conn.close()
+
+
+STARTUP_SECONDS = 120.0
 
 
 def call_isolated(func_path: str, kwargs: dict[str, Any], *, timeout: float | None = None, what: str = "runner") -> Any:
@@ -41,12 +53,25 @@ def call_isolated(func_path: str, kwargs: dict[str, Any], *, timeout: float | No
     proc.start()
     child.close()
     try:
-        if not parent.poll(timeout):
+        # Starting an interpreter and importing mconv is not the runner's time: on a
+        # loaded machine it alone can take longer than a short --timeout.
+        started = parent.poll(STARTUP_SECONDS)
+        if started:
+            try:
+                status, payload = parent.recv()
+            except EOFError:
+                proc.join(10)
+                raise _signal_failure(what, proc.exitcode) from None
+            started = status == "started"
+        if not started or not parent.poll(timeout):
             proc.kill()
             proc.join(5)
             if proc.exitcode is not None and proc.exitcode < 0 and proc.exitcode != -signal.SIGKILL:
                 raise _signal_failure(what, proc.exitcode)
-            raise IsolatedFailure(f"{what} timed out after {timeout:g} s", kind="timeout")
+            raise IsolatedFailure(
+                f"{what} timed out after {timeout:g} s and was stopped; give it longer with --timeout SECONDS",
+                kind="timeout",
+            )
         try:
             status, payload = parent.recv()
         except EOFError:

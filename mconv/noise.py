@@ -68,8 +68,11 @@ def probe_outputs(model: onnx.ModelProto | str, samples: list[Feeds]) -> list[Fe
     return outs
 
 
-def probe_outputs_isolated(path: str, samples: list[Feeds], *, timeout: float | None = None) -> list[Feeds]:
-    """:func:`probe_outputs` on a file, in a child process (big models: weights held once here)."""
+def probe_outputs_isolated(
+    path: str | onnx.ModelProto, samples: list[Feeds], *, timeout: float | None = None
+) -> list[Feeds]:
+    """:func:`probe_outputs` in a child process, on a file (big models: weights held once
+    here) or on a ModelProto (sent serialized)."""
     from mconv.isolate import call_isolated
 
     return call_isolated(

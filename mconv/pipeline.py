@@ -44,7 +44,8 @@ class VerifyOptions:
     tolerance: Tolerance | None = None  # None: by precision
     samples: int = VERIFY_SAMPLES
     keep_failed: bool = False
-    timeout: float | None = 600.0
+    # Seconds a runner child may take; None: mconv.limits.runner_timeout of the model.
+    timeout: float | None = None
 
 
 def source_kind(path: Path) -> str:
@@ -246,8 +247,9 @@ class BuildRequest:
 
 def build_model(req: BuildRequest) -> dict[str, Any]:
     """Source -> ONNX -> passes -> target writer -> verification against onnxruntime."""
+    from mconv.limits import runner_timeout
     from mconv.passes import optimize
-    from mconv.runner import reference_outputs
+    from mconv.runner import reference_outputs_isolated
     from mconv.targets import get_target
     from mconv.targets.base import BuildOptions
     from mconv.verify import check_artifact
@@ -276,13 +278,14 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
         samples = verification_samples(source, req.verify, calib, shapes, req.image)
         selection = selected_outputs(source)
     big = model_nbytes(source) >= BIG_MODEL_BYTES
+    timeout = runner_timeout(source, req.verify.timeout)
     if samples is not None:
-        floor = _floor(source, samples, req, info, shapes, big)
+        floor = _floor(source, samples, req, info, shapes, big, timeout)
     if big:
         # Never hold the weights twice: take the reference now, in a child process reading
         # the file, then let the passes work on the loaded model in place.
         if samples is not None:
-            refs, names = _reference_from_file(source, samples, req, info, shapes)
+            refs, names = _reference_from_file(source, samples, req, info, shapes, timeout)
         model = source
     else:
         model = onnx.ModelProto()
@@ -324,18 +327,12 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
         comp = None
         if samples is not None:
             if refs is None:
-                refs, names = reference_outputs(source, samples)
+                # In a child like every runner: a slow or crashing native call there
+                # cannot keep this process from timing out or answering SIGTERM.
+                refs, names = reference_outputs_isolated(source, samples, timeout=timeout)
             tol = req.verify.tolerance or target.default_tolerance(req.precision)
             comp = check_artifact(
-                artifact,
-                samples,
-                refs,
-                names,
-                tol,
-                timeout=req.verify.timeout,
-                isolate=True if big else None,
-                selection=selection,
-                floor=floor,
+                artifact, samples, refs, names, tol, timeout=timeout, isolate=True, selection=selection, floor=floor
             )
             report["verification"] = {
                 "reference": "onnxruntime",
@@ -368,35 +365,39 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
     return _json_safe(report)
 
 
-def _floor(source: onnx.ModelProto, samples: list, req: BuildRequest, info: dict, shapes: dict, big: bool):
-    """The source's rounding floor on ``samples``, measured only if an FP32 output needs it.
+def _floor(
+    source: onnx.ModelProto, samples: list, req: BuildRequest, info: dict, shapes: dict, big: bool, timeout: float
+):
+    """The source's rounding floor on ``samples``, measured only if an FP32 output needs it,
+    in a child process like every runner (a ModelProto is sent serialized).
 
-    Big models are probed in a child process reading the source file, so only an
-    unchanged ONNX source (no --input shapes, no --batch) gets one; the others keep
-    the fixed bound.
+    Big models are probed from the source file, so only an unchanged ONNX source (no
+    --input shapes, no --batch) gets one; the others keep the fixed bound.
     """
-    from mconv.noise import RoundingFloor, probe_outputs_isolated, rounding_floor
+    from mconv.noise import RoundingFloor, probe_outputs_isolated
 
     if not big:
-        return rounding_floor(source, samples)
+        return RoundingFloor(lambda: probe_outputs_isolated(source, samples, timeout=timeout))
     if info["kind"] == "onnx" and not shapes and req.batch is None:
         path = str(req.path)
-        return RoundingFloor(lambda: probe_outputs_isolated(path, samples, timeout=req.verify.timeout))
+        return RoundingFloor(lambda: probe_outputs_isolated(path, samples, timeout=timeout))
     return None
 
 
-def _reference_from_file(source: onnx.ModelProto, samples: list, req: BuildRequest, info: dict, shapes: dict) -> tuple:
+def _reference_from_file(
+    source: onnx.ModelProto, samples: list, req: BuildRequest, info: dict, shapes: dict, timeout: float
+) -> tuple:
     """Reference outputs for a big model, computed by a child process from a file."""
     import tempfile
 
     from mconv.runner import reference_outputs_isolated
 
     if info["kind"] == "onnx" and not shapes and req.batch is None:
-        return reference_outputs_isolated(str(req.path), samples, timeout=req.verify.timeout)
+        return reference_outputs_isolated(str(req.path), samples, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="mconv-ref-") as d:
         path = f"{d}/source.onnx"
         save_onnx(source, path, external=True)
-        return reference_outputs_isolated(path, samples, timeout=req.verify.timeout)
+        return reference_outputs_isolated(path, samples, timeout=timeout)
 
 
 def inspect_model(path: Path, target: str | None, opts: ExportOptions) -> dict[str, Any]:

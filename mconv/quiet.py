@@ -1,4 +1,10 @@
-"""Silence native libraries that print to file descriptors 1 and 2 directly."""
+"""Silence native libraries that print to file descriptors 1 and 2 directly.
+
+stderr carries only mconv's own lines: onnxruntime, onnxsim, onnxslim, NNCF,
+OpenVINO and ncnn print through C++ loggers, ``printf`` and Python logging, so
+their calls run inside :func:`quiet`. ``--verbose``/``--debug`` set
+``MCONV_VERBOSE=1`` (inherited by runner child processes), which lets it all through.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,24 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 
+VERBOSE_ENV = "MCONV_VERBOSE"
+
+
+def verbose() -> bool:
+    """Whether third-party output should reach the terminal (``--verbose``/``--debug``)."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
 
 @contextlib.contextmanager
 def quiet(capture: list[str] | None = None) -> Iterator[None]:
     """Redirect fd 1/2 (and Python's streams, warnings, logging) to a temporary file.
 
     What was printed is appended to ``capture`` when given (for --debug output).
+    Does nothing when :func:`verbose` is on.
     """
+    if verbose():
+        yield
+        return
     sys.stdout.flush()
     sys.stderr.flush()
     saved = []

@@ -72,12 +72,13 @@ def reference_outputs(
 
 
 def reference_outputs_isolated(
-    path: str, samples: list[Feeds], *, timeout: float | None = None
+    model: str | onnx.ModelProto, samples: list[Feeds], *, timeout: float | None = None
 ) -> tuple[list[Feeds], list[str]]:
-    """:func:`reference_outputs` on a file, in a child process: for models whose weights
-    should not be held twice by this process (onnxruntime keeps its own copy)."""
+    """:func:`reference_outputs` in a child process, on a file (for models whose weights
+    should not be held twice by this process: onnxruntime keeps its own copy) or on a
+    ModelProto (sent to the child serialized)."""
     return call_isolated(
-        "mconv.runner:reference_outputs", {"model": path, "samples": samples}, timeout=timeout, what="onnxruntime"
+        "mconv.runner:reference_outputs", {"model": model, "samples": samples}, timeout=timeout, what="onnxruntime"
     )
 
 
@@ -135,10 +136,15 @@ def run_artifact(
     timeout: float | None = None,
     threads: int | None = None,
 ) -> list[Feeds]:
-    """Run ``samples`` through ``artifact``; in a child process when its target can crash natively."""
-    target = get_target(artifact.target)
+    """Run ``samples`` through ``artifact``, in a child process unless ``isolate=False``.
+
+    Every runtime runs in a child, not only those that can crash natively: a native
+    call (OpenVINO's compile_model on a deep graph, onnxruntime's session) cannot be
+    interrupted in this process, so the timeout and SIGINT/SIGTERM could not act on it.
+    """
+    get_target(artifact.target)  # an unknown target is a usage error here, not in the child
     if isolate is None:
-        isolate = target.isolate
+        isolate = True
     if not isolate:
         return infer_all(artifact.target, artifact.to_json(), samples, threads)
     return call_isolated(

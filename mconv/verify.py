@@ -22,7 +22,7 @@ import math
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +211,7 @@ class VerifyRequest:
     inputs: str | None = None  # --inputs: data for the shared loader
     samples: int = DEFAULT_SAMPLES
     tolerance: Tolerance | None = None  # None: by the artifact's precision
-    timeout: float | None = 600.0
+    timeout: float | None = None  # None: mconv.limits.runner_timeout of the source
     locate: bool = False
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     image: ImageOptions | None = None
@@ -325,10 +325,11 @@ def verify(req: VerifyRequest) -> dict[str, Any]:
     become that artifact's row, and the others still run. :func:`raise_for_report`
     turns the report into the exit status.
     """
+    from mconv.limits import runner_timeout
     from mconv.modelio import model_nbytes
-    from mconv.noise import rounding_floor
+    from mconv.noise import RoundingFloor, probe_outputs_isolated
     from mconv.pipeline import BIG_MODEL_BYTES, ExportOptions, load_model_any
-    from mconv.runner import reference_outputs
+    from mconv.runner import reference_outputs_isolated
     from mconv.selection import selected_outputs
 
     if not req.artifacts:
@@ -338,9 +339,14 @@ def verify(req: VerifyRequest) -> dict[str, Any]:
     artifacts = [recognise_artifact(p) for p in req.artifacts]
     model, info = load_model_any(Path(req.source), req.export or ExportOptions())
     samples, origin = _samples(model, req)
-    refs, names = reference_outputs(model, samples)
+    # Runner children get a timeout scaled to the model unless given; --timeout is per
+    # artifact, so the reference is not held to a shorter one than the scaled default.
+    scaled = runner_timeout(model)
+    req = replace(req, timeout=req.timeout or scaled)
+    ref_timeout = max(req.timeout, scaled)
+    refs, names = reference_outputs_isolated(model, samples, timeout=ref_timeout)
     selection = selected_outputs(model)
-    floor = rounding_floor(model, samples)
+    floor = RoundingFloor(lambda: probe_outputs_isolated(model, samples, timeout=ref_timeout))
     fp32 = req.tolerance is None and any(a.precision == "fp32" for a in artifacts)
     if fp32 and model_nbytes(model) < BIG_MODEL_BYTES:
         floor.probe()  # verify reports every FP32 output's floor, passing or not (big models: when needed)

@@ -7,7 +7,7 @@ import tempfile
 
 import onnx
 
-from mconv.modelio import tensor_nbytes
+from mconv.modelio import weightless
 from mconv.passes.base import Pass, PassResult
 
 # Initializers above this size are not needed for shape inference (only small
@@ -17,26 +17,7 @@ _SKELETON_BYTES = 4096
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose large initializers are declared as typed graph inputs."""
-    skel = onnx.ModelProto()
-    g = model.graph
-    skel.ir_version, skel.producer_name = model.ir_version, model.producer_name
-    skel.opset_import.extend(model.opset_import)
-    skel.functions.extend(model.functions)
-    sg = skel.graph
-    sg.name = g.name
-    sg.node.extend(g.node)
-    sg.output.extend(g.output)
-    declared = {i.name for i in g.input}
-    sg.input.extend(g.input)
-    for t in g.initializer:
-        if tensor_nbytes(t) > _SKELETON_BYTES or t.data_location == onnx.TensorProto.EXTERNAL:
-            if t.name not in declared:
-                sg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        else:
-            sg.initializer.append(t)
-    if skel.ir_version < 4:
-        skel.ir_version = 4
-    return skel
+    return weightless(model, _SKELETON_BYTES)
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

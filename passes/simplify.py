@@ -9,16 +9,74 @@ the folding, so the pass switches to them to keep the pipeline linear.
 
 from __future__ import annotations
 
-import contextlib
-import io
-
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from mconv.passes.base import Pass, PassResult
+from mconv.passes.graph import constant_node_value, static_shapes
+from mconv.passes.sizes import output_nbytes
+from mconv.quiet import quiet as _quiet
 
 
-def _quiet():
-    return contextlib.redirect_stdout(io.StringIO())
+def fold_bombs(model: onnx.ModelProto, limit: int) -> list[str]:
+    """Nodes that constant folding (onnxsim's, which runs them in onnxruntime) would
+    evaluate to more than ``limit`` bytes, or to a size nothing bounds, as "name (size)".
+
+    Constant-ness is followed through the graph as onnxsim does (initializers,
+    Constant nodes, Shape/Size of static tensors, nodes reading only constants);
+    sizes come from :func:`mconv.passes.sizes.output_nbytes`, falling back to the
+    inferred shapes where an input's value is not known without evaluating.
+    """
+    from mconv.limits import human
+
+    g = model.graph
+    shapes = static_shapes(model)
+    elem = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.input, *g.value_info, *g.output]}
+    inputs = {i.name for i in g.input}
+    small: dict[str, np.ndarray] = {}
+    const: set[str] = set()
+    for t in g.initializer:
+        if t.name in inputs:
+            continue
+        const.add(t.name)
+        shapes[t.name] = tuple(int(d) for d in t.dims)
+        elem[t.name] = t.data_type
+        if np.prod(t.dims, dtype=np.int64) <= 1 << 16:
+            small[t.name] = numpy_helper.to_array(t)
+
+    def itemsize(name: str) -> int:
+        try:
+            et = elem.get(name, 0)
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(et)).itemsize if et else 0
+        except Exception:
+            return 0
+
+    found: list[str] = []
+    for n in g.node:
+        if n.op_type == "Constant":
+            v = constant_node_value(n)
+            if v is not None and n.output:
+                const.add(n.output[0])
+                shapes[n.output[0]] = tuple(v.shape)
+                if v.size <= 1 << 16:
+                    small[n.output[0]] = v
+            continue
+        if n.op_type in ("Shape", "Size") and n.input and n.input[0] in shapes:
+            const.update(n.output)
+            continue
+        if not n.input or not all(not x or x in const for x in n.input):
+            continue
+        size = output_nbytes(n, shapes.get, small.get, itemsize, shapes.get)
+        if size is None:
+            outs = [shapes.get(o) for o in n.output if o]
+            if outs and all(s is not None for s in outs):
+                size = sum(int(np.prod(s, dtype=np.int64)) * (itemsize(o) or 8) for s, o in zip(outs, n.output))
+        if size is None or size > limit:
+            found.append(f"{n.name or n.op_type} ({'size unknown' if size is None else human(size)})")
+            continue
+        const.update(o for o in n.output if o)
+    return found
 
 
 def _strict_shapes(model: onnx.ModelProto) -> None:
@@ -47,6 +105,29 @@ def _unsound(source: onnx.ModelProto, result: onnx.ModelProto) -> str | None:
     return None
 
 
+def _import_onnxsim():
+    """``import onnxsim`` without importing torch.
+
+    onnxsim imports torch (3 s of its 5.5 s import on 2 cores) only for an optional
+    PPQ integration, inside ``try/except Exception``; a simplification needs none of
+    it. When this process has not imported torch, the import is refused for the
+    duration (``sys.modules["torch"] = None``) and allowed again afterwards.
+    """
+    import sys
+
+    if "onnxsim" in sys.modules or "torch" in sys.modules:
+        import onnxsim
+
+        return onnxsim
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        import onnxsim
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return onnxsim
+
+
 class SimplifyPass(Pass):
     """Run onnxsim (or onnxslim, or own folding) and keep the result only if it checks."""
 
@@ -62,12 +143,24 @@ class SimplifyPass(Pass):
             return self._fallback(model, "model over 2 GiB: onnxsim skipped")
         if self.max_nodes is not None and len(model.graph.node) > self.max_nodes:
             return self._fallback(model, f"over {self.max_nodes} nodes: onnxsim skipped")
+        from mconv.limits import fold_limit, human
+
+        limit = fold_limit(model)
+        bombs = fold_bombs(model, limit)
+        if bombs:
+            # onnxsim and onnxslim evaluate constant nodes before looking at their size.
+            return self._fallback(
+                model,
+                f"onnxsim/onnxslim skipped: {len(bombs)} node(s) would fold above the fold limit "
+                f"{human(limit)}: " + ", ".join(bombs[:3]),
+            )
         notes: list[str] = []
         try:
-            import onnxsim
-
+            onnxsim = _import_onnxsim()
             with _quiet():
-                simplified, ok = onnxsim.simplify(model, perform_optimization=True)
+                simplified, ok = onnxsim.simplify(
+                    model, perform_optimization=True, tensor_size_threshold=f"{max(1, limit >> 20)}MB"
+                )
             why = "could not validate its result" if not ok else _unsound(model, simplified)
             if why is None:
                 return PassResult(simplified, True, ["onnxsim"])

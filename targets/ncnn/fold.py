@@ -280,6 +280,9 @@ class Prepared:
         outputs: graph output names.
         dyn_batch: inputs whose leading dim was dynamic and fixed to 1.
         opset: the default-domain opset.
+        fold_limit: the largest tensor folding may create (bytes).
+        too_big: first output -> bytes (None: unbounded) of nodes left unfolded
+            because their output would exceed ``fold_limit``.
     """
 
     nodes: list[onnx.NodeProto]
@@ -290,6 +293,8 @@ class Prepared:
     outputs: list[str]
     dyn_batch: set[str] = field(default_factory=set)
     opset: int = 13
+    fold_limit: int = 1 << 30
+    too_big: dict[str, int | None] = field(default_factory=dict)
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
@@ -430,6 +435,10 @@ def prepare(
 
     shapes: dict[str, tuple[int, ...]] = dict(in_shapes)
     dtypes: dict[str, np.dtype] = {vi.name: _np_dtype(vi.type.tensor_type.elem_type) for vi in new_inputs}
+    from mconv.limits import fold_limit
+
+    limit = fold_limit(model)
+    too_big: dict[str, int | None] = {}
     for _ in range(8):
         inferred = _infer(model, new_inputs, consts, nodes)
         for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
@@ -441,6 +450,12 @@ def prepare(
         changed = False
         kept = []
         for node in nodes:
+            if node.op_type not in ("Shape", "Size", "Constant") and _all_const(node, consts):
+                size = folded_nbytes(node, consts, shapes, dtypes)
+                if size is None or size > limit:
+                    too_big[node.output[0]] = size
+                    kept.append(node)
+                    continue
             vals = _foldable(node, consts, shapes)
             if vals is None:
                 kept.append(node)
@@ -478,7 +493,39 @@ def prepare(
         outputs=[o.name for o in g.output],
         dyn_batch=dyn,
         opset=opset,
+        fold_limit=limit,
+        too_big=too_big,
     )
+
+
+def _all_const(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> bool:
+    return bool(node.input) and all(not x or x in consts for x in node.input)
+
+
+def folded_nbytes(
+    node: onnx.NodeProto,
+    consts: dict[str, np.ndarray],
+    shapes: dict[str, tuple[int, ...]],
+    dtypes: dict[str, np.dtype],
+) -> int | None:
+    """Bytes folding ``node`` would allocate, computed before evaluating it (None: unbounded)."""
+    from mconv.passes.sizes import output_nbytes
+
+    def shape(name: str) -> tuple[int, ...] | None:
+        v = consts.get(name)
+        return tuple(v.shape) if v is not None else shapes.get(name)
+
+    def small(name: str) -> np.ndarray | None:
+        v = consts.get(name)
+        return None if v is None or v.size > (1 << 16) else value_of(v)
+
+    def itemsize(name: str) -> int:
+        v = consts.get(name)
+        if v is not None:
+            return v.dtype.itemsize
+        return dtypes[name].itemsize if name in dtypes else 0
+
+    return output_nbytes(node, shape, small, itemsize, shapes.get)
 
 
 def _foldable(

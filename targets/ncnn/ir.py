@@ -95,6 +95,17 @@ class NcnnGraph:
     def unique_blob_name(self, base: str) -> str:
         return self._unique(self._blobs, sanitize(base, "blob"))
 
+    def depth(self) -> int:
+        """Layers on the longest path from an input (one pass over the execution order)."""
+        at: dict[str, int] = {}
+        deepest = 0
+        for layer in self.layers:
+            d = 1 + max((at.get(b, 0) for b in layer.inputs), default=0)
+            for b in layer.outputs:
+                at[b] = d
+            deepest = max(deepest, d)
+        return deepest
+
     def add(self, layer: Layer, shapes: list[tuple[int, ...]] | None = None) -> Layer:
         self.layers.append(layer)
         if shapes is not None:

@@ -42,8 +42,18 @@ class NcnnTarget(Target):
         out: dict[str, list[str]] = {}
         for i, n in enumerate(prep.nodes):
             key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
-            if key not in ops:
-                out.setdefault(key, []).append(n.name or f"{n.op_type}_{i}")
+            name = n.name or f"{n.op_type}_{i}"
+            if n.output and n.output[0] in prep.too_big:
+                from mconv.limits import human
+
+                size = prep.too_big[n.output[0]]
+                what = "of unbounded size" if size is None else f"of {human(size)}"
+                out.setdefault(key, []).append(
+                    f"{name} (constant output {what} above the fold limit {human(prep.fold_limit)}; "
+                    "raise it with --fold-limit if the model really needs it)"
+                )
+            elif key not in ops:
+                out.setdefault(key, []).append(name)
         return out
 
     def runtime_missing(self) -> str | None:

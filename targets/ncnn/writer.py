@@ -45,6 +45,13 @@ _FLOAT_KINDS = ("f",)
 _INT_KINDS = ("i", "u")
 
 
+# ncnn's Net::forward_layer recurses once per layer along the path to the
+# extracted blob: a ReLU chain crashed the runtime (SIGSEGV) past 47,251 layers
+# on an 8 MiB stack (measured with the 1.0.20261020 wheel, bisected to +-400).
+# Refused above this, which leaves room for heavier layers' frames and the
+# caller's own stack.
+MAX_DEPTH = 32_768
+
 # In "dry" mode, initializers this large are lowered as zeros (never read).
 PLACEHOLDER_BYTES = 64 << 20
 # Ops whose rule stores constant input 1 (2-D) transposed (see _read_transposed).
@@ -163,7 +170,8 @@ def lower_model(
         missing = [x for x, t in zip(proto.input, node.inputs) if x and (t is None or x in failed)]
         fn = table.get(op)
         reason = None
-        if fn is None:
+        all_const = all(t is None or t.const is not None for t in node.inputs) and any(node.inputs)
+        if fn is None and not (all_const and not missing and proto.domain in ("", "ai.onnx")):
             reason = ""
         elif missing:
             reason = None  # an upstream failure already reported
@@ -171,20 +179,10 @@ def lower_model(
             t is not None and t.const is None and 0 in t.shape for t in node.inputs
         ):
             reason = "zero-size tensor (ncnn Mats cannot be empty)"
-        elif all(t is None or t.const is not None for t in node.inputs) and any(node.inputs):
+        elif all_const:
             # Inputs became constant during lowering (e.g. a Reshape of a
             # constant): evaluate instead of emitting layers.
-            from mconv.targets.ncnn.fold import _eval_node
-
-            try:
-                vals = _eval_node(proto, [t.const if t is not None else None for t in node.inputs],
-                                  prep.opset)  # fmt: skip
-                for o, v in zip(proto.output, vals):
-                    if o:
-                        ctx.bind_const(o, v)
-                        prep.shapes[o] = tuple(v.shape)
-            except Exception as e:
-                reason = f"constant evaluation failed: {e}"
+            reason = _fold_during_lowering(ctx, proto, node, prep)
         else:
             ctx.node = node
             try:
@@ -236,6 +234,12 @@ def lower_model(
     if optimize_graph:
         renamed = optimize.run_all(ctx.g, keep_blobs=out_blobs | {i["blob"] for i in inputs_meta})
     ctx.g.insert_splits()
+    depth = ctx.g.depth()
+    if depth > MAX_DEPTH:
+        raise ConversionError(
+            f"the ncnn graph is {depth} layers deep; ncnn's runtime runs layers recursively and "
+            f"crashes on graphs this deep (mconv refuses above {MAX_DEPTH}): target openvino or onnx instead"
+        )
     blob_map = {}
     for onnx_name, blob in ctx.blob_map.items():
         blob_map[onnx_name] = renamed.get(blob, blob)
@@ -248,6 +252,34 @@ def lower_model(
         "dyn_batch_inputs": sorted(prep.dyn_batch),
     }
     return Lowered(ctx.g, meta, prep)
+
+
+def _fold_during_lowering(ctx: Ctx, proto: onnx.NodeProto, node: Node, prep: Prepared) -> str | None:
+    """Evaluate a node whose inputs are all constant; the reason it cannot be, or None.
+
+    A node whose output would exceed the fold limit is reported, never evaluated:
+    ncnn has no layer that makes such a tensor at run time either.
+    """
+    from mconv.limits import human
+    from mconv.targets.ncnn.fold import _eval_node, folded_nbytes
+
+    consts = {x: t.const for x, t in zip(proto.input, node.inputs) if x and t is not None}
+    size = folded_nbytes(proto, consts, prep.shapes, prep.dtypes)
+    if size is None or size > prep.fold_limit:
+        what = "of unbounded size" if size is None else f"of {human(size)}"
+        return (
+            f"constant output {what} above the fold limit {human(prep.fold_limit)}; "
+            "raise it with --fold-limit if the model really needs it"
+        )
+    try:
+        vals = _eval_node(proto, [t.const if t is not None else None for t in node.inputs], prep.opset)
+    except Exception as e:
+        return f"constant evaluation failed: {e}"
+    for o, v in zip(proto.output, vals):
+        if o:
+            ctx.bind_const(o, v)
+            prep.shapes[o] = tuple(v.shape)
+    return None
 
 
 def _open_consts(ctx: Ctx, proto: onnx.NodeProto, lazy: dict[str, LazyConst], mode: str) -> list[tuple]:

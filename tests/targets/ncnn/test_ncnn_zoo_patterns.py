@@ -129,6 +129,28 @@ def test_transpose_of_five_axis_groups(tmp_path: Path) -> None:
     assert art.main.read_text().count("Permute") >= 2
 
 
+class GridAttentionPartition(nn.Module):
+    """timm's MaxViT grid attention (maxxvit.grid_partition / grid_reverse) on NHWC:
+    [B, g, H/g, g, W/g, C] permuted (0, 2, 4, 1, 3, 5) into windows of g x g tokens
+    (five axis groups), a softmax over each window's tokens (so that the grouping
+    matters), and the reverse permute (0, 3, 1, 4, 2, 5). Once an internal
+    RecursionError in the writer (permute_blob)."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        g = 2
+        y = x.permute(0, 2, 3, 1)
+        win = y.reshape(b, g, h // g, g, w // g, c).permute(0, 2, 4, 1, 3, 5).reshape(-1, g * g, c)
+        win = torch.softmax(win * 1.5, dim=1)
+        y = win.reshape(b, h // g, w // g, g, g, c).permute(0, 3, 1, 4, 2, 5).reshape(b, h, w, c)
+        return y.permute(0, 3, 1, 2)
+
+
+def test_maxvit_grid_partition_and_reverse(tmp_path: Path) -> None:
+    art = check(GridAttentionPartition(), images((1, 8, 8, 12)), tmp_path, ops=("Transpose", "Softmax"))
+    assert art.main.read_text().count("Permute") >= 2
+
+
 class WindowQKV(nn.Module):
     """Swin/MobileViT attention: qkv reshaped to [B, N, 3, heads, d], permuted to
     [3, B, heads, N, d] (5 axes larger than 1) and unbound along axis 0."""
