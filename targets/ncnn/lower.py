@@ -321,6 +321,11 @@ class Ctx:
         self._cache[key] = out
         return out
 
+    def batched_inputs(self) -> bool:
+        """Whether a graph input carries a batch > 1 (ncnn runs one item per Mat: such a
+        model is refused, while a batch the model makes itself may be run item-wise)."""
+        return any(len(s) >= 2 and s[0] != 1 for s in (self.prep.shapes.get(i, ()) for i in self.prep.inputs))
+
     def blob_as(self, t: Tensor, keep: tuple[int, ...] | None = None) -> str:
         """The blob holding ``t`` with the ONNX axes ``keep`` (default: its own).
 
@@ -338,7 +343,7 @@ class Ctx:
             a = big[0]
             why = (
                 "re-export the model with batch 1"
-                if a == 0 and any(self.prep.shapes.get(i, (1,))[:1] != (1,) for i in self.prep.inputs)
+                if a == 0 and self.batched_inputs()
                 else "the model itself moves windows, heads or rows into that axis, which no ncnn layer runs as a batch"
             )
             raise self.fail(

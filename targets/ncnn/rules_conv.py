@@ -70,7 +70,8 @@ def conv(ctx: Ctx, node: Node) -> None:
     if group == 1 and x.shape[0] == 1 and all(v == 1 for v in (*x.shape[2:], *k)) and not any(begin + end):
         _pointwise_on_vector(ctx, node, x, w, b)
         return
-    batch = int(x.shape[0])
+    # A batch the model makes itself; a batch from a graph input is refused (blob_as).
+    batch = int(x.shape[0]) if not ctx.batched_inputs() else 1
     if batch > 1:
         # Windows (or heads) in the batch axis (EfficientViT-M's cascaded group
         # attention): the N items side by side in channels, one grouped convolution

@@ -200,7 +200,7 @@ def grid_sample(ctx: Ctx, node: Node) -> None:
         raise NotLowerable("bicubic 3-D sampling (ncnn's GridSample is bicubic in 2-D only)")
     params = {0: _GRID_MODES[mode], 1: _GRID_PADDING[padding], 2: int(node.attr("align_corners", 0)), 3: 0}
     n = int(x.shape[0])
-    if n > 1:
+    if n > 1 and not ctx.batched_inputs():
         _grid_sample_batch(ctx, node, x, grid, params)
         return
     keep = tuple(range(1, x.rank))
