@@ -110,6 +110,16 @@ def _gather(node, arrs):
     return [np.take(arrs[0], arrs[1].astype(np.int64), axis=attr(node, "axis", 0))]
 
 
+def gather_elements(data: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
+    """ONNX GatherElements (onnx's reference kernel misreads 2-D inputs: BERT's
+    token_type_ids buffer [1, 512] gathered by [1, 128] positions)."""
+    axis %= data.ndim
+    idx = idx.astype(np.int64)
+    idx = np.where(idx < 0, idx + data.shape[axis], idx)
+    data = data[tuple(slice(None) if a == axis else slice(0, idx.shape[a]) for a in range(data.ndim))]
+    return np.take_along_axis(data, idx, axis=axis)
+
+
 def _concat(node, arrs):
     return [np.concatenate(arrs, axis=attr(node, "axis"))]
 
@@ -147,6 +157,7 @@ _NUMPY: dict[str, Callable] = {
     "Cast": _cast,
     "ConstantOfShape": _cos,
     "Gather": _gather,
+    "GatherElements": lambda n, a: [gather_elements(a[0], a[1], attr(n, "axis", 0))],
     "Concat": _concat,
     "Unsqueeze": _unsqueeze,
     "Squeeze": _squeeze,

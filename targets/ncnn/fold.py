@@ -351,6 +351,12 @@ def fixed_input_shapes(
 def _eval_node(node: onnx.NodeProto, vals: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
+    if node.op_type == "GatherElements" and len(vals) == 2 and all(v is not None for v in vals):
+        from mconv.passes.fold import gather_elements
+
+        axis = next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == "axis"), 0)
+        return [gather_elements(np.asarray(vals[0]), np.asarray(vals[1]), axis)]
+
     names = [f"i{k}" if v is not None else "" for k, v in enumerate(vals)]
     n = helper.make_node(
         node.op_type,
