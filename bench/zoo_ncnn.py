@@ -413,7 +413,7 @@ def main() -> int:
               f"{r.get('ratio', float('nan')):.3f}  ({took:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
     text = table(rows)
     print(text)
-    if not args.table_only and not args.only and not args.family:
+    if not args.only and not args.family:
         (HERE / "results" / "zoo_ncnn.md").write_text("```\n" + text + "\n```\n")
     return 0
 
