@@ -902,15 +902,22 @@ def fuse_sdpa(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProt
 
     When KT is a Transpose of K's last two axes read by nothing else, SDPA reads K
     itself (the Transpose goes)."""
+    return _replace_matches(prep, nodes, "Softmax", _match_sdpa)
+
+
+def _replace_matches(prep: Prepared, nodes: list[onnx.NodeProto], op: str, match) -> list[onnx.NodeProto]:
+    """Each ``op`` node that ``match(g, node)`` recognises -> its (removed nodes, new
+    node); the new node takes the place of the last removed one. Matches that would
+    share a node are skipped."""
     g = _AttnGraph(prep, nodes)
     replace: dict[int, onnx.NodeProto | None] = {}
-    for sm in nodes:
-        hit = _match_sdpa(g, sm) if sm.op_type == "Softmax" else None
-        if hit is None or any(id(n) in replace for n in hit[0]):
+    for n in nodes:
+        hit = match(g, n) if n.op_type == op else None
+        if hit is None or any(id(r) in replace for r in hit[0]):
             continue
         gone, node = hit
-        for n in gone:
-            replace[id(n)] = None
+        for r in gone:
+            replace[id(r)] = None
         replace[id(gone[-1])] = node
     if not replace:
         return nodes
@@ -1137,19 +1144,7 @@ def fuse_group_norm(prep: Prepared, nodes: list[onnx.NodeProto]) -> list[onnx.No
     InstanceNormalization (scale 1, bias 0), Reshape back, [Mul gamma [C,1..]],
     [Add beta [C,1..]] -> one GroupNormalization with per-channel scale and bias
     (ncnn ``GroupNorm``; PoolFormer's and MobileViTv2's GroupNorm(1, C))."""
-    g = _AttnGraph(prep, nodes)
-    replace: dict[int, onnx.NodeProto | None] = {}
-    for inorm in nodes:
-        hit = _match_group_norm(g, inorm) if inorm.op_type == "InstanceNormalization" else None
-        if hit is None or any(id(n) in replace for n in hit[0]):
-            continue
-        gone, node = hit
-        for n in gone:
-            replace[id(n)] = None
-        replace[id(gone[-1])] = node
-    if not replace:
-        return nodes
-    return [replace.get(id(n), n) for n in nodes if replace.get(id(n), n) is not None]
+    return _replace_matches(prep, nodes, "InstanceNormalization", _match_group_norm)
 
 
 def _channel_const(g: _AttnGraph, n: onnx.NodeProto | None, x: str, op: str, c: int, rank: int):
