@@ -147,9 +147,9 @@ class _Child:
 
 def _feeds_for(artifact: Artifact, batch: int | None) -> dict[str, np.ndarray]:
     from mconv.data import random_feeds
-    from mconv.verify import artifact_inputs
+    from mconv.targets import get_target
 
-    specs = artifact_inputs(artifact)
+    specs = get_target(artifact.target).artifact_inputs(artifact)
     if specs is None:
         raise InputError(f"{artifact.main}: cannot tell the input shapes of this {artifact.target} artifact")
     shapes = {}
@@ -220,10 +220,8 @@ def bench(req: BenchRequest) -> dict[str, Any]:
         for i, art in enumerate(artifacts):
             try:
                 target = get_target(art.target)
-                missing = target.runtime_missing()
+                missing = target.missing_runtime_message()
                 if missing:
-                    if target.extra and "pip install" not in missing:
-                        missing += f"; install it with `pip install 'mconv[{target.extra}]'`"
                     rows[i].update(status="no-runtime", error=missing, exit_code=1)
                     continue
                 feeds = _feeds_for(art, req.batch)
@@ -334,9 +332,11 @@ def raise_for_bench(report: dict[str, Any]) -> None:
     code = 2 if any(r["exit_code"] == 2 for r in bad) else 1
     first = next(r for r in bad if code != 2 or r["exit_code"] == 2)
     more = f" (and {len(bad) - 1} more artifact(s) failed)" if len(bad) > 1 else ""
-    err = MconvError(f"{first['path']} ({first['target']}): {first['status']}: {first['error']}{more}", exit_code=code)
-    err.report = report  # --json prints it inside the error object
-    raise err
+    raise MconvError(
+        f"{first['path']} ({first['target']}): {first['status']}: {first['error']}{more}",
+        exit_code=code,
+        report=report,  # --json prints it inside the error object
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -491,7 +491,7 @@ def _handle_error(e: Exception, as_json: bool) -> int:
 
         traceback.print_exception(e)
     if isinstance(e, MconvError):
-        _fail(e.message, e.exit_code, as_json, getattr(e, "report", None))
+        _fail(e.message, e.exit_code, as_json, e.report)
         return e.exit_code
     if isinstance(e, typer.Abort):
         _fail("aborted", 130, as_json)

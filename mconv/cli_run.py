@@ -50,9 +50,8 @@ def run(
     if not summary["ok"]:
         if not as_json:
             _print_summary(summary)
-        err = MconvError(failure_message(summary), exit_code=summary["exit_code"])
-        err.report = summary  # with --json, printed in the failure object
-        raise err
+        # with --json, the summary is printed in the failure object
+        raise MconvError(failure_message(summary), exit_code=summary["exit_code"], report=summary)
     _emit(summary, as_json, _print_summary)
 
 

@@ -16,12 +16,22 @@ class MconvError(Exception):
     """Base error: one actionable line of text and the exit code it maps to."""
 
     exit_code = EXIT_CONVERSION
+    # The finished (failed) report of the command, when there is one: ``--json`` prints it
+    # inside the error object.
+    report: object | None = None
 
-    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+    def __init__(self, message: str, *, exit_code: int | None = None, report: object | None = None) -> None:
         super().__init__(message)
         self.message = message
         if exit_code is not None:
             self.exit_code = exit_code
+        if report is not None:
+            self.report = report
+
+    def with_report(self, report: object) -> MconvError:
+        """This error, carrying ``report`` (for errors raised after a report was made)."""
+        self.report = report
+        return self
 
     def __str__(self) -> str:
         return self.message
@@ -82,5 +92,4 @@ class VerificationError(MconvError):
     exit_code = EXIT_VERIFY
 
     def __init__(self, message: str, report: object | None = None) -> None:
-        super().__init__(message)
-        self.report = report
+        super().__init__(message, report=report)

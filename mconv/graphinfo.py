@@ -143,3 +143,53 @@ def attention_blocks(model: onnx.ModelProto) -> int:
         if n.op_type == "Softmax" and reaches(list(n.input[:1]), up) and reaches(list(n.output[:1]), down):
             count += 1
     return count
+
+
+def inferred_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    try:
+        return onnx.shape_inference.infer_shapes(m)
+    except Exception:  # shape inference is a help here, not a requirement
+        return m
+
+
+def toposorted(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Nodes in topological order (valid ONNX is sorted already; this tolerates files that are not)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    out: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(x in known for x in n.input):
+                out.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # a cycle or an outer-scope name: keep file order
+            out += rest
+            break
+        pending = rest
+    return out
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` with ``names`` added as graph outputs (typed where known)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    typed = {v.name: v for v in m.graph.value_info}
+    for n in names:
+        if n in have:
+            continue
+        if n in typed:
+            m.graph.output.append(typed[n])
+        else:
+            m.graph.output.add().name = n
+        have.add(n)
+    return m
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}_{index}"

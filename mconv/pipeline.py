@@ -307,10 +307,9 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
     extra.setdefault("calib_count_requested", req.calib_count)
     options = BuildOptions(precision=req.precision, calib=calib, extra=extra)
     warnings += target.preflight(model, options)
-    missing_rt = target.runtime_missing()
+    missing_rt = target.missing_runtime_message()
     if missing_rt:
-        hint = f"; install it with `pip install 'mconv[{target.extra}]'`" if target.extra else ""
-        raise ConversionError(f"target '{target.name}' cannot run here: {missing_rt}{hint}")
+        raise ConversionError(f"target '{target.name}' cannot run here: {missing_rt}")
     stem = _stem(req.path)
     out_dir = req.out_dir or Path.cwd() / f"{stem}_{target.name}"
     report: dict[str, Any] = {
@@ -440,11 +439,9 @@ def inspect_model(path: Path, target: str | None, opts: ExportOptions) -> dict[s
             except ConversionError:
                 folded = model
         entry: dict[str, Any] = {"runtime": t.runtime_missing() or "available", "unsupported": t.unsupported(folded)}
-        if hasattr(t, "preflight_report"):
-            from mconv.targets.base import BuildOptions
+        from mconv.targets.base import BuildOptions
 
-            findings = t.preflight_report(folded, BuildOptions())
-            entry["findings"] = [f.to_json() for f in findings]
+        entry["findings"] = [f.to_json() for f in t.findings(folded, BuildOptions())]
         report["targets"][t.name] = entry
     return _json_safe(report)
 

@@ -10,10 +10,13 @@ One implementation shared by ``mconv build`` (its verification step calls
 * :func:`verify` does that for several artifacts, each runtime in its own child
   process, so that a native crash or a hang fails that artifact's row only;
 * :func:`locate` finds the first tensor (in the source graph's topological order)
-  where a failing artifact leaves the tolerance: for ONNX artifacts every
-  intermediate value becomes a graph output, for ncnn the blobs the writer mapped
-  from ONNX tensor names (``Artifact.meta["blobs"]``) are extracted, for OpenVINO the
-  ONNX tensor names the conversion keeps on output ports are added as results.
+  where a failing artifact leaves the tolerance; the artifact's target marks the
+  intermediate tensors (``Target.probe_artifact``: for ONNX every intermediate value
+  becomes a graph output, for ncnn the blobs the writer mapped from ONNX names are
+  extracted, for OpenVINO the ports that keep ONNX names become results).
+
+Everything format-specific (input metadata, recognising files, intermediate outputs,
+runners) is the target's, reached through the registry.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,8 @@ import numpy as np
 import onnx
 
 from mconv.data import ImageOptions
-from mconv.errors import ConversionError, InputError, MconvError, MissingDependencyError, UsageError, VerificationError
-from mconv.graphinfo import TensorInfo
+from mconv.errors import ConversionError, InputError, MconvError, UsageError, VerificationError
+from mconv.graphinfo import inferred_copy, node_label, toposorted, with_outputs
 from mconv.metrics import Comparison, Tolerance, apply_tolerance, compare_arrays, compare_outputs
 from mconv.noise import RoundingFloor
 from mconv.targets.base import Artifact
@@ -39,7 +41,20 @@ from mconv.targets.base import Artifact
 Feeds = dict[str, np.ndarray]
 
 DEFAULT_SAMPLES = 2
-ARTIFACT_KINDS = "ONNX .onnx, OpenVINO .xml (+ .bin), ncnn .param (+ .bin), TensorRT .engine"
+
+
+def artifact_kinds() -> str:
+    """The artifact files the registered targets recognise, for messages."""
+    from mconv.targets import all_targets
+
+    kinds = []
+    for entry in all_targets():
+        try:
+            kind = "" if entry.error else entry.load().artifact_kind
+        except Exception:  # a broken plugin is listed by `mconv targets`, not here
+            kind = ""
+        kinds.append(kind or "")
+    return ", ".join(k for k in kinds if k)
 
 
 # ---------------------------------------------------------------------------
@@ -59,7 +74,7 @@ def recognise_artifact(path: str | Path) -> Artifact:
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
-        raise InputError(f"{path}: is a folder; give the artifact's main file ({ARTIFACT_KINDS})")
+        raise InputError(f"{path}: is a folder; give the artifact's main file ({artifact_kinds()})")
     for entry in all_targets():
         if entry.error:
             continue
@@ -72,84 +87,14 @@ def recognise_artifact(path: str | Path) -> Artifact:
             continue
         if found is not None:
             return found
-    raise InputError(f"{path}: not an artifact mconv recognises ({ARTIFACT_KINDS})")
-
-
-_OV_TYPES = {
-    "f32": "float32",
-    "f16": "float16",
-    "f64": "float64",
-    "i64": "int64",
-    "i32": "int32",
-    "i8": "int8",
-    "u8": "uint8",
-    "boolean": "bool",
-}
-
-
-def _dims(values) -> tuple[int | None, ...]:
-    out: list[int | None] = []
-    for v in values:
-        try:
-            d = int(v)
-        except (TypeError, ValueError):
-            d = -1
-        out.append(d if d > 0 else None)
-    return tuple(out)
-
-
-def _openvino_inputs(xml: Path) -> list[TensorInfo]:
-    out = []
-    for layer in ET.parse(xml).getroot().iter("layer"):
-        if layer.get("type") != "Parameter":
-            continue
-        data = layer.find("data")
-        port = layer.find("output/port")
-        names = (port.get("names") if port is not None else None) or layer.get("name") or ""
-        shape = data.get("shape") if data is not None else None
-        dtype = _OV_TYPES.get(data.get("element_type", "f32") if data is not None else "f32", "float32")
-        dims = None if shape is None else _dims(shape.split(",")) if shape else ()
-        out.append(TensorInfo(names.split(",")[0].strip(), dims, dtype))
-    return out
-
-
-def _ncnn_inputs(param: Path) -> list[TensorInfo]:
-    out = []
-    for line in param.read_text(errors="replace").splitlines()[2:]:
-        parts = line.split()
-        if len(parts) < 4 or parts[0] != "Input":
-            continue
-        n_in, n_out = int(parts[2]), int(parts[3])
-        blob = parts[4 + n_in]
-        kv = dict(p.split("=", 1) for p in parts[4 + n_in + n_out :] if "=" in p)
-        nc = [int(kv[k]) for k in ("2", "11", "1", "0") if k in kv]  # c, d, h, w
-        out.append(TensorInfo(blob, (1, *nc), "float32"))
-    return out
-
-
-def artifact_inputs(artifact: Artifact) -> list[TensorInfo] | None:
-    """The inputs an artifact takes (name, shape, dtype), read from its files; None if unknown."""
-    metas = artifact.meta.get("inputs") if isinstance(artifact.meta, dict) else None
-    if metas and all(isinstance(m, dict) and "shape" in m for m in metas):
-        return [
-            TensorInfo(m["name"], None if m["shape"] is None else _dims(m["shape"]), m.get("dtype") or "float32")
-            for m in metas
-        ]
-    main = artifact.main
-    if artifact.target == "onnx":
-        from mconv.graphinfo import graph_inputs
-
-        return graph_inputs(onnx.load(str(main), load_external_data=False))
-    if artifact.target == "openvino":
-        return _openvino_inputs(main)
-    if artifact.target == "ncnn":
-        return _ncnn_inputs(main)
-    return None
+    raise InputError(f"{path}: not an artifact mconv recognises ({artifact_kinds()})")
 
 
 def check_inputs(artifact: Artifact, sample: Feeds) -> str | None:
     """A one-line mismatch between ``sample`` and what ``artifact`` takes, or None."""
-    specs = artifact_inputs(artifact)
+    from mconv.targets import get_target
+
+    specs = get_target(artifact.target).artifact_inputs(artifact)
     if specs is None:
         return None
     want = [s.name for s in specs]
@@ -159,10 +104,10 @@ def check_inputs(artifact: Artifact, sample: Feeds) -> str | None:
         got = sample[s.name].shape
         if s.shape is None:
             continue
-        # ncnn has no batch axis: its inputs may drop (or we may add) a leading 1.
+        # A runtime without a batch axis: its inputs may drop (or we may add) a leading 1.
         fits = len(s.shape) == len(got) and all(d is None or d == g for d, g in zip(s.shape, got))
         if not fits and int(np.prod([d for d in s.shape if d])) == int(np.prod(got)) and None not in s.shape:
-            fits = artifact.target == "ncnn"
+            fits = get_target(artifact.target).batchless
         if not fits:
             shown = "x".join("?" if d is None else str(d) for d in s.shape)
             return (
@@ -273,9 +218,9 @@ def _verify_one(
         return row
     tol = req.tolerance or target.default_tolerance(artifact.precision)
     row["tolerance"] = tol.describe()
-    missing = target.runtime_missing()
+    missing = target.missing_runtime_message()
     if missing:
-        row.update(status="no-runtime", error=_install_hint(missing, target.extra), exit_code=1)
+        row.update(status="no-runtime", error=missing, exit_code=1)
         return row
     mismatch = check_inputs(artifact, samples[0])
     if mismatch:
@@ -308,12 +253,6 @@ def _verify_one(
             except MconvError as e:
                 row["locate"] = {"found": False, "error": e.message}
     return row
-
-
-def _install_hint(message: str, extra: str) -> str:
-    if extra and "pip install" not in message:
-        return f"{message}; install it with `pip install 'mconv[{extra}]'`"
-    return message
 
 
 def verify(req: VerifyRequest) -> dict[str, Any]:
@@ -396,62 +335,11 @@ def raise_for_report(report: dict[str, Any]) -> None:
         err: MconvError = InputError(f"{first['error']}{more}")
     else:
         err = MconvError(f"{first['path']} ({first['target']}): {first['error']}{more}", exit_code=code)
-    err.report = report  # --json prints it inside the error object
-    raise err
+    raise err.with_report(report)  # --json prints it inside the error object
 
 
 # ---------------------------------------------------------------------------
 # Locating the first diverging layer
-
-
-def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    try:
-        return onnx.shape_inference.infer_shapes(m)
-    except Exception:  # shape inference is a help here, not a requirement
-        return m
-
-
-def _toposorted(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Nodes in topological order (valid ONNX is sorted already; this tolerates files that are not)."""
-    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
-    out: list[onnx.NodeProto] = []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(x in known for x in n.input):
-                out.append(n)
-                known.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):  # a cycle or an outer-scope name: keep file order
-            out += rest
-            break
-        pending = rest
-    return out
-
-
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` with ``names`` added as graph outputs (typed where known)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    typed = {v.name: v for v in m.graph.value_info}
-    for n in names:
-        if n in have:
-            continue
-        if n in typed:
-            m.graph.output.append(typed[n])
-        else:
-            m.graph.output.add().name = n
-        have.add(n)
-    return m
-
-
-def _node_label(node: onnx.NodeProto, index: int) -> str:
-    return node.name or f"{node.op_type}_{index}"
 
 
 def locate(
@@ -474,8 +362,8 @@ def locate(
     """
     from mconv.runner import reference_outputs
 
-    src = _inferred(model)
-    order = _toposorted(src.graph)
+    src = inferred_copy(model)
+    order = toposorted(src.graph)
     producer: dict[str, tuple[int, onnx.NodeProto]] = {}
     for i, node in enumerate(order):
         for o in node.output:
@@ -489,7 +377,7 @@ def locate(
             f"{artifact.main}: no intermediate tensor of the artifact carries a name from the source "
             "graph, so --locate cannot match layers"
         )
-    probe_model = _with_outputs(src, shared)
+    probe_model = with_outputs(src, shared)
     refs, _ = reference_outputs(probe_model, samples)
     floors: list[Feeds] | None = None
     if tol.floor_k and tol.rtol is not None:
@@ -514,7 +402,7 @@ def locate(
         idx, node = producer[name]
         entry = {
             "tensor": name,
-            "node": _node_label(node, idx),
+            "node": node_label(node, idx),
             "op_type": node.op_type,
             "passed": m.passed,
             "rel": m.rel,
@@ -542,7 +430,7 @@ def locate(
             before.append(compare_arrays(x, np.zeros(1), np.zeros(1)))
     worst_before = max(before, key=lambda b: b.rel, default=None)
     result.update(
-        node=_node_label(node, idx),
+        node=node_label(node, idx),
         op_type=node.op_type,
         tensor=name,
         index=idx,
@@ -553,9 +441,9 @@ def locate(
         # The tensors between the last matching one and this node were fused away in the
         # artifact: the divergence starts somewhere in that span, so name its first node.
         j0, n0 = fused[0]
-        result.update(node=_node_label(n0, j0), op_type=n0.op_type, index=j0)
-        result["span"] = [f"{_node_label(n, j)} ({n.op_type})" for j, n in fused] + [
-            f"{_node_label(node, idx)} ({node.op_type})"
+        result.update(node=node_label(n0, j0), op_type=n0.op_type, index=j0)
+        result["span"] = [f"{node_label(n, j)} ({n.op_type})" for j, n in fused] + [
+            f"{node_label(node, idx)} ({node.op_type})"
         ]
     art_node = art_nodes.get(name)
     if art_node and art_node != (result["node"], node.op_type):
@@ -617,99 +505,12 @@ def _intermediates(
     artifact: Artifact, names: list[str], samples: list[Feeds], timeout: float | None
 ) -> tuple[list[Feeds], dict[str, tuple[str, str]]]:
     """Per sample, the artifact's values of those ``names`` it has; and, where known, the
-    artifact's own node (name, op type) producing each."""
-    if artifact.target == "onnx":
-        return _onnx_intermediates(artifact, names, samples, timeout)
-    if artifact.target == "ncnn":
-        return _ncnn_intermediates(artifact, names, samples, timeout), {}
-    if artifact.target == "openvino":
-        return _openvino_intermediates(artifact, names, samples, timeout), {}
-    raise ConversionError(
-        f"{artifact.main}: --locate is not supported for {artifact.target} artifacts "
-        "(supported: onnx, openvino, ncnn built by mconv)"
-    )
-
-
-def _onnx_intermediates(artifact, names, samples, timeout):
-    from mconv.modelio import save_onnx
+    artifact's own node (name, op type) producing each. The target marks the outputs."""
     from mconv.runner import run_artifact
+    from mconv.targets import get_target
 
-    model = onnx.load(str(artifact.main))
-    order = _toposorted(model.graph)
-    produced: dict[str, tuple[str, str]] = {}
-    for i, node in enumerate(order):
-        for o in node.output:
-            if o:
-                produced.setdefault(o, (_node_label(node, i), node.op_type))
-    wanted = [n for n in names if n in produced]
-    probe = _with_outputs(_inferred(model), wanted)
+    target = get_target(artifact.target)
     with tempfile.TemporaryDirectory(prefix="mconv-locate-") as tmp:
-        files = save_onnx(probe, Path(tmp) / artifact.main.name)
-        art = Artifact(artifact.target, files[0], files, artifact.precision, dict(artifact.meta))
-        gots = run_artifact(art, samples, isolate=True, timeout=timeout)
+        probe, produced = target.probe_artifact(artifact, names, Path(tmp))
+        gots = run_artifact(probe, samples, isolate=True, timeout=timeout)
     return gots, produced
-
-
-def _ncnn_intermediates(artifact, names, samples, timeout):
-    from mconv.runner import run_artifact
-
-    blobs = artifact.meta.get("blobs") if isinstance(artifact.meta, dict) else None
-    if not blobs:
-        raise ConversionError(
-            f"{artifact.main}: --locate is not supported for this ncnn artifact: it has no ONNX-name to "
-            "blob map (the .mconv.json written beside it by `mconv build` is missing)"
-        )
-    meta = dict(artifact.meta)
-    meta["outputs"] = [{"name": n, "blob": blobs[n]} for n in names if blobs.get(n)]
-    probe = Artifact(artifact.target, artifact.main, artifact.files, artifact.precision, meta)
-    return run_artifact(probe, samples, isolate=True, timeout=timeout)
-
-
-def _openvino_intermediates(artifact, names, samples, timeout):
-    from mconv.isolate import call_isolated
-
-    return call_isolated(
-        "mconv.verify:openvino_tensors",
-        {"xml": str(artifact.main), "names": names, "samples": samples},
-        timeout=timeout,
-        what=f"openvino runner on {artifact.main.name}",
-    )
-
-
-def openvino_tensors(xml: str, names: list[str], samples: list[Feeds]) -> list[Feeds]:
-    """Values of the ONNX-named tensors an OpenVINO IR keeps (runs in a child process).
-
-    The conversion keeps ONNX tensor names on output ports; each such port becomes an
-    extra result of the model before compiling, at the FP32 precision hint the runner uses.
-    """
-    try:
-        import openvino as ov
-    except ImportError as e:
-        raise MissingDependencyError("openvino", "openvino", str(e)) from e
-    from mconv.targets.openvino import OpenVinoRunner
-
-    core = ov.Core()
-    model = core.read_model(xml)
-    wanted = set(names)
-    ports: list[tuple[str, Any]] = []
-    for op in model.get_ordered_ops():
-        if op.get_type_name() in ("Parameter", "Result", "Constant"):
-            continue
-        for out in op.outputs():
-            hit = sorted(out.get_names() & wanted)
-            if hit:
-                ports.append((hit[0], out))
-    if ports:
-        model.add_outputs([p for _, p in ports])
-    config = OpenVinoRunner(Artifact("openvino", Path(xml), [Path(xml)])).config()
-    compiled = core.compile_model(model, "CPU", config)
-    by_name = {}
-    for out in compiled.outputs:
-        for n in out.get_names():
-            by_name.setdefault(n, out)
-    request = compiled.create_infer_request()
-    results = []
-    for feeds in samples:
-        res = request.infer(feeds)
-        results.append({n: np.array(res[by_name[n]], copy=True) for n, _ in ports if n in by_name})
-    return results

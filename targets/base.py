@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 
-from mconv.errors import InputError
-from mconv.graphinfo import nodes_by_op
+from mconv.errors import ConversionError, InputError
+from mconv.graphinfo import TensorInfo, nodes_by_op
 
 Feeds = dict[str, np.ndarray]
 
@@ -75,6 +75,42 @@ class Artifact:
         )
 
 
+@dataclass
+class Finding:
+    """One preflight finding (``mconv inspect`` lists them; ``error`` ones block a build).
+
+    ``nodes`` names the nodes, inputs or initializers concerned.
+    """
+
+    severity: str  # "error" | "warning" | "info"
+    code: str
+    message: str
+    nodes: list[str] = field(default_factory=list)
+
+    @property
+    def blocking(self) -> bool:
+        return self.severity == "error"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"severity": self.severity, "code": self.code, "message": self.message, "nodes": list(self.nodes)}
+
+    def __str__(self) -> str:
+        shown = ", ".join(self.nodes[:5]) + (", ..." if len(self.nodes) > 5 else "")
+        return f"[{self.code}] {self.message}" + (f" (nodes: {shown})" if shown else "")
+
+
+def dims_of(values) -> tuple[int | None, ...]:
+    """Dims from text or numbers; anything not a positive integer is unknown (None)."""
+    out: list[int | None] = []
+    for v in values:
+        try:
+            d = int(v)
+        except (TypeError, ValueError):
+            d = -1
+        out.append(d if d > 0 else None)
+    return tuple(out)
+
+
 class Runner(ABC):
     """Runs an artifact. Subclasses implement ``load`` and ``infer_impl``."""
 
@@ -119,6 +155,10 @@ class Target(ABC):
     required_passes: ClassVar[tuple[str, ...]] = ()
     # Op domains besides the default one that the runtime understands.
     known_domains: ClassVar[tuple[str, ...]] = ("ai.onnx.ml",)
+    # What users pass to verify/bench, for messages: e.g. "ncnn .param (+ .bin)".
+    artifact_kind: ClassVar[str] = ""
+    # The runtime has no batch axis: an input may drop (or gain) a leading 1.
+    batchless: ClassVar[bool] = False
 
     def supported_ops(self) -> set[str] | None:
         """Op types this target lowers; None means "whatever the runtime takes"."""
@@ -142,8 +182,26 @@ class Target(ABC):
         """A one-line reason when the runtime (or hardware) is unavailable, else None."""
         return None
 
+    def install_hint(self) -> str:
+        """The command that installs this target's runtime ("" when nothing is needed)."""
+        return f"pip install 'mconv[{self.extra}]'" if self.extra else ""
+
+    def missing_runtime_message(self) -> str | None:
+        """:meth:`runtime_missing` with the install hint, the one line users see; None when available."""
+        reason = self.runtime_missing()
+        if reason is None:
+            return None
+        hint = self.install_hint()
+        if hint and "pip install" not in reason:
+            reason += f"; install it with `{hint}`"
+        return reason
+
     def preflight(self, model: onnx.ModelProto, options: BuildOptions) -> list[str]:
         """Check the model before writing: raise MconvError on blockers, return warnings."""
+        return []
+
+    def findings(self, model: onnx.ModelProto, options: BuildOptions) -> list[Finding]:
+        """What ``mconv inspect`` lists for this target beyond unsupported ops (nothing raises)."""
         return []
 
     @abstractmethod
@@ -162,6 +220,32 @@ class Target(ABC):
     def recognise(cls, path: Path) -> Artifact | None:
         """Return an Artifact if ``path`` is one of this target's files (by content)."""
         return None
+
+    def artifact_inputs(self, artifact: Artifact) -> list[TensorInfo] | None:
+        """The inputs an artifact takes (name, shape, dtype); None when unknown.
+
+        The default reads what the writer recorded in ``artifact.meta["inputs"]``;
+        targets override it to read their own files.
+        """
+        metas = artifact.meta.get("inputs") if isinstance(artifact.meta, dict) else None
+        if metas and all(isinstance(m, dict) and "shape" in m for m in metas):
+            return [
+                TensorInfo(m["name"], None if m["shape"] is None else dims_of(m["shape"]), m.get("dtype") or "float32")
+                for m in metas
+            ]
+        return None
+
+    def probe_artifact(self, artifact: Artifact, names: list[str], workdir: Path) -> tuple[Artifact, dict]:
+        """An artifact whose outputs are those of ``names`` (ONNX tensor names) it computes,
+        for ``verify --locate``; files it needs go to ``workdir``.
+
+        Returns the probe and, where known, the artifact's own node (name, op type)
+        producing each tensor.
+
+        Raises:
+            ConversionError: this target offers no intermediate tensors.
+        """
+        raise ConversionError(f"{artifact.main}: --locate is not supported for {self.name} artifacts")
 
     def verify_feeds(self, feeds: Feeds) -> Feeds:
         """Adapt feeds before running (e.g. a target without a batch axis)."""

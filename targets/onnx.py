@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 
 from mconv.errors import ConversionError, InputError, UsageError
+from mconv.graphinfo import TensorInfo, graph_inputs, inferred_copy, node_label, toposorted, with_outputs
 from mconv.modelio import parse_model, save_onnx
 from mconv.targets.base import Artifact, BuildOptions, Runner, Target
 
@@ -55,6 +56,7 @@ class OnnxTarget(Target):
     name = "onnx"
     extra = ""
     known_domains = ("ai.onnx.ml", "com.microsoft")
+    artifact_kind = "ONNX .onnx"
     description = "optimized ONNX (fp32, fp16 with float32 I/O, int8 Q/DQ) run by onnxruntime"
 
     def write(self, model: onnx.ModelProto, out_dir: Path, stem: str, options: BuildOptions) -> Artifact:
@@ -78,6 +80,23 @@ class OnnxTarget(Target):
         r = OnnxRunner(artifact, threads=threads)
         r.load()
         return r
+
+    def artifact_inputs(self, artifact: Artifact) -> list[TensorInfo] | None:
+        return super().artifact_inputs(artifact) or graph_inputs(
+            onnx.load(str(artifact.main), load_external_data=False)
+        )
+
+    def probe_artifact(self, artifact: Artifact, names: list[str], workdir: Path) -> tuple[Artifact, dict]:
+        """Every wanted intermediate value becomes a graph output of a copy in ``workdir``."""
+        model = onnx.load(str(artifact.main))
+        produced: dict[str, tuple[str, str]] = {}
+        for i, node in enumerate(toposorted(model.graph)):
+            for o in node.output:
+                if o:
+                    produced.setdefault(o, (node_label(node, i), node.op_type))
+        probe = with_outputs(inferred_copy(model), [n for n in names if n in produced])
+        files = save_onnx(probe, Path(workdir) / artifact.main.name)
+        return Artifact(artifact.target, files[0], files, artifact.precision, dict(artifact.meta)), produced
 
     @classmethod
     def recognise(cls, path: Path) -> Artifact | None:

@@ -55,8 +55,8 @@ from mconv.errors import (
     UnsupportedOpsError,
     UsageError,
 )
-from mconv.graphinfo import all_graphs, all_nodes
-from mconv.targets.base import Artifact, BuildOptions, Feeds, Runner, Target
+from mconv.graphinfo import TensorInfo, all_graphs, all_nodes
+from mconv.targets.base import Artifact, BuildOptions, Feeds, Runner, Target, dims_of
 
 CALIB_COUNT_DEFAULT = 300  # the CLI's --calib-count default
 
@@ -452,6 +452,34 @@ def ir_precision(xml: Path) -> str:
     return precision
 
 
+_IR_TYPES = {
+    "f32": "float32",
+    "f16": "float16",
+    "f64": "float64",
+    "i64": "int64",
+    "i32": "int32",
+    "i8": "int8",
+    "u8": "uint8",
+    "boolean": "bool",
+}
+
+
+def ir_inputs(xml: Path) -> list[TensorInfo]:
+    """The Parameter layers of an IR: first tensor name, shape (None dims are dynamic), dtype."""
+    out = []
+    for layer in ET.parse(xml).getroot().iter("layer"):
+        if layer.get("type") != "Parameter":
+            continue
+        data = layer.find("data")
+        port = layer.find("output/port")
+        names = (port.get("names") if port is not None else None) or layer.get("name") or ""
+        shape = data.get("shape") if data is not None else None
+        dtype = _IR_TYPES.get(data.get("element_type", "f32") if data is not None else "f32", "float32")
+        dims = None if shape is None else dims_of(shape.split(",")) if shape else ()
+        out.append(TensorInfo(names.split(",")[0].strip(), dims, dtype))
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Runner and target
 
@@ -460,6 +488,9 @@ class OpenVinoRunner(Runner):
     """Runs an IR on OpenVINO's CPU plugin at FP32 inference precision.
 
     Outputs are keyed by the ONNX output names (the IR keeps them as tensor names).
+    An artifact with ``meta["probe_outputs"]`` (``verify --locate``) instead returns
+    those ONNX-named tensors the IR keeps on its ports: each such port becomes an
+    extra result before compiling.
     """
 
     def __init__(self, artifact: Artifact, *, threads: int | None = None, device: str = "CPU") -> None:
@@ -488,12 +519,24 @@ class OpenVinoRunner(Runner):
             return
         ov = _import_openvino()
         xml = self.artifact.main
+        probes = self.artifact.meta.get("probe_outputs")
         try:
-            self._compiled = ov.Core().compile_model(str(xml), self.device, self.config())
+            model: Any = str(xml)
+            if probes:
+                model = ov.Core().read_model(str(xml))
+                probes = _add_probe_outputs(model, probes)
+            self._compiled = ov.Core().compile_model(model, self.device, self.config())
         except Exception as e:
             raise ConversionError(f"{xml}: OpenVINO cannot load/compile the IR on {self.device}: {e}") from e
         self._request = self._compiled.create_infer_request()
         self._inputs = [p.get_any_name() for p in self._compiled.inputs]
+        if probes is not None:
+            by_name = {}
+            for port in self._compiled.outputs:
+                for n in port.get_names():
+                    by_name.setdefault(n, port)
+            self._outputs = [(n, by_name[n]) for n in probes if n in by_name]
+            return
         wanted = list(self.artifact.meta.get("output_names") or [])
         self._outputs = []
         for i, port in enumerate(self._compiled.outputs):
@@ -524,6 +567,22 @@ class OpenVinoRunner(Runner):
         return {name: np.array(result[port], copy=True) for name, port in self._outputs}
 
 
+def _add_probe_outputs(model: Any, names: list[str]) -> list[str]:
+    """Make every port carrying one of ``names`` a result of ``model``; the names found, in order."""
+    wanted = set(names)
+    ports: list[tuple[str, Any]] = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in ("Parameter", "Result", "Constant"):
+            continue
+        for out in op.outputs():
+            hit = sorted(out.get_names() & wanted)
+            if hit:
+                ports.append((hit[0], out))
+    if ports:
+        model.add_outputs([p for _, p in ports])
+    return [n for n, _ in ports]
+
+
 class OpenVinoTarget(Target):
     """OpenVINO IR via ``openvino.convert_model``/``save_model``, INT8 via ``nncf``."""
 
@@ -532,6 +591,7 @@ class OpenVinoTarget(Target):
     aliases: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = "openvino"
     description: ClassVar[str] = "OpenVINO IR (.xml + .bin); FP32, FP16 weights, INT8 via NNCF"
+    artifact_kind: ClassVar[str] = "OpenVINO .xml (+ .bin)"
 
     def runtime_missing(self) -> str | None:
         try:
@@ -583,6 +643,14 @@ class OpenVinoTarget(Target):
 
     def runner(self, artifact: Artifact, *, threads: int | None = None) -> OpenVinoRunner:
         return OpenVinoRunner(artifact, threads=threads)
+
+    def artifact_inputs(self, artifact: Artifact) -> list[TensorInfo] | None:
+        return super().artifact_inputs(artifact) or ir_inputs(artifact.main)
+
+    def probe_artifact(self, artifact: Artifact, names: list[str], workdir: Path) -> tuple[Artifact, dict]:
+        """The same IR; its runner adds the ports that keep ONNX tensor names as results."""
+        meta = {**artifact.meta, "probe_outputs": list(names)}
+        return Artifact(artifact.target, artifact.main, list(artifact.files), artifact.precision, meta), {}
 
     @classmethod
     def recognise(cls, path: Path) -> Artifact | None:

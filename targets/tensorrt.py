@@ -37,9 +37,8 @@ from mconv.fsutil import write_bytes_atomic, write_text_atomic
 from mconv.graphinfo import graph_inputs, graph_outputs
 from mconv.specs import ShapeProfile, parse_size
 
-from .base import Artifact, BuildOptions, Feeds, Runner, Target
+from .base import Artifact, BuildOptions, Feeds, Finding, Runner, Target
 from .trt_support import (
-    Finding,
     normalize_profiles,
     preflight_report,
     raise_on_blocking,
@@ -467,6 +466,7 @@ class TensorRTTarget(Target):
     aliases: ClassVar[tuple[str, ...]] = ()  # "tensorrt" is mapped by the registry
     extra: ClassVar[str] = "tensorrt"
     description: ClassVar[str] = "TensorRT engine (.engine) for NVIDIA GPUs; fp32/fp16/int8 (Q/DQ)"
+    artifact_kind: ClassVar[str] = "TensorRT .engine"
     isolate: ClassVar[bool] = True
 
     def supported_ops(self) -> set[str] | None:
@@ -482,7 +482,7 @@ class TensorRTTarget(Target):
         engine_config(options)
         return raise_on_blocking(preflight_report(model, options))
 
-    def preflight_report(self, model: onnx.ModelProto, options: BuildOptions) -> list:
+    def findings(self, model: onnx.ModelProto, options: BuildOptions) -> list[Finding]:
         """The findings `mconv inspect --target trt` lists (none raise)."""
         return preflight_report(model, options)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from onnx import numpy_helper
 from mconv.errors import ConversionError, UsageError
 from mconv.graphinfo import TensorInfo, graph_inputs, opset
 from mconv.specs import ShapeProfile, parse_profile
+from mconv.targets.base import Finding
 
 TABLE_PATH = Path(__file__).with_name("trt_ops.json")
 
@@ -43,32 +44,6 @@ SEVERITIES = ("error", "warning", "info")
 USAGE_CODES = frozenset({"no-profile", "bad-profile"})
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-
-
-@dataclass
-class Finding:
-    """One preflight result. ``nodes`` names the nodes, inputs or initializers concerned."""
-
-    severity: str
-    code: str
-    message: str
-    nodes: list[str] = field(default_factory=list)
-
-    @property
-    def blocking(self) -> bool:
-        return self.severity == "error"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "severity": self.severity,
-            "code": self.code,
-            "message": self.message,
-            "nodes": list(self.nodes),
-        }
-
-    def __str__(self) -> str:
-        shown = ", ".join(self.nodes[:5]) + (", ..." if len(self.nodes) > 5 else "")
-        return f"[{self.code}] {self.message}" + (f" (nodes: {shown})" if shown else "")
 
 
 @functools.cache

@@ -13,6 +13,7 @@ import numpy as np
 
 from mconv.errors import InputError, MissingDependencyError
 from mconv.targets.base import Artifact, Feeds, Runner
+from mconv.targets.ncnn.param import param_inputs, param_io, read_param
 
 
 def import_ncnn():
@@ -21,27 +22,6 @@ def import_ncnn():
     except ImportError as e:
         raise MissingDependencyError("ncnn", "ncnn", str(e)) from e
     return ncnn
-
-
-def param_io(param_text: str) -> tuple[list[str], list[str]]:
-    """(input blobs, output blobs) of a .param: Input layers' blobs; blobs no layer reads."""
-    lines = param_text.splitlines()
-    produced: list[str] = []
-    consumed: set[str] = set()
-    inputs: list[str] = []
-    for line in lines[2:]:
-        parts = line.split()
-        if len(parts) < 4:
-            continue
-        n_in, n_out = int(parts[2]), int(parts[3])
-        ins = parts[4 : 4 + n_in]
-        outs = parts[4 + n_in : 4 + n_in + n_out]
-        consumed.update(ins)
-        produced.extend(outs)
-        if parts[0] == "Input":
-            inputs.extend(outs)
-    outputs = [b for b in produced if b not in consumed and b not in inputs]
-    return inputs, outputs
 
 
 class NcnnRunner(Runner):
@@ -137,15 +117,8 @@ class NcnnRunner(Runner):
 
 
 def _producer_order(param_text: str) -> dict[str, int]:
-    order: dict[str, int] = {}
-    for i, line in enumerate(param_text.splitlines()[2:]):
-        parts = line.split()
-        if len(parts) < 4:
-            continue
-        n_in, n_out = int(parts[2]), int(parts[3])
-        for b in parts[4 + n_in : 4 + n_in + n_out]:
-            order[b] = i
-    return order
+    """Blob -> index of the layer producing it."""
+    return {b: i for i, layer in enumerate(read_param(param_text)) for b in layer.outputs}
 
 
 def _squeeze_batch(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -157,14 +130,4 @@ def _squeeze_batch(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _input_shapes(param_text: str) -> dict[str, tuple[int, ...]]:
     """Input blob -> Mat shape (outermost first) from the Input layers' 0/1/11/2 params."""
-    res: dict[str, tuple[int, ...]] = {}
-    for line in param_text.splitlines()[2:]:
-        parts = line.split()
-        if not parts or parts[0] != "Input":
-            continue
-        blob = parts[4 + int(parts[2])]
-        kv = dict(p.split("=", 1) for p in parts[4 + int(parts[2]) + int(parts[3]) :] if "=" in p)
-        dims = [int(kv[k]) for k in ("2", "11", "1", "0") if k in kv]
-        if dims:
-            res[blob] = tuple(dims)
-    return res
+    return {i.name: i.shape[1:] for i in param_inputs(param_text) if len(i.shape) > 1}

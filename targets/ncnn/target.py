@@ -8,7 +8,8 @@ from typing import ClassVar
 
 import onnx
 
-from mconv.errors import InputError, UnsupportedOpsError
+from mconv.errors import ConversionError, InputError, UnsupportedOpsError
+from mconv.graphinfo import TensorInfo
 from mconv.targets.base import Artifact, BuildOptions, Runner, Target
 
 MAGIC = b"7767517"
@@ -24,6 +25,8 @@ class NcnnTarget(Target):
     extra: ClassVar[str] = "ncnn"
     description: ClassVar[str] = "Tencent ncnn .param/.bin (pure-Python writer; fp32, fp16, int8)"
     isolate: ClassVar[bool] = True
+    artifact_kind: ClassVar[str] = "ncnn .param (+ .bin)"
+    batchless: ClassVar[bool] = True  # ncnn Mats have no batch axis
 
     def supported_ops(self) -> set[str]:
         from mconv.targets.ncnn.writer import supported_ops
@@ -137,6 +140,22 @@ class NcnnTarget(Target):
         from mconv.targets.ncnn.runner import NcnnRunner
 
         return NcnnRunner(artifact, threads=threads)
+
+    def artifact_inputs(self, artifact: Artifact) -> list[TensorInfo] | None:
+        from mconv.targets.ncnn.param import param_inputs
+
+        return super().artifact_inputs(artifact) or param_inputs(artifact.main.read_text(errors="replace"))
+
+    def probe_artifact(self, artifact: Artifact, names: list[str], workdir: Path) -> tuple[Artifact, dict]:
+        """The same files; the runner extracts the blobs the writer mapped from those ONNX names."""
+        blobs = artifact.meta.get("blobs") if isinstance(artifact.meta, dict) else None
+        if not blobs:
+            raise ConversionError(
+                f"{artifact.main}: --locate is not supported for this ncnn artifact: it has no ONNX-name to "
+                "blob map (the .mconv.json written beside it by `mconv build` is missing)"
+            )
+        meta = {**artifact.meta, "outputs": [{"name": n, "blob": blobs[n]} for n in names if blobs.get(n)]}
+        return Artifact(artifact.target, artifact.main, list(artifact.files), artifact.precision, meta), {}
 
     @classmethod
     def recognise(cls, path: Path) -> Artifact | None:

