@@ -129,8 +129,40 @@ def div(ctx: Ctx, node: Node) -> None:
     if not _integer(ctx, node):
         _binary_rule(DIV)(ctx, node)
         return
+    d = _scalar_divisor(ctx, a, b)
+    if d is not None:
+        # ncnn may divide by a scalar as a product with its reciprocal (its AVX-512 path
+        # does), so 15 / 3 can come out as 4.9999995 and truncate to 4. The quotient's
+        # magnitude floor((|a| + 0.5) / |d|) is exact however the division rounds (the
+        # fraction stays >= 0.5 / |d| away from the next integer), then the sign.
+        from mconv.targets.ncnn.rules_logic import UNARY_ABS, UNARY_SIGN, binary, scalar, unary
+
+        x = _as_tensor(ctx, a)
+        m = unary(ctx, scalar(ctx, scalar(ctx, unary(ctx, x, UNARY_ABS), ADD, 0.5), DIV, abs(d)), UNARY_FLOOR)
+        s = unary(ctx, x, UNARY_SIGN)
+        q = binary(ctx, MUL, m, s, tuple(x.shape), out if d > 0 else None)
+        if d < 0:
+            q = scalar(ctx, q, MUL, -1.0, out)
+        assert q.blob is not None and q.keep is not None
+        ctx.bind(out, q.blob, q.keep)
+        return
     blob, keep = binary_tensors(ctx, DIV, a, b, ctx.out_shape())
     ctx.bind(out, ctx.emit("UnaryOp", [blob], nc_shape(ctx.out_shape(), keep), {0: UNARY_TRUNC}, out_name=out), keep)
+
+
+def _scalar_divisor(ctx: Ctx, a, b) -> float | None:
+    """The divisor of an integer Div/Mod when it is one nonzero constant and ``a`` has
+    the output's shape (the exact paths below); else None."""
+    if b.const is None or np.asarray(b.const).size != 1 or a.const is not None:
+        return None
+    d = float(np.asarray(b.const).ravel()[0])
+    if d == 0 or d != int(d) or tuple(a.shape) != tuple(ctx.out_shape()):
+        return None
+    return d
+
+
+def _as_tensor(ctx: Ctx, x) -> Tensor:
+    return Tensor(x.name, x.shape, x.dtype, blob=ctx.blob_as(x), keep=x.keep or default_keep(x.shape))
 
 
 UNARY_SQUARE, UNARY_SQRT, UNARY_RSQRT, UNARY_RECIPROCAL = 4, 5, 6, 15
@@ -190,6 +222,18 @@ def mod(ctx: Ctx, node: Node) -> None:
     a, b = node.inputs[0], node.inputs[1]
     assert a is not None and b is not None
     shape = tuple(ctx.out_shape())
+    d = _scalar_divisor(ctx, a, b)
+    if d is not None:
+        # floor(a / d + 0.5 / |d|) is floor(a / d) exactly even when ncnn divides by a
+        # product with the reciprocal (see div).
+        from mconv.targets.ncnn.rules_logic import scalar, unary
+
+        x = _as_tensor(ctx, a)
+        q = unary(ctx, scalar(ctx, scalar(ctx, x, DIV, d), ADD, 0.5 / abs(d)), UNARY_FLOOR)
+        qb = scalar(ctx, q, MUL, d)
+        blob, keep = binary_tensors(ctx, SUB, a, qb, shape, node.outputs[0])
+        ctx.bind(node.outputs[0], blob, keep)
+        return
     q, keep = binary_tensors(ctx, DIV, a, b, shape)
     q = ctx.emit("UnaryOp", [q], nc_shape(shape, keep), {0: UNARY_FLOOR})
     qt = Tensor(f"{node.outputs[0]}_q", shape, np.dtype("float32"), blob=q, keep=keep)
