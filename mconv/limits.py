@@ -78,3 +78,7 @@ def human(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+# Above this many weight bytes, build and verify avoid holding a second copy of the model.
+BIG_MODEL_BYTES = 512 << 20

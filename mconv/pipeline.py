@@ -17,24 +17,13 @@ from mconv.data import ImageOptions, calibration_warnings, load_samples, random_
 from mconv.errors import ConversionError, InputError, UnsupportedOpsError, UsageError, VerificationError
 from mconv.fsutil import StagingDir
 from mconv.graphinfo import graph_inputs, graph_outputs, op_histogram, opset, parameter_stats
+from mconv.limits import BIG_MODEL_BYTES
 from mconv.metrics import Comparison, Tolerance, compare_outputs, default_tolerance
-from mconv.modelio import load_onnx, model_nbytes, parse_model, save_onnx
+from mconv.modelio import load_onnx, model_nbytes, save_onnx
 from mconv.selection import selected_outputs
-from mconv.specs import DynamicAxis, InputSpec
+from mconv.sources import ExportOptions, export_source, is_onnx_artifact, load_model_any, source_kind, stem_of
 
 VERIFY_SAMPLES = 2
-# Above this many weight bytes, build avoids holding a second copy of the model.
-BIG_MODEL_BYTES = 512 << 20
-
-
-@dataclass
-class ExportOptions:
-    model_spec: str | None = None
-    inputs: list[InputSpec] = field(default_factory=list)
-    dynamic: list[DynamicAxis] = field(default_factory=list)
-    opset: int | None = None
-    exporter: str = "auto"
-    trust_pickle: bool = False
 
 
 @dataclass
@@ -46,43 +35,6 @@ class VerifyOptions:
     keep_failed: bool = False
     # Seconds a runner child may take; None: mconv.limits.runner_timeout of the model.
     timeout: float | None = None
-
-
-def source_kind(path: Path) -> str:
-    """'onnx' or 'torch', from the file's content."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected a model file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head == b"PK" or head[:1] == b"\x80":
-        return "torch"
-    return "onnx"
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".onnx", ".pt2", ".pt", ".pth", ".ckpt", ".bin", ".torchscript"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or "model"
-    return path.stem or "model"
-
-
-def _export(path: Path, opts: ExportOptions):
-    from mconv.convert.torch import export
-
-    return export(
-        path,
-        model_spec=opts.model_spec,
-        inputs=opts.inputs,
-        dynamic=opts.dynamic,
-        opset=opts.opset,
-        exporter=opts.exporter,
-        trust_pickle=opts.trust_pickle,
-    )
 
 
 def _verify_export(result, tol: Tolerance) -> Comparison:
@@ -100,7 +52,7 @@ def export_model(path: Path, out: Path | None, opts: ExportOptions, verify: Veri
             raise InputError(f"{path}: already ONNX; use `mconv optimize` or `mconv build` on it")
         raise InputError(f"{path}: not a PyTorch file (TorchScript, ExportedProgram or torch.save checkpoint)")
     t0 = time.perf_counter()
-    result = _export(path, opts)
+    result = export_source(path, opts)
     model = result.model
     from mconv.modelio import check_model
 
@@ -123,7 +75,7 @@ def export_model(path: Path, out: Path | None, opts: ExportOptions, verify: Veri
                 f"{path}: ONNX export differs from PyTorch beyond {tol.describe()}: {comp.summary()}; nothing written",
                 report,
             )
-    dest = out or Path.cwd() / f"{_stem(path)}.onnx"
+    dest = out or Path.cwd() / f"{stem_of(path)}.onnx"
     files = save_onnx(model, dest)
     report["artifacts"] = [str(f) for f in files]
     report["seconds"] = round(time.perf_counter() - t0, 3)
@@ -132,18 +84,6 @@ def export_model(path: Path, out: Path | None, opts: ExportOptions, verify: Veri
             f"{path}: ONNX export differs from PyTorch: {comp.summary()} (kept {dest} as --keep-failed asked)", report
         )
     return report
-
-
-def load_model_any(path: Path, opts: ExportOptions) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Any source (ONNX or PyTorch) -> an ONNX ModelProto and facts about the source."""
-    kind = source_kind(path)
-    if kind == "onnx":
-        return load_onnx(path), {"kind": "onnx"}
-    result = _export(path, opts)
-    from mconv.modelio import check_model
-
-    check_model(result.model, f"{path} (exported)")
-    return result.model, {"kind": "torch", "exporter": result.exporter}
 
 
 def apply_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: int | None = None) -> None:
@@ -206,7 +146,7 @@ def optimize_model(path: Path, out: Path | None, passes: list[str] | None) -> di
     before = len(model.graph.node)
     t0 = time.perf_counter()
     model, reports = optimize(model, passes)
-    dest = out or Path.cwd() / f"{_stem(path)}.opt.onnx"
+    dest = out or Path.cwd() / f"{stem_of(path)}.opt.onnx"
     files = save_onnx(model, dest, keep=False)  # the weights are not needed afterwards
     unknown = unknown_ops(model)
     warnings = (
@@ -310,7 +250,7 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
     missing_rt = target.missing_runtime_message()
     if missing_rt:
         raise ConversionError(f"target '{target.name}' cannot run here: {missing_rt}")
-    stem = _stem(req.path)
+    stem = stem_of(req.path)
     out_dir = req.out_dir or Path.cwd() / f"{stem}_{target.name}"
     report: dict[str, Any] = {
         "command": "build",
@@ -459,11 +399,3 @@ def unknown_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
         if not onnx.defs.has(op, domain or ""):
             out[key] = names
     return out
-
-
-def is_onnx_artifact(path: Path) -> bool:
-    try:
-        parse_model(path)
-        return True
-    except InputError:
-        return False

@@ -160,7 +160,7 @@ class VerifyRequest:
     locate: bool = False
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     image: ImageOptions | None = None
-    export: Any = None  # pipeline.ExportOptions for PyTorch sources
+    export: Any = None  # sources.ExportOptions for PyTorch sources
 
 
 def _floats(values: tuple[float, ...]) -> str:
@@ -264,12 +264,12 @@ def verify(req: VerifyRequest) -> dict[str, Any]:
     become that artifact's row, and the others still run. :func:`raise_for_report`
     turns the report into the exit status.
     """
-    from mconv.limits import runner_timeout
+    from mconv.limits import BIG_MODEL_BYTES, runner_timeout
     from mconv.modelio import model_nbytes
     from mconv.noise import RoundingFloor, probe_outputs_isolated
-    from mconv.pipeline import BIG_MODEL_BYTES, ExportOptions, load_model_any
     from mconv.runner import reference_outputs_isolated
     from mconv.selection import selected_outputs
+    from mconv.sources import ExportOptions, load_model_any
 
     if not req.artifacts:
         raise UsageError("give at least one ARTIFACT to verify")

@@ -28,7 +28,8 @@ class CliResult:
 @pytest.fixture
 def cli(capsys):
     """Run ``mconv ARGS`` in this process (fast) and capture exit code, stdout, stderr."""
-    from mconv.cli import _state, main
+    from mconv.cli import main
+    from mconv.cli import state as _state
 
     def run(*args: str) -> CliResult:
         _state["debug"] = False

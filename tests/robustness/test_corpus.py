@@ -44,7 +44,8 @@ def _commands(item: Path, out: Path, good: Path) -> list[tuple[str, list[str]]]:
 @pytest.fixture
 def run_cli(capfd):
     """In-process CLI with fd-level capture, so native libraries' prints are seen too."""
-    from mconv.cli import _state, main
+    from mconv.cli import main
+    from mconv.cli import state as _state
 
     def run(args: list[str]) -> tuple[int, str, str]:
         _state["debug"] = False

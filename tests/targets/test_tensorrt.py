@@ -28,7 +28,7 @@ from mconv.targets.tensorrt import (
     sidecar_path,
     trtexec_command,
 )
-from mconv.targets.trt_support import load_table, normalize_profiles, preflight_report
+from mconv.targets.tensorrt.support import load_table, normalize_profiles, preflight_report
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_qdq import samples, tiny_convnet

@@ -1,4 +1,4 @@
-"""``mconv run`` and ``mconv recipe`` (registered on the app from mconv.cli)."""
+"""``mconv run`` and ``mconv recipe`` (registered on the app when mconv.cli is imported)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from mconv.cli import JsonOpt, _console, _emit, app
+from mconv.cli.app import app
+from mconv.cli.common import JsonOpt, console, emit
 
 recipe_app = typer.Typer(
     help="Recipe tools: the JSON Schema for editors, and validation without running.",
@@ -52,7 +53,7 @@ def run(
             _print_summary(summary)
         # with --json, the summary is printed in the failure object
         raise MconvError(failure_message(summary), exit_code=summary["exit_code"], report=summary)
-    _emit(summary, as_json, _print_summary)
+    emit(summary, as_json, _print_summary)
 
 
 def _print_summary(s) -> None:
@@ -72,7 +73,7 @@ def _print_summary(s) -> None:
             f"{r['seconds']:.1f}",
             r["report"] or "",
         )
-    con = _console()
+    con = console()
     con.print(t)
     con.print(f"summary: {Path(s['out_dir']) / 'summary.md'}")
 
@@ -101,8 +102,8 @@ def check(recipes: RecipesArg, set_: SetOpt = None, as_json: JsonOpt = False):
     }
 
     def render(rep):
-        con = _console()
+        con = console()
         for r in rep["recipes"]:
             con.print(f"{r['file']}: ok ({r['name']}: {', '.join(r['steps'])})")
 
-    _emit(report, as_json, render)
+    emit(report, as_json, render)

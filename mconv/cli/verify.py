@@ -1,4 +1,4 @@
-"""``mconv verify`` and ``mconv bench`` (registered on the app from mconv.cli)."""
+"""``mconv verify`` and ``mconv bench`` (registered on the app when mconv.cli is imported)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from mconv.cli import (
+from mconv.cli.app import app
+from mconv.cli.common import (
     InputOpt,
     JsonOpt,
     MeanOpt,
@@ -15,12 +16,11 @@ from mconv.cli import (
     SizeOpt,
     StdOpt,
     TrustOpt,
-    _console,
-    _emit,
-    _export_options,
-    _image_options,
-    _tolerance,
-    app,
+    console,
+    emit,
+    export_options,
+    image_options,
+    tolerance_of,
 )
 
 ArtifactsArg = Annotated[
@@ -38,7 +38,7 @@ TimeoutOpt = Annotated[
 
 def _wide_console():
     """The CLI's console; when writing to a pipe or file, wide enough that the tables do not fold."""
-    con = _console()
+    con = console()
     if not con.is_terminal:
         con.width = max(con.width, 160)
     return con
@@ -96,22 +96,22 @@ def verify(
     from mconv.verify import VerifyRequest, raise_for_report
     from mconv.verify import verify as run_verify
 
-    export = _export_options(input, None, None, "auto", model, trust_pickle)
+    export = export_options(input, None, None, "auto", model, trust_pickle)
     req = VerifyRequest(
         source=source,
         artifacts=list(artifacts),
         inputs=inputs_data,
         samples=samples,
-        tolerance=_tolerance(rtol, atol, min_cos),
+        tolerance=tolerance_of(rtol, atol, min_cos),
         timeout=timeout,
         locate=locate,
         shapes={s.name: s.shape for s in export.inputs if getattr(s, "shape", None)},
-        image=_image_options(mean, std, size),
+        image=image_options(mean, std, size),
         export=export,
     )
     report = run_verify(req)
     if not as_json or report["passed"]:
-        _emit(report, as_json, _render_verify)
+        emit(report, as_json, _render_verify)
     raise_for_report(report)  # on failure, --json prints the report inside the error object
 
 
@@ -220,7 +220,7 @@ def bench(
     report = run_bench(req)
     ok = all(r["status"] == "ok" for r in report["results"])
     if not as_json or ok:
-        _emit(report, as_json, _render_bench)
+        emit(report, as_json, _render_bench)
     raise_for_bench(report)
 
 

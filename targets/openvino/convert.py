@@ -40,9 +40,8 @@ import re
 import shutil
 import sys
 import tempfile
-import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import onnx
@@ -50,13 +49,12 @@ import onnx
 from mconv.data import calibration_warnings
 from mconv.errors import (
     ConversionError,
-    InputError,
     MissingDependencyError,
     UnsupportedOpsError,
     UsageError,
 )
-from mconv.graphinfo import TensorInfo, all_graphs, all_nodes
-from mconv.targets.base import Artifact, BuildOptions, Feeds, Runner, Target, dims_of
+from mconv.graphinfo import all_graphs, all_nodes
+from mconv.targets.base import PRECISIONS, BuildOptions, Feeds
 
 CALIB_COUNT_DEFAULT = 300  # the CLI's --calib-count default
 
@@ -67,7 +65,7 @@ INT8_PRESETS = ("performance", "mixed")
 _AUTO_NAME = re.compile(r"(?<![\w.])([A-Z][A-Za-z0-9]*)_(\d+)(?![\w])")
 
 
-def _import_openvino():
+def import_openvino():
     try:
         import openvino as ov
     except ImportError as e:
@@ -101,7 +99,7 @@ def int8_warnings(options: BuildOptions) -> list[str]:
 
 def check_options(options: BuildOptions) -> None:
     """Raise UsageError for option combinations this target cannot honour."""
-    if options.precision not in OpenVinoTarget.precisions:
+    if options.precision not in PRECISIONS:
         raise UsageError(
             f"precision '{options.precision}' is not supported by --target openvino; "
             "use the default (fp32), --fp16 or --int8"
@@ -126,7 +124,7 @@ def check_options(options: BuildOptions) -> None:
 # Conversion helpers
 
 
-def _onnx_names(model: onnx.ModelProto) -> set[str]:
+def onnx_names(model: onnx.ModelProto) -> set[str]:
     """Every node and value name in the graph (these names are the user's, never renamed)."""
     names: set[str] = set()
     for graph in all_graphs(model.graph):
@@ -179,7 +177,7 @@ def _conversion_error(model: onnx.ModelProto, exc: Exception) -> ConversionError
 
 def convert_onnx(model: onnx.ModelProto) -> Any:
     """ONNX ModelProto -> ``openvino.Model`` through OpenVINO's ONNX frontend."""
-    ov = _import_openvino()
+    ov = import_openvino()
     from mconv.modelio import EXTERNAL_THRESHOLD, model_nbytes, save_onnx
 
     try:
@@ -204,7 +202,7 @@ def apply_shapes(
     """Fix input shapes in place: ``--input NAME:SHAPE`` wins, ``--batch N`` sets axis 0
     of every other input; all other dims keep what the model declares (dynamic stays
     dynamic)."""
-    ov = _import_openvino()
+    ov = import_openvino()
     input_shapes = dict(input_shapes or {})
     ports = {}
     for port in ov_model.inputs:
@@ -395,7 +393,7 @@ def canonicalize_names(ov_model: Any, keep: set[str]) -> int:
     return renamed
 
 
-def _port_info(port: Any) -> dict[str, Any]:
+def port_info(port: Any) -> dict[str, Any]:
     ps = port.get_partial_shape()
     shape = None if ps.rank.is_dynamic else [d.get_length() if d.is_static else None for d in ps]
     return {
@@ -408,7 +406,7 @@ def _port_info(port: Any) -> dict[str, Any]:
 def save_ir(ov_model: Any, out_dir: Path, stem: str, *, compress_to_fp16: bool) -> tuple[Path, Path]:
     """``openvino.save_model`` into a scratch folder inside ``out_dir``, then rename the
     finished ``.xml``/``.bin`` into place (nothing half-written is left on failure)."""
-    ov = _import_openvino()
+    ov = import_openvino()
     out_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".tmp", dir=out_dir))
     try:
@@ -421,243 +419,3 @@ def save_ir(ov_model: Any, out_dir: Path, stem: str, *, compress_to_fp16: bool) 
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return xml, bin_
-
-
-# ---------------------------------------------------------------------------
-# Recognising an IR on disk
-
-
-def _xml_root_tag(path: Path) -> str | None:
-    try:
-        for _event, elem in ET.iterparse(path, events=("start",)):
-            return elem.tag
-    except (ET.ParseError, OSError):
-        return None
-    return None
-
-
-def ir_precision(xml: Path) -> str:
-    """Guess an IR's precision: FakeQuantize or 8-bit weights -> int8, f16 weights -> fp16."""
-    precision = "fp32"
-    for _event, elem in ET.iterparse(xml, events=("start",)):
-        if elem.tag != "layer" and elem.tag != "data":
-            continue
-        if elem.tag == "layer" and elem.get("type") == "FakeQuantize":
-            return "int8"
-        et = elem.get("element_type")
-        if et in ("i8", "u8") and elem.tag == "data":
-            return "int8"
-        if et == "f16":
-            precision = "fp16"
-    return precision
-
-
-_IR_TYPES = {
-    "f32": "float32",
-    "f16": "float16",
-    "f64": "float64",
-    "i64": "int64",
-    "i32": "int32",
-    "i8": "int8",
-    "u8": "uint8",
-    "boolean": "bool",
-}
-
-
-def ir_inputs(xml: Path) -> list[TensorInfo]:
-    """The Parameter layers of an IR: first tensor name, shape (None dims are dynamic), dtype."""
-    out = []
-    for layer in ET.parse(xml).getroot().iter("layer"):
-        if layer.get("type") != "Parameter":
-            continue
-        data = layer.find("data")
-        port = layer.find("output/port")
-        names = (port.get("names") if port is not None else None) or layer.get("name") or ""
-        shape = data.get("shape") if data is not None else None
-        dtype = _IR_TYPES.get(data.get("element_type", "f32") if data is not None else "f32", "float32")
-        dims = None if shape is None else dims_of(shape.split(",")) if shape else ()
-        out.append(TensorInfo(names.split(",")[0].strip(), dims, dtype))
-    return out
-
-
-# ---------------------------------------------------------------------------
-# Runner and target
-
-
-class OpenVinoRunner(Runner):
-    """Runs an IR on OpenVINO's CPU plugin at FP32 inference precision.
-
-    Outputs are keyed by the ONNX output names (the IR keeps them as tensor names).
-    An artifact with ``meta["probe_outputs"]`` (``verify --locate``) instead returns
-    those ONNX-named tensors the IR keeps on its ports: each such port becomes an
-    extra result before compiling.
-    """
-
-    def __init__(self, artifact: Artifact, *, threads: int | None = None, device: str = "CPU") -> None:
-        super().__init__(artifact, threads=threads)
-        self.device = device
-        self._compiled: Any = None
-        self._request: Any = None
-        self._inputs: list[str] = []
-        self._outputs: list[tuple[str, Any]] = []
-
-    def config(self) -> dict[str, Any]:
-        import openvino.properties.hint as hints
-
-        cfg: dict[str, Any] = {
-            hints.inference_precision: "f32",
-            hints.performance_mode: hints.PerformanceMode.LATENCY,
-        }
-        if self.threads:
-            import openvino.properties as props
-
-            cfg[props.inference_num_threads] = int(self.threads)
-        return cfg
-
-    def load(self) -> None:
-        if self._compiled is not None:
-            return
-        ov = _import_openvino()
-        xml = self.artifact.main
-        probes = self.artifact.meta.get("probe_outputs")
-        try:
-            model: Any = str(xml)
-            if probes:
-                model = ov.Core().read_model(str(xml))
-                probes = _add_probe_outputs(model, probes)
-            self._compiled = ov.Core().compile_model(model, self.device, self.config())
-        except Exception as e:
-            raise ConversionError(f"{xml}: OpenVINO cannot load/compile the IR on {self.device}: {e}") from e
-        self._request = self._compiled.create_infer_request()
-        self._inputs = [p.get_any_name() for p in self._compiled.inputs]
-        if probes is not None:
-            by_name = {}
-            for port in self._compiled.outputs:
-                for n in port.get_names():
-                    by_name.setdefault(n, port)
-            self._outputs = [(n, by_name[n]) for n in probes if n in by_name]
-            return
-        wanted = list(self.artifact.meta.get("output_names") or [])
-        self._outputs = []
-        for i, port in enumerate(self._compiled.outputs):
-            names = port.get_names()
-            name = next((n for n in wanted if n in names), None)
-            if name is None:
-                name = wanted[i] if i < len(wanted) and not names else port.get_any_name()
-            self._outputs.append((name, port))
-
-    def input_names(self) -> list[str]:
-        self.load()
-        return list(self._inputs)
-
-    def output_names(self) -> list[str]:
-        self.load()
-        return [n for n, _ in self._outputs]
-
-    def infer_impl(self, feeds: Feeds) -> Feeds:
-        self.load()
-        try:
-            # Inference is synchronous and the base class hands over contiguous arrays:
-            # OpenVINO may read them in place instead of copying every input.
-            result = self._request.infer(feeds, share_inputs=True)
-        except Exception as e:
-            shapes = {k: list(v.shape) for k, v in feeds.items()}
-            raise InputError(f"{self.artifact.main}: OpenVINO inference failed for inputs {shapes}: {e}") from e
-        # The request reuses its buffers: copy.
-        return {name: np.array(result[port], copy=True) for name, port in self._outputs}
-
-
-def _add_probe_outputs(model: Any, names: list[str]) -> list[str]:
-    """Make every port carrying one of ``names`` a result of ``model``; the names found, in order."""
-    wanted = set(names)
-    ports: list[tuple[str, Any]] = []
-    for op in model.get_ordered_ops():
-        if op.get_type_name() in ("Parameter", "Result", "Constant"):
-            continue
-        for out in op.outputs():
-            hit = sorted(out.get_names() & wanted)
-            if hit:
-                ports.append((hit[0], out))
-    if ports:
-        model.add_outputs([p for _, p in ports])
-    return [n for n, _ in ports]
-
-
-class OpenVinoTarget(Target):
-    """OpenVINO IR via ``openvino.convert_model``/``save_model``, INT8 via ``nncf``."""
-
-    name: ClassVar[str] = "openvino"
-    # The registry already maps "ov" -> "openvino"; declaring it again would be a duplicate.
-    aliases: ClassVar[tuple[str, ...]] = ()
-    extra: ClassVar[str] = "openvino"
-    description: ClassVar[str] = "OpenVINO IR (.xml + .bin); FP32, FP16 weights, INT8 via NNCF"
-    artifact_kind: ClassVar[str] = "OpenVINO .xml (+ .bin)"
-
-    def runtime_missing(self) -> str | None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError as e:
-            return f"openvino is not importable ({e}); install it with `pip install 'mconv[openvino]'`"
-        return None
-
-    def preflight(self, model: onnx.ModelProto, options: BuildOptions) -> list[str]:
-        check_options(options)
-        return []  # the pipeline reports calibration-set warnings for every target
-
-    def write(self, model: onnx.ModelProto, out_dir: Path, stem: str, options: BuildOptions) -> Artifact:
-        check_options(options)
-        warnings = int8_warnings(options)
-        ov = _import_openvino()
-        ov_model = convert_onnx(model)
-        apply_shapes(ov_model, options.extra.get("input_shapes"), options.extra.get("batch"))
-        meta: dict[str, Any] = {}
-        if options.precision == "int8":
-            ov_model = quantize_int8(ov_model, model, options)
-            model_type = int8_model_type(model, options)
-            meta["int8"] = {
-                "calib_samples": len(options.calib or []),
-                "model_type": model_type,
-                "preset": int8_preset(model_type, options),
-                "ignore": list(options.extra.get("ignore") or []),
-            }
-        onnx_outputs = [o.name for o in model.graph.output]
-        # Keep exactly the ONNX output names on the IR's outputs.
-        # (The frontend keeps ONNX output order; an output it dropped leaves the rest unnamed.)
-        for port, name in zip(ov_model.outputs, onnx_outputs, strict=False):
-            if name not in port.get_names():
-                port.get_tensor().add_names({name})
-        canonicalize_names(ov_model, _onnx_names(model))
-        xml, bin_ = save_ir(ov_model, Path(out_dir), stem, compress_to_fp16=options.precision == "fp16")
-        meta.update(
-            {
-                "inputs": [_port_info(p) for p in ov_model.inputs],
-                "outputs": [_port_info(p) for p in ov_model.outputs],
-                "input_names": [p.get_any_name() for p in ov_model.inputs],
-                "output_names": onnx_outputs,
-                "dynamic": any(p.get_partial_shape().is_dynamic for p in ov_model.inputs),
-                "openvino_version": ov.get_version(),
-                "warnings": warnings,
-            }
-        )
-        return Artifact(self.name, xml, [xml, bin_], options.precision, meta)
-
-    def runner(self, artifact: Artifact, *, threads: int | None = None) -> OpenVinoRunner:
-        return OpenVinoRunner(artifact, threads=threads)
-
-    def artifact_inputs(self, artifact: Artifact) -> list[TensorInfo] | None:
-        return super().artifact_inputs(artifact) or ir_inputs(artifact.main)
-
-    def probe_artifact(self, artifact: Artifact, names: list[str], workdir: Path) -> tuple[Artifact, dict]:
-        """The same IR; its runner adds the ports that keep ONNX tensor names as results."""
-        meta = {**artifact.meta, "probe_outputs": list(names)}
-        return Artifact(artifact.target, artifact.main, list(artifact.files), artifact.precision, meta), {}
-
-    @classmethod
-    def recognise(cls, path: Path) -> Artifact | None:
-        path = Path(path)
-        if path.suffix.lower() != ".xml" or not path.is_file() or _xml_root_tag(path) != "net":
-            return None
-        bin_ = path.with_suffix(".bin")
-        if not bin_.is_file():
-            raise InputError(f"{path}: OpenVINO IR without its weights file {bin_.name}; copy {bin_} beside the .xml")
-        return Artifact(cls.name, path, [path, bin_], ir_precision(path), {})
