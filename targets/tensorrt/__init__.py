@@ -6,7 +6,6 @@ and runner, ``target`` the registered target.
 
 from mconv.targets.tensorrt.engine import (
     EngineConfig,
-    TensorRTRunner,
     build_with_python,
     build_with_trtexec,
     check_engine_compat,
@@ -18,7 +17,7 @@ from mconv.targets.tensorrt.engine import (
     trtexec_command,
 )
 from mconv.targets.tensorrt.support import Finding, preflight_report
-from mconv.targets.tensorrt.target import TensorRTTarget
+from mconv.targets.tensorrt.target import TensorRTRunner, TensorRTTarget
 
 __all__ = [
     "EngineConfig",
