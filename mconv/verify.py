@@ -94,7 +94,8 @@ def check_inputs(artifact: Artifact, sample: Feeds) -> str | None:
     """A one-line mismatch between ``sample`` and what ``artifact`` takes, or None."""
     from mconv.targets import get_target
 
-    specs = get_target(artifact.target).artifact_inputs(artifact)
+    target = get_target(artifact.target)
+    specs = target.artifact_inputs(artifact)
     if specs is None:
         return None
     want = [s.name for s in specs]
@@ -107,7 +108,7 @@ def check_inputs(artifact: Artifact, sample: Feeds) -> str | None:
         # A runtime without a batch axis: its inputs may drop (or we may add) a leading 1.
         fits = len(s.shape) == len(got) and all(d is None or d == g for d, g in zip(s.shape, got))
         if not fits and int(np.prod([d for d in s.shape if d])) == int(np.prod(got)) and None not in s.shape:
-            fits = get_target(artifact.target).batchless
+            fits = target.batchless
         if not fits:
             shown = "x".join("?" if d is None else str(d) for d in s.shape)
             return (
