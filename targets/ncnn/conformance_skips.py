@@ -227,7 +227,6 @@ SKIPS: dict[str, str] = {
     "test_mod_uint32": "uint32 input or output",
     "test_mod_uint64": "uint64 input or output",
     "test_mod_int64_fmod": "int64 input or output",
-    "test_mod_broadcast": "int32 input or output",
     "test_mul_uint32": "uint32 input or output",
     "test_mul_uint64": "uint64 input or output",
     "test_nllloss_NC_expanded": "GatherElements: GatherElements of dynamic data (ncnn has no per-element gather)",
