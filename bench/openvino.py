@@ -430,12 +430,17 @@ def bench_model(name: str, args, workdir: Path) -> dict:
     outs = {}
     for variant in ("fp32", "fp16", "int8", "int8e"):
         precision = variant[:4]
-        extra = {"calib_count_requested": args.calib}
+        values: dict = {}
         if precision == "int8" and name.startswith("vit"):
-            extra.update(int8_preset="mixed", int8_model_type="transformer")
+            values.update(int8_preset="mixed", int8_model_type="transformer")
         if variant == "int8e":  # what `--ignore FIRST --ignore LAST` gives: the end layers stay FP32
-            extra["ignore"] = end_layers(model)
-        options = BuildOptions(precision, calib=calib if precision == "int8" else None, extra=extra)
+            values["ignore"] = end_layers(model)
+        options = BuildOptions(
+            precision,
+            calib=calib if precision == "int8" else None,
+            target=target.make_options(values, precision=precision),
+            calib_count_requested=args.calib,
+        )
         tb = time.perf_counter()
         art = target.write(model, workdir / name / variant, name, options)
         row[f"build_{variant}"] = time.perf_counter() - tb
@@ -491,10 +496,12 @@ def bench_zoo_model(name: str, zoo: Path, args, workdir: Path) -> dict:
     outs, fns = {}, {}
     for variant, mt in (("fp32", None), ("int8 default", "default"), ("int8 transformer", "transformer")):
         precision = variant[:4]
-        extra = {"calib_count_requested": args.calib}
-        if mt:
-            extra["int8_model_type"] = mt
-        options = BuildOptions(precision, calib=calib if precision == "int8" else None, extra=extra)
+        options = BuildOptions(
+            precision,
+            calib=calib if precision == "int8" else None,
+            target=target.make_options({"int8_model_type": mt} if mt else {}, precision=precision),
+            calib_count_requested=args.calib,
+        )
         tb = time.perf_counter()
         art = target.write(model, workdir / name / variant.replace(" ", "_"), "model", options)
         row[f"build {variant}"] = time.perf_counter() - tb

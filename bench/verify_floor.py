@@ -107,7 +107,7 @@ def artifact_outputs(model: onnx.ModelProto, target: str, samples, tmp: Path):
     m = onnx.ModelProto()
     m.CopyFrom(model)
     m, _ = optimize(m, list(DEFAULT_PIPELINE) + [p for p in t.required_passes if p not in DEFAULT_PIPELINE])
-    art = t.write(m, tmp / target, "model", BuildOptions(precision="fp32", extra={}))
+    art = t.write(m, tmp / target, "model", BuildOptions(precision="fp32"))
     return run_artifact(art, [t.verify_feeds(s) for s in samples], isolate=True, timeout=900)
 
 

@@ -182,7 +182,9 @@ class BuildRequest:
     export: ExportOptions = field(default_factory=ExportOptions)
     verify: VerifyOptions = field(default_factory=VerifyOptions)
     batch: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The target's own options, name -> value or text (``--option KEY=VALUE``, a recipe's
+    # ``options:``); validated against the target's declaration before any work starts.
+    target_options: dict[str, Any] = field(default_factory=dict)
 
 
 def build_model(req: BuildRequest) -> dict[str, Any]:
@@ -202,6 +204,7 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
         raise UsageError("--int8 needs calibration data: add --calib DATA (a folder or glob of .npy/.npz or images)")
     if req.calib and req.precision != "int8":
         raise UsageError("--calib is only used with --int8")
+    target_options = target.make_options(req.target_options, precision=req.precision)
     source, info = load_model_any(req.path, req.export)
     shapes = {s.name: s.shape for s in req.export.inputs} if info["kind"] == "onnx" else {}
     if info["kind"] == "onnx":
@@ -240,12 +243,14 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
     missing = target.unsupported(model)
     if missing:
         raise UnsupportedOpsError(target.name, missing)
-    # Unset options are left out, so targets see their own defaults via extra.get(key, default).
-    extra = {k: v for k, v in req.extra.items() if v not in (None, [], "")}
-    extra.setdefault("input_shapes", shapes)
-    extra.setdefault("batch", req.batch)
-    extra.setdefault("calib_count_requested", req.calib_count)
-    options = BuildOptions(precision=req.precision, calib=calib, extra=extra)
+    options = BuildOptions(
+        precision=req.precision,
+        calib=calib,
+        target=target_options,
+        input_shapes=shapes,
+        batch=req.batch,
+        calib_count_requested=req.calib_count,
+    )
     warnings += target.preflight(model, options)
     missing_rt = target.missing_runtime_message()
     if missing_rt:

@@ -139,29 +139,6 @@ class ToleranceSpec(_Strict):
     min_cos: float | None = Field(None, ge=-1, le=1)
 
 
-class ProfileSpec(_Strict):
-    input: str
-    min: list[Annotated[int, Field(ge=1)]]
-    opt: list[Annotated[int, Field(ge=1)]]
-    max: list[Annotated[int, Field(ge=1)]]
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ProfileSpec:
-        if not len(self.min) == len(self.opt) == len(self.max):
-            raise ValueError("min, opt and max must have the same rank")
-        if any(not a <= b <= c for a, b, c in zip(self.min, self.opt, self.max)):
-            raise ValueError("each dimension needs min <= opt <= max")
-        return self
-
-
-class TargetOptions(_Strict):
-    calib_method: Literal["kl", "minmax", "entropy", "percentile"] | None = None
-    int8_preset: Literal["performance", "mixed"] | None = None
-    ignore: list[str] = Field(default_factory=list, description="Node names or op types kept in float.")
-    workspace: str | None = Field(None, description="TensorRT workspace, e.g. 2G.")
-    timing_cache: str | None = Field(None, description="TensorRT timing cache, relative to the recipe file.")
-
-
 class TargetSpec(_Strict):
     target: str = Field(description="A registered target name (see `mconv targets`).")
     precision: Precision = "fp32"
@@ -169,8 +146,11 @@ class TargetSpec(_Strict):
     required: bool = Field(False, description="Fail the run (instead of skipping) when the runtime is missing.")
     calib: DataSpec | None = Field(None, description="Calibration data for int8 (default: the recipe's calib).")
     batch: int | None = Field(None, ge=1)
-    profiles: list[ProfileSpec] = Field(default_factory=list, description="TensorRT optimisation profile.")
-    options: TargetOptions = Field(default_factory=TargetOptions)
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The target's own options, as it declares them (`mconv targets NAME` lists them); "
+        "file paths are relative to the recipe file.",
+    )
     verify: ToleranceSpec | None = Field(None, description="Tolerance for this target (overrides verify.*).")
 
     @property
@@ -239,7 +219,33 @@ def json_schema() -> dict[str, Any]:
     schema = Recipe.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "mconv recipe"
+    schema["$defs"]["TargetSpec"]["allOf"] = _target_option_schemas()
     return schema
+
+
+def _target_option_schemas() -> list[dict[str, Any]]:
+    """Per target: its declared options are what ``options`` may hold."""
+    from mconv.targets import all_targets
+
+    out = []
+    for entry in all_targets():
+        if entry.error:
+            continue
+        try:
+            cls = entry.load()
+            props = {s.name: s.json_schema() for s in cls.Options.specs()}
+        except Exception:  # a broken plugin shows in `mconv targets`
+            continue
+        names = [entry.name, *cls.aliases]
+        out.append(
+            {
+                "if": {"properties": {"target": {"enum": names}}, "required": ["target"]},
+                "then": {
+                    "properties": {"options": {"type": "object", "properties": props, "additionalProperties": False}}
+                },
+            }
+        )
+    return out
 
 
 _ALL_KEYS = sorted(
@@ -255,8 +261,6 @@ _ALL_KEYS = sorted(
             ImageSpec,
             DataSpec,
             ToleranceSpec,
-            ProfileSpec,
-            TargetOptions,
             TargetSpec,
             VerifySpec,
             BenchSpec,
@@ -488,6 +492,12 @@ class _Ctx:
 def _pydantic_problem(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         key = str(err["loc"][-1])
+        if err["loc"][0] == "targets" and len(err["loc"]) == 3:
+            from mconv.targets import declared_options
+
+            owners = [t for t, _ in declared_options().get(key, [])]
+            if owners:
+                return f"unknown key '{key}'; it is an option of target {', '.join(owners)}: put it under `options:`"
         close = difflib.get_close_matches(key, _ALL_KEYS, n=1)
         return f"unknown key '{key}'" + (f"; did you mean '{close[0]}'?" if close else "")
     if err["type"] == "missing":
@@ -533,7 +543,7 @@ def load_recipe(path: str | Path, overrides: list[Override] | None = None) -> Lo
         more = f" (and {len(errs) - 1} more error(s))" if len(errs) > 1 else ""
         raise ctx.fail(ctx.keypath(tuple(err["loc"])), _pydantic_problem(err) + more) from None
     base = p.resolve().parent
-    _check_names(spec, ctx)
+    _check_names(spec, ctx, base)
     _resolve_paths(spec, base, ctx)
     return LoadedRecipe(file, base, spec.name or p.stem, spec, [o.text for o in overrides])
 
@@ -554,7 +564,7 @@ def load_recipes(paths: list[str | Path], overrides: list[Override] | None = Non
 
 
 # ---- semantic checks: targets, passes ---------------------------------------------------------
-def _check_names(spec: Recipe, ctx: _Ctx) -> None:
+def _check_names(spec: Recipe, ctx: _Ctx, base: Path) -> None:
     from mconv.errors import ConversionError
     from mconv.targets import get_target
 
@@ -571,6 +581,8 @@ def _check_names(spec: Recipe, ctx: _Ctx) -> None:
                 ("targets", str(i), "precision"),
                 f"target '{t.target}' supports {', '.join(target.precisions)}, not {t.precision}",
             )
+        if target is not None:
+            _check_target_options(t, target, ("targets", str(i), "options"), ctx, base)
         if t.label in labels:
             raise ctx.fail(
                 ("targets", str(i)),
@@ -583,6 +595,22 @@ def _check_names(spec: Recipe, ctx: _Ctx) -> None:
             raise ctx.fail(("targets", str(i), "calib"), "calib is only used with precision: int8")
     for i, p in enumerate(spec.passes or []):
         _check_pass(p, ("passes", str(i)), ctx)
+
+
+def _check_target_options(t: TargetSpec, target, path: tuple[str, ...], ctx: _Ctx, base: Path) -> None:
+    """Each option against the target's declaration; file paths resolved inside the recipe folder."""
+    for key, value in list(t.options.items()):
+        try:
+            target.make_options({key: value}, precision=t.precision)
+        except UsageError as e:
+            spec = target.Options.spec(key)
+            shown = spec.shown() if spec is not None else f"--option {key}"
+            raise ctx.fail((*path, str(key)), str(e).replace(shown, str(key), 1)) from None
+        spec = target.Options.spec(key)
+        if spec.path and value:
+            values = value if isinstance(value, list) else [value]
+            resolved = [str(_inside(base, str(v), (*path, str(key)), ctx, must_exist=False)) for v in values]
+            t.options[key] = resolved if isinstance(value, list) else resolved[0]
 
 
 def _check_pass(p: PassSpec, path: tuple[str, ...], ctx: _Ctx) -> None:
@@ -689,6 +717,3 @@ def _resolve_paths(spec: Recipe, base: Path, ctx: _Ctx) -> None:
     for i, t in enumerate(spec.targets):
         if t.calib and t.calib.path:
             t.calib.path = _data_path(base, t.calib.path, ("targets", str(i), "calib", "path"), ctx)
-        if t.options.timing_cache:
-            key = ("targets", str(i), "options", "timing_cache")
-            t.options.timing_cache = str(_inside(base, t.options.timing_cache, key, ctx, must_exist=False))

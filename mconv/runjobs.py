@@ -337,7 +337,6 @@ class RecipeRun:
 
     def _target(self, t: TargetSpec, onnx_path: Path, opt_path: Path) -> None:
         from mconv.pipeline import BuildRequest, ExportOptions, VerifyOptions, build_model
-        from mconv.specs import ShapeProfile, parse_size
         from mconv.targets import get_target
 
         label = t.label
@@ -353,17 +352,6 @@ class RecipeRun:
                     raise ConversionError(f"required: true, but target '{t.target}' cannot run here: {missing}")
                 rec.update(status="skipped", reason=missing)
             else:
-                o = t.options
-                extra: dict[str, Any] = {
-                    "calib_method": o.calib_method,
-                    "int8_preset": o.int8_preset,
-                    "ignore": list(o.ignore),
-                    "profiles": [[ShapeProfile(p.input, tuple(p.min), tuple(p.opt), tuple(p.max)) for p in t.profiles]]
-                    if t.profiles
-                    else [],
-                    "workspace": parse_size(o.workspace) if o.workspace else None,
-                    "timing_cache": o.timing_cache,
-                }
                 req = BuildRequest(
                     path=opt_path,
                     target=t.target,
@@ -376,7 +364,7 @@ class RecipeRun:
                     export=ExportOptions(),
                     verify=VerifyOptions(enabled=False),
                     batch=t.batch,
-                    extra=extra,
+                    target_options=dict(t.options),
                 )
                 report = build_model(req)
                 artifact = report["artifact"]

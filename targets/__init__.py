@@ -10,8 +10,19 @@ from importlib.metadata import entry_points
 
 from mconv.errors import ConversionError, UsageError
 from mconv.targets.base import Artifact, BuildOptions, Runner, Target
+from mconv.targets.options import OptionSpec
 
-__all__ = ["Artifact", "BuildOptions", "Runner", "Target", "all_targets", "get_target", "register"]
+__all__ = [
+    "Artifact",
+    "BuildOptions",
+    "Runner",
+    "Target",
+    "all_targets",
+    "declared_options",
+    "find_entry",
+    "get_target",
+    "register",
+]
 
 # name -> "module:Class" for the built-ins (imported lazily).
 _BUILTIN = {
@@ -93,8 +104,23 @@ def all_targets() -> list[TargetEntry]:
     return [_registry[k] for k in sorted(_registry)]
 
 
-def get_target(name: str) -> Target:
-    """Instantiate a target by name or alias; unknown names are a usage error."""
+def declared_options() -> dict[str, list[tuple[str, OptionSpec]]]:
+    """Option name -> (target name, its declaration) for every loadable target."""
+    out: dict[str, list[tuple[str, OptionSpec]]] = {}
+    for entry in all_targets():
+        if entry.error:
+            continue
+        try:
+            specs = entry.load().Options.specs()
+        except Exception:  # a broken plugin shows in `mconv targets`, not here
+            continue
+        for s in specs:
+            out.setdefault(s.name, []).append((entry.name, s))
+    return out
+
+
+def find_entry(name: str) -> TargetEntry:
+    """The registry entry of a target name or alias; unknown or broken ones are a usage error."""
     _ensure()
     key = _aliases.get(name, name)
     entry = _registry.get(key)
@@ -103,6 +129,12 @@ def get_target(name: str) -> Target:
         raise UsageError(f"--target '{name}': unknown target; choose one of {known} (see `mconv targets`)")
     if entry.error:
         raise UsageError(f"--target '{name}': the plugin failed to import: {entry.error}")
+    return entry
+
+
+def get_target(name: str) -> Target:
+    """Instantiate a target by name or alias; unknown names are a usage error."""
+    entry = find_entry(name)
     try:
         return entry.load()()
     except Exception as e:

@@ -17,29 +17,43 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 
-from mconv.errors import ConversionError, InputError
+from mconv.errors import ConversionError, InputError, UsageError
 from mconv.graphinfo import TensorInfo, nodes_by_op
+from mconv.targets.options import PRECISIONS, TargetOptions, option
 
 Feeds = dict[str, np.ndarray]
 
-PRECISIONS = ("fp32", "fp16", "int8")
+__all__ = ["PRECISIONS", "Artifact", "BuildOptions", "Finding", "Runner", "Target", "TargetOptions", "option"]
+
+
+def ignore_option() -> Any:
+    """The ``ignore`` option the INT8 quantizers share (declared per target that takes it)."""
+    return option(
+        [],
+        help="Node name or op type kept in float (repeat per entry).",
+        precisions=("int8",),
+        flag="--ignore",
+        metavar="NODE_OR_OP",
+    )
 
 
 @dataclass
 class BuildOptions:
     """What a writer is asked to do.
 
-    ``calib``: calibration samples (already loaded) for int8. ``extra``: target
-    specific settings from the CLI or a recipe; known keys: ``calib_method``
-    (kl|minmax), ``int8_preset`` (performance|mixed), ``ignore`` (list of node
-    names or op types), ``batch`` (int), ``input_shapes`` (name -> shape),
-    ``profiles`` (list of ShapeProfile lists), ``workspace`` (bytes),
-    ``timing_cache`` (path).
+    ``calib``: calibration samples (already loaded) for int8. ``target``: the target's own
+    options (an instance of its ``Options`` class). ``input_shapes``: name -> shape the
+    user fixed; ``batch``: the first axis of every input, if fixed;
+    ``calib_count_requested``: how many calibration samples were asked for (to warn
+    when fewer were found).
     """
 
     precision: str = "fp32"
     calib: list[Feeds] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    target: TargetOptions = field(default_factory=TargetOptions)
+    input_shapes: dict[str, tuple] = field(default_factory=dict)
+    batch: int | None = None
+    calib_count_requested: int | None = None
 
 
 @dataclass
@@ -159,6 +173,21 @@ class Target(ABC):
     artifact_kind: ClassVar[str] = ""
     # The runtime has no batch axis: an input may drop (or gain) a leading 1.
     batchless: ClassVar[bool] = False
+    # The target's own options (a TargetOptions dataclass; see mconv.targets.options).
+    Options: ClassVar[type[TargetOptions]] = TargetOptions
+
+    def make_options(self, values: dict[str, Any] | None = None, *, precision: str | None = None) -> TargetOptions:
+        """This target's options from ``values`` (name -> text or value), validated."""
+        return self.Options.from_values(values, target=self.name, precision=precision)
+
+    def options_of(self, options: BuildOptions) -> Any:
+        """``options.target`` as this target's ``Options`` (defaults when none were given)."""
+        given = options.target
+        if isinstance(given, self.Options):
+            return given
+        if type(given) is TargetOptions:
+            return self.Options()
+        raise UsageError(f"target '{self.name}' takes {self.Options.__name__}, not {type(given).__name__}")
 
     def supported_ops(self) -> set[str] | None:
         """Op types this target lowers; None means "whatever the runtime takes"."""
@@ -214,7 +243,8 @@ class Target(ABC):
 
     @abstractmethod
     def runner(self, artifact: Artifact, *, threads: int | None = None) -> Runner:
-        """A runner for an artifact this target wrote (or recognised)."""
+        """A runner for an artifact this target wrote (or recognised), ready to run: its
+        ``load()`` has been called (here or, lazily, by its own methods)."""
 
     @classmethod
     def recognise(cls, path: Path) -> Artifact | None:

@@ -3,6 +3,7 @@ with float32 inputs and outputs; ``--int8`` a Q/DQ model from calibration data."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -10,7 +11,8 @@ import onnx
 from mconv.errors import ConversionError, InputError, UsageError
 from mconv.graphinfo import TensorInfo, graph_inputs, inferred_copy, node_label, toposorted, with_outputs
 from mconv.modelio import parse_model, save_onnx
-from mconv.targets.base import Artifact, BuildOptions, Runner, Target
+from mconv.targets.base import Artifact, BuildOptions, Runner, Target, TargetOptions, ignore_option
+from mconv.targets.qdq import calib_method_option
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -52,12 +54,19 @@ class OnnxRunner(Runner):
         return dict(zip(self.output_names(), outs))
 
 
+@dataclass
+class OnnxOptions(TargetOptions):
+    calib_method: str = calib_method_option("minmax")
+    ignore: list[str] = ignore_option()
+
+
 class OnnxTarget(Target):
     name = "onnx"
     extra = ""
     known_domains = ("ai.onnx.ml", "com.microsoft")
     artifact_kind = "ONNX .onnx"
     description = "optimized ONNX (fp32, fp16 with float32 I/O, int8 Q/DQ) run by onnxruntime"
+    Options = OnnxOptions
 
     def write(self, model: onnx.ModelProto, out_dir: Path, stem: str, options: BuildOptions) -> Artifact:
         if options.precision == "fp16":
@@ -70,8 +79,8 @@ class OnnxTarget(Target):
             model = quantize_qdq(
                 model,
                 options.calib,
-                method=options.extra.get("calib_method") or "minmax",
-                ignore=tuple(options.extra.get("ignore") or ()),
+                method=self.options_of(options).calib_method,
+                ignore=tuple(self.options_of(options).ignore),
             )
         files = save_onnx(model, out_dir / f"{stem}.onnx", keep=False)  # write() may consume the model
         return Artifact(self.name, files[0], files, options.precision)

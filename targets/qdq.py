@@ -45,6 +45,20 @@ class FeedsReader:
         self._it = iter(self._samples)
 
 
+def calib_method_option(default: str = "minmax"):
+    """The ``calib_method`` option of the targets that quantize through Q/DQ."""
+    from mconv.targets.options import option
+
+    return option(
+        default,
+        help="How activation ranges are fitted: minmax, entropy (alias kl) or percentile.",
+        choices=tuple(METHODS),
+        precisions=("int8",),
+        flag="--calib-method",
+        metavar="METHOD",
+    )
+
+
 def resolve_method(method: str) -> str:
     key = method.lower()
     if key not in METHODS:

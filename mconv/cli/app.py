@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from mconv.fsutil import cleanup_temporaries
 
     try:
-        app(args=args, prog_name="mconv", standalone_mode=False)
+        command, args = _with_target_options(args)
+        command.main(args=args, prog_name="mconv", standalone_mode=False)
         return 0
     except SystemExit as e:  # typer/click exits
         return int(e.code or 0) if not isinstance(e.code, str) else 2
@@ -56,6 +57,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:
         return _handle_error(e, as_json)
+
+
+def _with_target_options(args: list[str]):
+    """The click command for ``app``, and ``args`` with target flags as ``--option``.
+
+    Target options come from the targets' declarations (:mod:`mconv.cli.targetopts`);
+    targets are loaded only for the commands that take them.
+    """
+    command = typer.main.get_command(app)
+    if not args or args[0] not in ("build",):
+        return command, args
+    from mconv.cli.targetopts import help_epilog, rewrite_flags
+
+    sub = command.commands[args[0]]
+    if "--help" in args:
+        sub.epilog = help_epilog()
+    reserved = {o for p in sub.params for o in (*p.opts, *p.secondary_opts)}
+    return command, rewrite_flags(args, reserved)
 
 
 def _handle_error(e: Exception, as_json: bool) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -103,7 +103,7 @@ def optimize(
 @app.command()
 def build(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX or any PyTorch source.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="onnx | ncnn | openvino | trt (see `mconv targets`).")],
+    target: Annotated[str, typer.Option("--target", "-t", help="A registered target (see `mconv targets`).")],
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Output folder (default <stem>_<target>/).")
     ] = None,
@@ -113,11 +113,6 @@ def build(
         str | None, typer.Option("--calib", help="Calibration data: folder/glob of .npy/.npz/images.")
     ] = None,
     calib_count: Annotated[int, typer.Option("--calib-count", help="Calibration samples to use.")] = 300,
-    calib_method: Annotated[
-        str | None, typer.Option("--calib-method", help="kl | minmax | entropy | percentile.")
-    ] = None,
-    int8_preset: Annotated[str | None, typer.Option("--int8-preset", help="performance | mixed (OpenVINO).")] = None,
-    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Node name or op type kept in float.")] = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
     size: SizeOpt = None,
@@ -127,9 +122,15 @@ def build(
     input: InputOpt = None,
     dynamic: DynamicOpt = None,
     batch: Annotated[int | None, typer.Option("--batch", help="Fix the first axis of every input.")] = None,
-    shape: Annotated[list[str] | None, typer.Option("--shape", help="TensorRT profile NAME:MIN:OPT:MAX.")] = None,
-    workspace: Annotated[str | None, typer.Option("--workspace", help="TensorRT workspace, e.g. 2G.")] = None,
-    timing_cache: Annotated[Path | None, typer.Option("--timing-cache", help="TensorRT timing cache file.")] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-O",
+            metavar="KEY=VALUE",
+            help="A target option (repeatable); the target options are listed below and by `mconv targets NAME`.",
+        ),
+    ] = None,
     passes: PassesOpt = None,
     opset: OpsetOpt = None,
     exporter: ExporterOpt = "auto",
@@ -155,7 +156,7 @@ def build(
     from mconv.errors import UsageError
     from mconv.passes import parse_pass_list
     from mconv.pipeline import BuildRequest, VerifyOptions, build_model
-    from mconv.specs import parse_profile, parse_size
+    from mconv.targets.options import parse_assignments
 
     if fp16 and int8:
         raise UsageError("--fp16 and --int8 are exclusive; pick one precision")
@@ -168,14 +169,6 @@ def build(
         raise UsageError("--timeout must be a positive number of seconds")
     set_fold_limit(fold_limit)
     image = image_options(mean, std, size)
-    extra: dict[str, Any] = {
-        "calib_method": calib_method,
-        "int8_preset": int8_preset,
-        "ignore": list(ignore or []),
-        "profiles": [[parse_profile(s) for s in shape]] if shape else [],
-        "workspace": parse_size(workspace) if workspace else None,
-        "timing_cache": str(timing_cache) if timing_cache else None,
-    }
     req = BuildRequest(
         path=model_path,
         target=target,
@@ -194,7 +187,7 @@ def build(
             timeout=timeout,
         ),
         batch=batch,
-        extra=extra,
+        target_options=parse_assignments(option),
     )
     report = build_model(req)
 
@@ -258,10 +251,17 @@ def inspect(
 
 
 @app.command("targets")
-def targets_cmd(as_json: JsonOpt = False):
-    """List registered targets (built-in and plugins) and whether their runtime is installed."""
-    from mconv.targets import all_targets
+def targets_cmd(
+    name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="Show one target and its options.")] = None,
+    as_json: JsonOpt = False,
+):
+    """List registered targets (built-in and plugins) and whether their runtime is installed;
+    with NAME, that target's options too."""
+    from mconv.targets import all_targets, find_entry
 
+    if name is not None:
+        _target_detail(find_entry(name), as_json)
+        return
     rows = []
     for e in all_targets():
         row = {"name": e.name, "source": e.source, "error": e.error}
@@ -282,6 +282,7 @@ def targets_cmd(as_json: JsonOpt = False):
     report = {"command": "targets", "targets": rows}
 
     def render(r):
+        from rich.markup import escape
         from rich.table import Table
 
         t = Table()
@@ -291,8 +292,42 @@ def targets_cmd(as_json: JsonOpt = False):
             if row.get("error"):
                 t.add_row(row["name"], row["source"], "", f"[red]failed to load: {row['error']}[/red]", "")
             else:
-                t.add_row(row["name"], row["source"], ",".join(row["precisions"]), row["runtime"], row["description"])
+                t.add_row(
+                    row["name"], row["source"], ",".join(row["precisions"]), escape(row["runtime"]), row["description"]
+                )
         console().print(t)
+
+    emit(report, as_json, render)
+
+
+def _target_detail(entry, as_json: bool) -> None:
+    """``mconv targets NAME``: one target, its runtime and its declared options."""
+    cls = entry.load()
+    report = {
+        "command": "targets",
+        "name": entry.name,
+        "source": entry.source,
+        "description": cls.description,
+        "aliases": list(cls.aliases),
+        "precisions": list(cls.precisions),
+        "runtime": cls().missing_runtime_message() or "available",
+        "options": [s.to_json() for s in cls.Options.specs()],
+    }
+
+    def render(r):
+        con = console()
+        con.print(f"{r['name']} ({r['source']}): {r['description']}", markup=False)
+        con.print(f"precisions: {', '.join(r['precisions'])}; runtime: {r['runtime']}", markup=False)
+        if not r["options"]:
+            con.print("no target options")
+            return
+        con.print("options (--option KEY=VALUE, or the flag; in recipes: targets[].options.KEY):")
+        for o in r["options"]:
+            flag = f", {o['flag']}" if o["flag"] else ""
+            only = "" if len(o["precisions"]) == 3 else f", {'/'.join(o['precisions'])} only"
+            con.print(f"  {o['name']}{flag} ({o['type']}, default {o['default']!r}{only})", markup=False)
+            choices = f" Choices: {', '.join(o['choices'])}." if o["choices"] else ""
+            con.print(f"      {o['help']}{choices}", markup=False)
 
     emit(report, as_json, render)
 

@@ -199,7 +199,7 @@ def run_case(case, workdir: Path) -> CaseResult:
 def _convert_run(model: onnx.ModelProto, feeds: Feeds, frozen: set[str], d: Path) -> Feeds:
     live = {n: v for n, v in feeds.items() if n not in frozen}
     shapes = {n: tuple(v.shape) for n, v in live.items()}
-    opts = BuildOptions(extra={"input_shapes": shapes})
+    opts = BuildOptions(input_shapes=shapes)
     outs, _ = convert_and_run(model, [live], d, opts)
     return outs[0]
 

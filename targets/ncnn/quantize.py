@@ -9,7 +9,7 @@ activation scales per tensor for the input blob of every Convolution,
 ConvolutionDepthWise and InnerProduct, found by running the FP32 model on the
 calibration samples and picking the threshold that minimizes the KL divergence
 between the clipped 2048-bin histogram of |x| and its 128-level quantized
-version (``extra["calib_method"] == "minmax"``: the absolute maximum instead);
+version (``calib_method == "minmax"``: the absolute maximum instead);
 weight scales per output channel (per group for depthwise), 127/absmax. The
 weights are written as int8 (tag 0x000D4B38) followed by the raw weight scales
 and the bottom-blob scale, with ``8=int8_scale_term``. The same scales are
@@ -186,10 +186,10 @@ def quantize_int8(lowered, model: onnx.ModelProto, options: BuildOptions) -> str
     """
     if not options.calib:
         raise UsageError("--int8 needs calibration data: pass --calib FOLDER_OR_GLOB")
-    method = str(options.extra.get("calib_method") or "kl").lower()  # None: not set (recipes)
+    method = str(getattr(options.target, "calib_method", "kl")).lower()
     if method not in ("kl", "minmax"):
-        raise UsageError(f"calib_method '{method}': choose kl or minmax")
-    ignore = set(options.extra.get("ignore", []) or [])
+        raise UsageError(f"--calib-method '{method}': choose kl or minmax")
+    ignore = set(getattr(options.target, "ignore", ()))
     g = lowered.graph
     targets = [
         layer

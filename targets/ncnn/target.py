@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -10,12 +12,25 @@ import onnx
 
 from mconv.errors import ConversionError, InputError, UnsupportedOpsError
 from mconv.graphinfo import TensorInfo
-from mconv.targets.base import Artifact, BuildOptions, Runner, Target
+from mconv.targets.base import Artifact, BuildOptions, Runner, Target, TargetOptions, ignore_option, option
 
 MAGIC = b"7767517"
 # write() consumes models with at least this many bytes of large initializers (it
 # may: see Target.write); smaller ones are read eagerly and left as they were.
 CONSUME_MIN_BYTES = 256 << 20
+
+
+@dataclass
+class NcnnOptions(TargetOptions):
+    calib_method: str = option(
+        "kl",
+        help="How activation scales are fitted: kl (ncnn's KL-divergence) or minmax (absolute maximum).",
+        choices=("kl", "minmax"),
+        precisions=("int8",),
+        flag="--calib-method",
+        metavar="METHOD",
+    )
+    ignore: list[str] = ignore_option()
 
 
 class NcnnTarget(Target):
@@ -27,6 +42,7 @@ class NcnnTarget(Target):
     isolate: ClassVar[bool] = True
     artifact_kind: ClassVar[str] = "ncnn .param (+ .bin)"
     batchless: ClassVar[bool] = True  # ncnn Mats have no batch axis
+    Options = NcnnOptions
 
     def supported_ops(self) -> set[str]:
         from mconv.targets.ncnn.writer import supported_ops
@@ -73,9 +89,7 @@ class NcnnTarget(Target):
         """
         from mconv.targets.ncnn.writer import lower_model
 
-        lowered = lower_model(
-            model, input_shapes=options.extra.get("input_shapes"), mode="dry", precision=options.precision
-        )
+        lowered = lower_model(model, input_shapes=options.input_shapes, mode="dry", precision=options.precision)
         warnings = []
         if lowered.meta.get("dyn_batch_inputs"):
             warnings.append(
@@ -90,6 +104,7 @@ class NcnnTarget(Target):
         from mconv.targets.ncnn.writer import lower_model, write_files
 
         out_dir = Path(out_dir)
+        options = dataclasses.replace(options, target=self.options_of(options))
         if options.precision not in self.precisions:
             raise UnsupportedOpsError("ncnn", {f"precision {options.precision}": []})
         scratch = None
@@ -103,7 +118,7 @@ class NcnnTarget(Target):
         try:
             lowered = lower_model(
                 model,
-                input_shapes=options.extra.get("input_shapes"),
+                input_shapes=options.input_shapes,
                 mode="consume" if scratch is not None else "eager",
                 scratch=scratch,
                 precision=options.precision,

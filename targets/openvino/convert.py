@@ -18,11 +18,9 @@ the pipeline around them:
   and FP16-weight IRs are compared with onnxruntime at FP32 (this CPU would
   otherwise pick BF16 where it has AVX512-BF16/AMX).
 
-``BuildOptions.extra`` keys read here: ``input_shapes`` (name -> tuple), ``batch``
-(int), ``int8_preset`` (performance|mixed, default performance), ``ignore`` (list of
-node names or op types), ``calib_count_requested`` (int, for the "fewer samples than
-asked" warning), ``int8_model_type`` ("transformer": NNCF's transformer mode,
-"default": NNCF's default; unset: transformer mode when the graph has attention).
+The target's options are :class:`OpenVinoOptions` (``int8_preset``, ``int8_model_type``,
+``ignore``); the build-wide ``input_shapes``, ``batch`` and ``calib_count_requested``
+come from :class:`BuildOptions`.
 
 Warnings: :func:`int8_warnings` (also returned by ``preflight``) and, after writing,
 ``artifact.meta["warnings"]`` hold the same lines; print one of them, not both.
@@ -40,6 +38,7 @@ import re
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +53,34 @@ from mconv.errors import (
     UsageError,
 )
 from mconv.graphinfo import all_graphs, all_nodes
-from mconv.targets.base import PRECISIONS, BuildOptions, Feeds
+from mconv.targets.base import PRECISIONS, BuildOptions, Feeds, TargetOptions, ignore_option, option
 
 CALIB_COUNT_DEFAULT = 300  # the CLI's --calib-count default
 
 INT8_PRESETS = ("performance", "mixed")
+
+
+@dataclass
+class OpenVinoOptions(TargetOptions):
+    int8_preset: str | None = option(
+        None,
+        help="NNCF preset: performance (symmetric) or mixed (asymmetric activations); "
+        "default mixed for graphs with attention, else performance.",
+        choices=INT8_PRESETS,
+        precisions=("int8",),
+        flag="--int8-preset",
+        metavar="PRESET",
+    )
+    int8_model_type: str | None = option(
+        None,
+        help="NNCF model type: transformer (SmoothQuant, transformer-aware scopes) or default; "
+        "default: transformer when the graph has attention.",
+        choices=("transformer", "default"),
+        precisions=("int8",),
+    )
+    ignore: list[str] = ignore_option()
+
+
 # protobuf cannot serialise 2 GiB or more; bigger models go through a file.
 
 # A name OpenVINO made up from its global counter: "Constant_161282", "Reshape_3318".
@@ -94,7 +116,7 @@ def int8_warnings(options: BuildOptions) -> list[str]:
     """
     if options.precision != "int8" or not options.calib:
         return []
-    return calibration_warnings(len(options.calib), options.extra.get("calib_count_requested"))
+    return calibration_warnings(len(options.calib), options.calib_count_requested)
 
 
 def check_options(options: BuildOptions) -> None:
@@ -104,18 +126,18 @@ def check_options(options: BuildOptions) -> None:
             f"precision '{options.precision}' is not supported by --target openvino; "
             "use the default (fp32), --fp16 or --int8"
         )
-    extra = options.extra
+    opts = options.target
     if options.precision == "int8" and not options.calib:
         raise UsageError(
             "--int8 needs calibration data: add --calib DATA (a folder or glob of .npy/.npz files, or images)"
         )
-    preset = extra.get("int8_preset") or "performance"
+    preset = opts.int8_preset or "performance"
     if preset not in INT8_PRESETS:
         raise UsageError(f"--int8-preset '{preset}': choose one of {', '.join(INT8_PRESETS)}")
-    model_type = extra.get("int8_model_type")
+    model_type = opts.int8_model_type
     if model_type not in (None, "transformer", "default"):
         raise UsageError(f"int8_model_type '{model_type}': choose 'transformer' or 'default' (unset: by the graph)")
-    batch = extra.get("batch")
+    batch = options.batch
     if batch is not None and int(batch) < 1:
         raise UsageError(f"--batch {batch}: the batch size must be >= 1")
 
@@ -313,7 +335,7 @@ def int8_model_type(model: onnx.ModelProto, options: BuildOptions) -> str:
     transformers tolerate. On ViT-B/16, Swin-T and BERT with NNCF's defaults, INT8
     cosine to FP32 drops below 0.99 (``bench/openvino.py --zoo``).
     """
-    chosen = options.extra.get("int8_model_type")
+    chosen = options.target.int8_model_type
     if chosen:
         return chosen
     from mconv.graphinfo import attention_blocks
@@ -324,7 +346,7 @@ def int8_model_type(model: onnx.ModelProto, options: BuildOptions) -> str:
 def int8_preset(model_type: str, options: BuildOptions) -> str:
     """The preset asked for, else ``mixed`` for transformers (NNCF's own choice for
     them: asymmetric activations after GELU/Softmax) and ``performance`` otherwise."""
-    return options.extra.get("int8_preset") or ("mixed" if model_type == "transformer" else "performance")
+    return options.target.int8_preset or ("mixed" if model_type == "transformer" else "performance")
 
 
 def quantize_int8(ov_model: Any, model: onnx.ModelProto, options: BuildOptions) -> Any:
@@ -333,7 +355,7 @@ def quantize_int8(ov_model: Any, model: onnx.ModelProto, options: BuildOptions) 
     model_type = int8_model_type(model, options)
     presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
     preset = presets[int8_preset(model_type, options)]
-    scope = resolve_ignored(list(options.extra.get("ignore") or ()), model, ov_model)
+    scope = resolve_ignored(list(options.target.ignore), model, ov_model)
     ignored = nncf.IgnoredScope(**scope, validate=False) if any(scope.values()) else None
     port_shapes = {}
     for port in ov_model.inputs:

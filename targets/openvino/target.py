@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,6 +14,7 @@ from mconv.errors import (
 from mconv.graphinfo import TensorInfo
 from mconv.targets.base import Artifact, BuildOptions, Target
 from mconv.targets.openvino.convert import (
+    OpenVinoOptions,
     apply_shapes,
     canonicalize_names,
     check_options,
@@ -47,16 +49,19 @@ class OpenVinoTarget(Target):
             return f"openvino is not importable ({e}); install it with `pip install 'mconv[openvino]'`"
         return None
 
+    Options = OpenVinoOptions
+
     def preflight(self, model: onnx.ModelProto, options: BuildOptions) -> list[str]:
-        check_options(options)
+        check_options(dataclasses.replace(options, target=self.options_of(options)))
         return []  # the pipeline reports calibration-set warnings for every target
 
     def write(self, model: onnx.ModelProto, out_dir: Path, stem: str, options: BuildOptions) -> Artifact:
+        options = dataclasses.replace(options, target=self.options_of(options))
         check_options(options)
         warnings = int8_warnings(options)
         ov = import_openvino()
         ov_model = convert_onnx(model)
-        apply_shapes(ov_model, options.extra.get("input_shapes"), options.extra.get("batch"))
+        apply_shapes(ov_model, options.input_shapes, options.batch)
         meta: dict[str, Any] = {}
         if options.precision == "int8":
             ov_model = quantize_int8(ov_model, model, options)
@@ -65,7 +70,7 @@ class OpenVinoTarget(Target):
                 "calib_samples": len(options.calib or []),
                 "model_type": model_type,
                 "preset": int8_preset(model_type, options),
-                "ignore": list(options.extra.get("ignore") or []),
+                "ignore": list(options.target.ignore),
             }
         onnx_outputs = [o.name for o in model.graph.output]
         # Keep exactly the ONNX output names on the IR's outputs.

@@ -34,7 +34,7 @@ import onnx
 from mconv.errors import ConversionError, InputError, MissingDependencyError, UsageError
 from mconv.fsutil import write_bytes_atomic
 from mconv.graphinfo import graph_inputs, graph_outputs
-from mconv.specs import ShapeProfile, parse_size
+from mconv.specs import ShapeProfile
 from mconv.targets.base import BuildOptions
 from mconv.targets.tensorrt.support import (
     normalize_profiles,
@@ -141,26 +141,23 @@ class EngineConfig:
 
 
 def engine_config(options: BuildOptions) -> EngineConfig:
-    """Validate and normalize the TensorRT keys of ``options.extra``."""
-    extra = options.extra or {}
+    """Validate and normalize the TensorRT options (``options.target``, a TensorRTOptions)."""
+    from mconv.targets.tensorrt.options import TensorRTOptions, workspace_size
+
+    opts = options.target if isinstance(options.target, TensorRTOptions) else TensorRTOptions()
     if options.precision not in ("fp32", "fp16", "int8"):
         raise UsageError(f"--target trt: unknown precision '{options.precision}'")
-    workspace = extra.get("workspace")
-    if isinstance(workspace, str):
-        workspace = parse_size(workspace)
-    if workspace is not None and int(workspace) <= 0:
-        raise UsageError(f"--workspace {workspace}: the workspace must be larger than 0 bytes")
-    cache = extra.get("timing_cache")
-    cache_path = Path(cache) if cache else None
+    workspace = None if opts.workspace is None else workspace_size(opts.workspace)
+    cache_path = Path(opts.timing_cache) if opts.timing_cache else None
     if cache_path is not None and cache_path.is_dir():
         raise UsageError(f"--timing-cache {cache_path}: is a folder; give a file path")
-    plugins = [str(p) for p in extra.get("plugins") or ()]
+    plugins = [str(p) for p in opts.plugins]
     for p in plugins:
         if not Path(p).is_file():
             raise InputError(f"plugin library {p}: no such file")
     return EngineConfig(
         options.precision,
-        normalize_profiles(extra.get("profiles")),
+        normalize_profiles(opts.profiles),
         int(workspace) if workspace is not None else None,
         cache_path,
         plugins,

@@ -60,7 +60,7 @@ def supported_ops() -> set[str]:
 
 
 def normalize_profiles(raw: Any) -> list[list[ShapeProfile]]:
-    """Turn ``options.extra["profiles"]`` into one list of ShapeProfile per optimization
+    """Turn the ``profiles`` option into one list of ShapeProfile per optimization
     profile. Accepts None, a flat list (one profile), a list of lists, and
     ``NAME:MIN:OPT:MAX`` strings in place of ShapeProfile objects."""
     if not raw:
@@ -530,10 +530,10 @@ def check_opset(model: onnx.ModelProto) -> list[Finding]:
 
 def preflight_report(model: onnx.ModelProto, options: Any = None) -> list[Finding]:
     """All findings for ``model`` under ``options`` (a BuildOptions or None), errors first."""
-    extra = getattr(options, "extra", None) or {}
-    profiles = normalize_profiles(extra.get("profiles"))
+    opts = getattr(options, "target", None)
+    profiles = normalize_profiles(getattr(opts, "profiles", None))
     findings = [
-        *check_ops(model, plugins=extra.get("plugins") or ()),
+        *check_ops(model, plugins=getattr(opts, "plugins", None) or ()),
         *check_profiles(graph_inputs(model), profiles),
         *check_initializers(model),
         *check_opset(model),

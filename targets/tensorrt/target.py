@@ -34,6 +34,7 @@ from mconv.targets.tensorrt.engine import (
     runtime_missing_reason,
     sidecar_path,
 )
+from mconv.targets.tensorrt.options import TensorRTOptions
 from mconv.targets.tensorrt.support import (
     preflight_report,
     raise_on_blocking,
@@ -52,6 +53,7 @@ class TensorRTTarget(Target):
     description: ClassVar[str] = "TensorRT engine (.engine) for NVIDIA GPUs; fp32/fp16/int8 (Q/DQ)"
     artifact_kind: ClassVar[str] = "TensorRT .engine"
     isolate: ClassVar[bool] = True
+    Options = TensorRTOptions
 
     def supported_ops(self) -> set[str] | None:
         return supported_ops()
@@ -101,8 +103,8 @@ class TensorRTTarget(Target):
             model = quantize_qdq(
                 model,
                 options.calib or [],
-                method=str(options.extra.get("calib_method") or "minmax"),
-                ignore=options.extra.get("ignore") or (),
+                method=self.options_of(options).calib_method,
+                ignore=tuple(self.options_of(options).ignore),
             )
         out_dir = Path(out_dir)
         engine_path = out_dir / f"{stem}.engine"

@@ -205,8 +205,9 @@ def ort_run(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[
     return [dict(zip(names, sess.run(None, f), strict=True)) for f in feeds]
 
 
-def build(model, tmp_path: Path, precision="fp32", calib=None, stem="model", **extra) -> Artifact:
-    options = BuildOptions(precision=precision, calib=calib, extra=extra)
+def build(model, tmp_path: Path, precision="fp32", calib=None, stem="model", **values) -> Artifact:
+    target = OpenVinoTarget().make_options(values, precision=precision)
+    options = BuildOptions(precision=precision, calib=calib, target=target)
     return get_target("openvino").write(model, tmp_path, stem, options)
 
 
@@ -418,10 +419,10 @@ def test_int8_needs_calibration_and_known_preset(tmp_path):
 
 def test_int8_warnings_helper():
     calib = [{"x": np.zeros((1, 2), np.float32)}] * 150
-    opts = BuildOptions("int8", calib=calib, extra={"calib_count_requested": 300})
+    opts = BuildOptions("int8", calib=calib, calib_count_requested=300)
     (w,) = int8_warnings(opts)
     assert "300" in w and "150" in w
-    opts = BuildOptions("int8", calib=calib, extra={"calib_count_requested": 150})
+    opts = BuildOptions("int8", calib=calib, calib_count_requested=150)
     assert int8_warnings(opts) == []
     assert int8_warnings(BuildOptions("fp32")) == []
     target = get_target("openvino")

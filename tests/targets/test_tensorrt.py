@@ -57,10 +57,10 @@ def dynamic_convnet(tmp_path_factory):
     return tiny_convnet(str(tmp_path_factory.mktemp("trt") / "dyn.onnx"), dynamic=True)
 
 
-def opts(precision="fp32", shapes=(), calib=None, **extra) -> BuildOptions:
+def opts(precision="fp32", shapes=(), calib=None, **values) -> BuildOptions:
     if shapes:
-        extra["profiles"] = [[parse_profile(s) for s in group] for group in shapes]
-    return BuildOptions(precision, calib, extra)
+        values["profiles"] = [[parse_profile(s) for s in group] for group in shapes]
+    return BuildOptions(precision, calib, TensorRTTarget().make_options(values, precision=precision))
 
 
 # ---------------------------------------------------------------- registry and table
@@ -229,7 +229,7 @@ def test_profile_normalisation_accepts_flat_lists_and_strings():
 
 def test_profile_missing_from_second_profile(dynamic_convnet):
     o = opts(shapes=[["input:1x3x32x32:1x3x32x32:4x3x32x32"], []])
-    o.extra["profiles"].append([ShapeProfile("other", (1,), (1,), (1,))])
+    o.target.profiles.append([ShapeProfile("other", (1,), (1,), (1,))])
     with pytest.raises(UsageError) as e:
         TensorRTTarget().preflight(dynamic_convnet, o)
     assert "profile 1" in str(e.value) and "'other'" in str(e.value) and "'input'" in str(e.value)

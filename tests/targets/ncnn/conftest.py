@@ -15,6 +15,7 @@ pytest.importorskip("ncnn", reason="the ncnn wheel is needed to run converted mo
 from mconv.metrics import compare_outputs, default_tolerance
 from mconv.targets.base import BuildOptions
 from mconv.targets.ncnn.conformance import convert_and_run, run_onnxruntime
+from mconv.targets.ncnn.target import NcnnTarget
 
 
 def make_model(
@@ -63,12 +64,13 @@ class Checker:
         feeds: dict[str, np.ndarray] | None = None,
         precision: str = "fp32",
         calib=None,
-        extra: dict | None = None,
+        options: dict | None = None,
     ):
         feeds = feeds or random_feeds(model)
         ref = run_onnxruntime(model, [feeds])
         self.n += 1
-        opts = BuildOptions(precision=precision, calib=calib, extra=extra or {})
+        target = NcnnTarget().make_options(options, precision=precision)
+        opts = BuildOptions(precision=precision, calib=calib, target=target)
         outs, art = convert_and_run(model, [feeds], self.tmp / f"m{self.n}", opts)
         self.artifact = art
         comp = compare_outputs(ref, outs, default_tolerance(precision))

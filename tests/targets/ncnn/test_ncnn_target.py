@@ -62,7 +62,7 @@ def test_fp16_weights_tagged_and_close(check, make_model, rng):
 def test_int8_calibrated(check, make_model, rng, method):
     m = _cnn(make_model, rng)
     calib = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
-    comp = check(m, precision="int8", calib=calib, extra={"calib_method": method})
+    comp = check(m, precision="int8", calib=calib, options={"calib_method": method})
     assert comp.outputs[0].cosine >= 0.99
     art = check.artifact
     table = art.main.with_suffix(".table").read_text().splitlines()
