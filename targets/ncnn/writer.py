@@ -25,7 +25,7 @@ import onnx
 
 from mconv.errors import ConversionError, UnsupportedOpsError
 from mconv.targets.ncnn import optimize
-from mconv.targets.ncnn.fold import LAZY_BYTES, LazyConst, Prepared, Scratch, prepare
+from mconv.targets.ncnn.fold import LAZY_BYTES, LazyConst, Prepared, Scratch, fold_graph
 from mconv.targets.ncnn.fuse import fuse_patterns
 from mconv.targets.ncnn.ir import Layer, NcnnGraph, drop_pages, mapped_base, sanitize
 from mconv.targets.ncnn.lower import (
@@ -105,7 +105,7 @@ def lower_model(
     if mode not in ("eager", "dry", "consume"):
         raise ValueError(f"lower_model mode {mode!r}")
     table = rules()
-    prep = prepare(
+    prep = fold_graph(
         model,
         input_shapes,
         mode={"eager": "eager", "dry": "lazy", "consume": "consume"}[mode],
@@ -261,7 +261,7 @@ def _fold_during_lowering(ctx: Ctx, proto: onnx.NodeProto, node: Node, prep: Pre
     ncnn has no layer that makes such a tensor at run time either.
     """
     from mconv.limits import human
-    from mconv.targets.ncnn.fold import _eval_node, folded_nbytes
+    from mconv.targets.ncnn.fold import evaluate_constant, folded_nbytes
 
     consts = {x: t.const for x, t in zip(proto.input, node.inputs) if x and t is not None}
     size = folded_nbytes(proto, consts, prep.shapes, prep.dtypes)
@@ -272,7 +272,7 @@ def _fold_during_lowering(ctx: Ctx, proto: onnx.NodeProto, node: Node, prep: Pre
             "raise it with --fold-limit if the model really needs it"
         )
     try:
-        vals = _eval_node(proto, [t.const if t is not None else None for t in node.inputs], prep.opset)
+        vals = evaluate_constant(proto, [t.const if t is not None else None for t in node.inputs], prep.opset)
     except Exception as e:
         return f"constant evaluation failed: {e}"
     for o, v in zip(proto.output, vals):
