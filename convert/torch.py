@@ -128,30 +128,50 @@ def load_source(path: Path, *, model_spec: str | None = None, trust_pickle: bool
             "checkpoint) nor ONNX; check the file"
         )
     if kind == "torchscript":
-        try:
-            m = torch.jit.load(str(path), map_location="cpu")
-        except Exception as e:
-            raise InputError(
-                f"{path}: a damaged TorchScript archive ({type(e).__name__}); re-save it with torch.jit.save"
-            ) from e
-        return LoadedSource("torchscript", m.eval())
+        return _load_torchscript(path)
     if kind == "exported_program":
-        try:
-            ep = torch.export.load(str(path))
-        except Exception as e:
-            raise InputError(
-                f"{path}: a damaged ExportedProgram archive ({type(e).__name__}: "
-                f"{str(e)[:120]}); re-save it with torch.export.save"
-            ) from e
-        example = None
-        if ep.example_inputs is not None:
-            example = list(ep.example_inputs[0])
-        if example is None:
-            example = _placeholder_examples(ep)
-        names = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-        return LoadedSource("exported_program", ep, example, names)
+        return _load_exported_program(path)
+    obj = _load_saved_object(path, trust_pickle)
+    if isinstance(obj, torch.nn.Module):
+        return LoadedSource("pickle", obj.eval())
+    return _load_checkpoint(path, obj, model_spec)
+
+
+def _load_torchscript(path: Path) -> LoadedSource:
+    torch = _torch()
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        m = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise InputError(
+            f"{path}: a damaged TorchScript archive ({type(e).__name__}); re-save it with torch.jit.save"
+        ) from e
+    return LoadedSource("torchscript", m.eval())
+
+
+def _load_exported_program(path: Path) -> LoadedSource:
+    torch = _torch()
+    try:
+        ep = torch.export.load(str(path))
+        ep = torch.export.load(str(path))
+    except Exception as e:
+        raise InputError(
+            f"{path}: a damaged ExportedProgram archive ({type(e).__name__}: "
+            f"{str(e)[:120]}); re-save it with torch.export.save"
+        ) from e
+    example = None
+    if ep.example_inputs is not None:
+        example = list(ep.example_inputs[0])
+    if example is None:
+        example = _placeholder_examples(ep)
+    names = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    return LoadedSource("exported_program", ep, example, names)
+
+
+def _load_saved_object(path: Path, trust_pickle: bool) -> Any:
+    """What a torch.save file holds: weights only, or (``trust_pickle``) any pickled object."""
+    torch = _torch()
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         if not isinstance(e, __import__("pickle").UnpicklingError) and "Weights only load failed" not in str(e):
             raise InputError(f"{path}: not a readable torch.save file ({type(e).__name__}); check the file") from e
@@ -161,14 +181,15 @@ def load_source(path: Path, *, model_spec: str | None = None, trust_pickle: bool
                 "unpickling runs code stored in the file, so mconv refuses it. If you trust the file, "
                 "pass --trust-pickle; better, save a state_dict or TorchScript/ExportedProgram instead"
             ) from None
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=False)
-        except Exception as e2:
-            raise InputError(f"{path}: unpickling failed: {type(e2).__name__}: {e2}") from e2
-        if isinstance(obj, torch.nn.Module):
-            return LoadedSource("pickle", obj.eval())
-    if isinstance(obj, torch.nn.Module):
-        return LoadedSource("pickle", obj.eval())
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as e2:
+        raise InputError(f"{path}: unpickling failed: {type(e2).__name__}: {e2}") from e2
+
+
+def _load_checkpoint(path: Path, obj: Any, model_spec: str | None) -> LoadedSource:
+    """A module built by ``model_spec``'s factory with the checkpoint's weights loaded."""
+    torch = _torch()
     if model_spec is None:
         raise UsageError(
             f"{path}: a state_dict checkpoint holds weights only; name the architecture "

@@ -14,7 +14,7 @@ import onnx
 from mconv.errors import ConversionError, MconvError, UsageError
 from mconv.passes.base import Pass, PassReport, PassResult
 from mconv.passes.dce import EliminateDeadNodesPass
-from mconv.passes.eliminate import EliminateIdentityPass
+from mconv.passes.eliminate import EliminateNoOpsPass
 from mconv.passes.fold import FoldConstantsPass
 from mconv.passes.fuse import FuseConvBatchNormPass
 from mconv.passes.shape_inference import InferShapesPass
@@ -47,7 +47,7 @@ for _cls in (
     InferShapesPass,
     FoldConstantsPass,
     SimplifyPass,
-    EliminateIdentityPass,
+    EliminateNoOpsPass,
     FuseConvBatchNormPass,
     EliminateDeadNodesPass,
 ):

@@ -5,8 +5,9 @@ Cases rewritten:
 2. A deterministic node whose inputs are all constants -> its outputs become
    initializers (ConstantOfShape weights, shape arithmetic, Cast, ...).
 3. ``Constant`` nodes -> initializers.
-Common shape-arithmetic ops are evaluated with numpy; anything else goes through
-onnx's reference evaluator. A node whose outputs would exceed the fold limit
+Nodes are evaluated by :func:`mconv.passes.evaluate.evaluate_node` (numpy
+kernels for shape arithmetic, onnx's reference evaluator for the rest); which
+ops are never folded is :func:`mconv.passes.evaluate.is_foldable`'s. A node whose outputs would exceed the fold limit
 (``max_folded_bytes``, by default :func:`mconv.limits.fold_limit` of the model),
 computed before it runs (:mod:`mconv.passes.sizes`), is left unfolded and never
 evaluated; so is every node once the tensors folded by one run reach twice
@@ -16,193 +17,84 @@ the limit.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from mconv.passes.base import Pass, PassResult
-from mconv.passes.graph import attr, constant_node_value, is_default_domain, static_shapes
+from mconv.passes.evaluate import evaluate_node, is_foldable
+from mconv.passes.graph import attr, constant_node_value, static_shapes
 from mconv.passes.sizes import output_nbytes
 
 # Constant inputs read to size a node (shape vectors, repeats, pads) are small.
 _SHAPE_INPUT_ELEMENTS = 1 << 16
 
-# Ops never folded: random or with side effects / control flow.
-_NEVER = {
-    "RandomNormal",
-    "RandomUniform",
-    "RandomNormalLike",
-    "RandomUniformLike",
-    "Multinomial",
-    "Bernoulli",
-    "If",
-    "Loop",
-    "Scan",
-    "SequenceConstruct",
-    "SequenceInsert",
-    "SequenceAt",
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "DynamicQuantizeLinear",
-}
 
+class _Constants:
+    """What one run knows about a graph's constants: initializers (converted on
+    first read), folded outputs, and the static shapes and element types of the rest."""
 
-def _axes(node, arrs, idx=1):
-    a = attr(node, "axes")
-    if a is None and len(arrs) > idx and arrs[idx] is not None:
-        a = arrs[idx].tolist()
-    return None if a is None else [int(x) for x in np.atleast_1d(a)]
+    def __init__(self, model: onnx.ModelProto) -> None:
+        g = model.graph
+        self.values: dict[str, np.ndarray] = {}
+        self.graph_inputs = {i.name for i in g.input} - {t.name for t in g.initializer}
+        self.shapes = static_shapes(model)
+        self.inits = {t.name: t for t in g.initializer}
+        self.elem_types = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.input, *g.value_info, *g.output]}
 
+    def _init(self, name: str) -> onnx.TensorProto | None:
+        t = self.inits.get(name)
+        return t if t is not None and name not in self.graph_inputs else None
 
-def _slice(node, arrs):
-    x = arrs[0]
-    if len(arrs) >= 3:
-        starts, ends = arrs[1], arrs[2]
-        axes = arrs[3] if len(arrs) > 3 and arrs[3] is not None else np.arange(len(starts))
-        steps = arrs[4] if len(arrs) > 4 and arrs[4] is not None else np.ones(len(starts), np.int64)
-    else:
-        starts, ends = attr(node, "starts"), attr(node, "ends")
-        axes = attr(node, "axes") or list(range(len(starts)))
-        steps = [1] * len(starts)
-    sl = [slice(None)] * x.ndim
-    for s, e, a, st in zip(starts, ends, axes, steps):
-        a = int(a) % x.ndim
-        s, e = _slice_bounds(x.shape[a], int(s), int(e), int(st))
-        sl[a] = slice(s, None if e < 0 else e, int(st))  # e == -1: up to and including index 0
-    return [x[tuple(sl)]]
+    def is_const(self, name: str) -> bool:
+        return name == "" or name in self.values or self._init(name) is not None
 
+    def value(self, name: str) -> np.ndarray | None:
+        if name in self.values:
+            return self.values[name]
+        t = self._init(name)
+        if t is None:
+            return None
+        self.values[name] = numpy_helper.to_array(t)
+        return self.values[name]
 
-def _slice_bounds(dim: int, start: int, end: int, step: int) -> tuple[int, int]:
-    """Start and end after ONNX Slice's clamping.
+    def shape_of(self, name: str) -> tuple[int, ...] | None:
+        if name in self.values:
+            return tuple(self.values[name].shape)
+        t = self._init(name)
+        return tuple(int(d) for d in t.dims) if t is not None else self.shapes.get(name)
 
-    Not Python's: with a negative step, a start below ``-dim`` is clamped to index 0
-    (one element), where Python's slicing gives nothing (tests/property/test_regressions.py).
-    """
-    start += dim if start < 0 else 0
-    end += dim if end < 0 else 0
-    if step > 0:
-        return min(max(start, 0), dim), min(max(end, 0), dim)
-    return min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+    def small_value(self, name: str) -> np.ndarray | None:
+        """The value of a constant small enough to read for sizing a node (shape vectors, pads)."""
+        s = self.shape_of(name)
+        if s is None or int(np.prod(s, dtype=np.int64)) > _SHAPE_INPUT_ELEMENTS:
+            return None
+        return self.value(name)
 
-
-def _reshape(node, arrs):
-    x, shape = arrs[0], [int(v) for v in arrs[1]]
-    if not attr(node, "allowzero", 0):
-        shape = [x.shape[i] if v == 0 else v for i, v in enumerate(shape)]
-    return [x.reshape(shape)]
-
-
-def _cast(node, arrs):
-    to = onnx.helper.tensor_dtype_to_np_dtype(attr(node, "to"))
-    return [arrs[0].astype(to)]
-
-
-def _cos(node, arrs):
-    value = attr(node, "value")
-    v = numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
-    # A read-only view: the bytes are made once, when it becomes an initializer.
-    return [np.broadcast_to(v.reshape(-1)[:1].reshape(()), [int(d) for d in arrs[0]])]
-
-
-def _gather(node, arrs):
-    return [np.take(arrs[0], arrs[1].astype(np.int64), axis=attr(node, "axis", 0))]
-
-
-def gather_elements(data: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
-    """ONNX GatherElements (onnx's reference kernel misreads 2-D inputs: BERT's
-    token_type_ids buffer [1, 512] gathered by [1, 128] positions)."""
-    axis %= data.ndim
-    idx = idx.astype(np.int64)
-    idx = np.where(idx < 0, idx + data.shape[axis], idx)
-    data = data[tuple(slice(None) if a == axis else slice(0, idx.shape[a]) for a in range(data.ndim))]
-    return np.take_along_axis(data, idx, axis=axis)
-
-
-def _concat(node, arrs):
-    return [np.concatenate(arrs, axis=attr(node, "axis"))]
-
-
-def _unsqueeze(node, arrs):
-    x = arrs[0]
-    axes = sorted(a % (x.ndim + len(_axes(node, arrs))) for a in _axes(node, arrs))
-    for a in axes:
-        x = np.expand_dims(x, a)
-    return [x]
-
-
-def _squeeze(node, arrs):
-    axes = _axes(node, arrs)
-    return [np.squeeze(arrs[0], axis=None if axes is None else tuple(axes))]
-
-
-def _binary(fn):
-    return lambda node, arrs: [
-        np.asarray(fn(arrs[0], arrs[1])).astype(
-            np.result_type(arrs[0], arrs[1]) if fn not in (np.equal, np.less, np.greater) else bool
-        )
-    ]
-
-
-def _div(node, arrs):
-    a, b = arrs
-    if np.issubdtype(a.dtype, np.integer):
-        return [np.trunc(a / b).astype(a.dtype)]
-    return [(a / b).astype(a.dtype)]
-
-
-_NUMPY: dict[str, Callable] = {
-    "Identity": lambda n, a: [a[0]],
-    "Cast": _cast,
-    "ConstantOfShape": _cos,
-    "Gather": _gather,
-    "GatherElements": lambda n, a: [gather_elements(a[0], a[1], attr(n, "axis", 0))],
-    "Concat": _concat,
-    "Unsqueeze": _unsqueeze,
-    "Squeeze": _squeeze,
-    "Slice": _slice,
-    "Reshape": _reshape,
-    "Add": _binary(np.add),
-    "Sub": _binary(np.subtract),
-    "Mul": _binary(np.multiply),
-    "Div": _div,
-    "Equal": _binary(np.equal),
-    "Less": _binary(np.less),
-    "Greater": _binary(np.greater),
-    "Neg": lambda n, a: [np.negative(a[0])],
-    "Abs": lambda n, a: [np.abs(a[0])],
-    "Sqrt": lambda n, a: [np.sqrt(a[0])],
-    "Where": lambda n, a: [np.where(a[0], a[1], a[2])],
-    "Transpose": lambda n, a: [np.transpose(a[0], attr(n, "perm"))],
-    "Range": lambda n, a: [np.arange(a[0], a[1], a[2]).astype(a[0].dtype)],
-    "Expand": lambda n, a: [a[0] * np.ones([int(d) for d in a[1]], a[0].dtype)],
-    "Floor": lambda n, a: [np.floor(a[0])],
-    "Ceil": lambda n, a: [np.ceil(a[0])],
-}
-
-
-def _evaluate(node: onnx.NodeProto, arrs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
-    fn = _NUMPY.get(node.op_type)
-    if fn is not None and all(a is not None for a in arrs):
+    def itemsize(self, name: str) -> int:
+        if name in self.values:
+            return self.values[name].itemsize
+        t = self.inits.get(name)
+        et = t.data_type if t is not None else self.elem_types.get(name, 0)
         try:
-            return fn(node, arrs)
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(et)).itemsize if et else 0
         except Exception:
-            pass  # the reference evaluator knows the corner cases
-    from onnx.reference import ReferenceEvaluator
+            return 0
 
-    names = [n if n else "" for n in node.input]
-    inputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in names if n]
-    g = onnx.helper.make_graph(
-        [node],
-        "fold",
-        inputs,
-        [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o],
-    )
-    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", opset)])
-    ev = ReferenceEvaluator(m)
-    feeds = {n: a for n, a in zip(node.input, arrs) if n}
-    return list(ev.run(None, feeds))
+
+@dataclass
+class _FoldRun:
+    """One run's limits and tallies."""
+
+    limit: int
+    budget: int
+    keep: list[onnx.NodeProto] = field(default_factory=list)
+    new_inits: list[str] = field(default_factory=list)
+    folded: int = 0
+    failures: list[str] = field(default_factory=list)
+    too_big: list[str] = field(default_factory=list)
 
 
 class FoldConstantsPass(Pass):
@@ -214,127 +106,94 @@ class FoldConstantsPass(Pass):
         self.max_folded_bytes = max_folded_bytes
 
     def call(self, model: onnx.ModelProto) -> PassResult:
-        g = model.graph
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-        consts: dict[str, np.ndarray] = {}
-        init_names = {t.name for t in g.initializer}
-        graph_inputs = {i.name for i in g.input} - init_names
-        shapes = static_shapes(model)
-        lazy_inits = {t.name: t for t in g.initializer}
-        new_inits: list[str] = []
-        keep: list[onnx.NodeProto] = []
-        folded = 0
-        failures: list[str] = []
-        too_big: list[str] = []
-        if self.max_folded_bytes is not None:
-            limit = self.max_folded_bytes
-        else:
-            from mconv.limits import fold_limit
-
-            limit = fold_limit(model)
-        budget = 2 * limit
-        elem_types = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.input, *g.value_info, *g.output]}
-
-        def shape_of(name: str) -> tuple[int, ...] | None:
-            if name in consts:
-                return tuple(consts[name].shape)
-            t = lazy_inits.get(name)
-            if t is not None and name not in graph_inputs:
-                return tuple(int(d) for d in t.dims)
-            return shapes.get(name)
-
-        def small_value(name: str) -> np.ndarray | None:
-            s = shape_of(name)
-            if s is None or int(np.prod(s, dtype=np.int64)) > _SHAPE_INPUT_ELEMENTS:
-                return None
-            return value(name)
-
-        def itemsize(name: str) -> int:
-            if name in consts:
-                return consts[name].itemsize
-            t = lazy_inits.get(name)
-            et = t.data_type if t is not None else elem_types.get(name, 0)
-            try:
-                return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(et)).itemsize if et else 0
-            except Exception:
-                return 0
-
-        def value(name: str) -> np.ndarray | None:
-            if name in consts:
-                return consts[name]
-            t = lazy_inits.get(name)
-            if t is not None and name not in graph_inputs:
-                consts[name] = numpy_helper.to_array(t)
-                return consts[name]
-            return None
-
-        def is_const(name: str) -> bool:
-            return name == "" or name in consts or (name in lazy_inits and name not in graph_inputs)
-
-        for node in g.node:
-            if (
-                not is_default_domain(node)
-                or node.op_type in _NEVER
-                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
-            ):
-                keep.append(node)
-                continue
-            out: list[np.ndarray] | None = None
-            if node.op_type == "Constant":
-                v = constant_node_value(node)
-                out = None if v is None else [v]
-            elif node.op_type in ("Shape", "Size") and node.input[0] in shapes:
-                shp = shapes[node.input[0]]
-                if node.op_type == "Size":
-                    out = [np.array(int(np.prod(shp)), np.int64)]
-                else:
-                    start, end = attr(node, "start", 0), attr(node, "end", None)
-                    out = [np.array(shp[start:end], np.int64)]
-            elif all(is_const(i) for i in node.input) and node.input:
-                size = output_nbytes(node, shape_of, small_value, itemsize, shapes.get)
-                if size is None or size > limit or size > budget:
-                    too_big.append(f"{node.name or node.op_type} ({_size_text(size)})")
-                    keep.append(node)
-                    continue
-                budget -= size
-                arrs = [value(i) if i else None for i in node.input]
-                try:
-                    out = _evaluate(node, arrs, opset)
-                except Exception as e:  # leave the node, say why
-                    failures.append(f"{node.name or node.op_type}: {type(e).__name__}")
-                    out = None
-                if out is not None and sum(np.asarray(o).nbytes for o in out) > limit:
-                    out = None
+        known = _Constants(model)
+        limit = self._limit(model)
+        run = _FoldRun(limit=limit, budget=2 * limit)
+        for node in model.graph.node:
+            out = _folded_outputs(node, known, run, opset) if is_foldable(node) else None
             if out is None or len(out) < len([o for o in node.output if o]):
-                keep.append(node)
+                run.keep.append(node)
                 continue
             for name, arr in zip(node.output, out):
                 if name:
-                    arr = np.asarray(arr)
-                    consts[name] = arr
-                    new_inits.append(name)
-            folded += 1
-        notes = []
-        if too_big:
-            from mconv.limits import human
+                    known.values[name] = np.asarray(arr)
+                    run.new_inits.append(name)
+            run.folded += 1
+        return _rewrite(model, known, run)
 
-            notes.append(
-                f"left {len(too_big)} node(s) unfolded above the fold limit {human(limit)} "
-                f"(--fold-limit): " + ", ".join(too_big[:5])
-            )
-        if not folded:
-            return PassResult(model, False, notes)
-        # Only materialise folded tensors something still reads.
-        used = {i for n in keep for i in n.input} | {o.name for o in g.output}
-        del g.node[:]
-        g.node.extend(keep)
-        for name in new_inits:
-            if name in used:
-                _add_initializer(g, name, consts[name])
-        notes.insert(0, f"folded {folded} node(s)")
-        if failures:
-            notes.append(f"left {len(failures)} node(s) unfolded: " + ", ".join(failures[:5]))
-        return PassResult(model, True, notes)
+    def _limit(self, model: onnx.ModelProto) -> int:
+        if self.max_folded_bytes is not None:
+            return self.max_folded_bytes
+        from mconv.limits import fold_limit
+
+        return fold_limit(model)
+
+
+def _folded_outputs(node: onnx.NodeProto, known: _Constants, run: _FoldRun, opset: int) -> list | None:
+    """The values of a foldable node's outputs (cases 1-3), or None to keep the node."""
+    if node.op_type == "Constant":
+        v = constant_node_value(node)
+        return None if v is None else [v]
+    if node.op_type in ("Shape", "Size") and node.input[0] in known.shapes:
+        return [_shape_or_size(node, known.shapes[node.input[0]])]
+    if node.input and all(known.is_const(i) for i in node.input):
+        return _evaluate_within_limit(node, known, run, opset)
+    return None
+
+
+def _shape_or_size(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
+    if node.op_type == "Size":
+        return np.array(int(np.prod(shape)), np.int64)
+    start, end = attr(node, "start", 0), attr(node, "end", None)
+    return np.array(shape[start:end], np.int64)
+
+
+def _evaluate_within_limit(
+    node: onnx.NodeProto, known: _Constants, run: _FoldRun, opset: int
+) -> list[np.ndarray | None] | None:
+    """Evaluate a node of constant inputs unless its outputs, sized before it runs,
+    exceed the fold limit or the run's budget; None when it is left unfolded."""
+    size = output_nbytes(node, known.shape_of, known.small_value, known.itemsize, known.shapes.get)
+    if size is None or size > run.limit or size > run.budget:
+        run.too_big.append(f"{node.name or node.op_type} ({_size_text(size)})")
+        return None
+    run.budget -= size
+    arrs = [known.value(i) if i else None for i in node.input]
+    try:
+        out = evaluate_node(node, arrs, opset)
+    except Exception as e:  # leave the node, say why
+        run.failures.append(f"{node.name or node.op_type}: {type(e).__name__}")
+        return None
+    if sum(np.asarray(o).nbytes for o in out if o is not None) > run.limit:
+        return None
+    return out
+
+
+def _rewrite(model: onnx.ModelProto, known: _Constants, run: _FoldRun) -> PassResult:
+    """Replace the graph's nodes by the kept ones and add the folded tensors still read."""
+    g = model.graph
+    notes = []
+    if run.too_big:
+        from mconv.limits import human
+
+        notes.append(
+            f"left {len(run.too_big)} node(s) unfolded above the fold limit {human(run.limit)} "
+            f"(--fold-limit): " + ", ".join(run.too_big[:5])
+        )
+    if not run.folded:
+        return PassResult(model, False, notes)
+    # Only materialise folded tensors something still reads.
+    used = {i for n in run.keep for i in n.input} | {o.name for o in g.output}
+    del g.node[:]
+    g.node.extend(run.keep)
+    for name in run.new_inits:
+        if name in used:
+            _add_initializer(g, name, known.values[name])
+    notes.insert(0, f"folded {run.folded} node(s)")
+    if run.failures:
+        notes.append(f"left {len(run.failures)} node(s) unfolded: " + ", ".join(run.failures[:5]))
+    return PassResult(model, True, notes)
 
 
 _RAW_KINDS = "biuf"

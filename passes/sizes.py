@@ -66,76 +66,138 @@ def _ints(v: np.ndarray | None) -> list[int] | None:
     return None if v is None else [int(x) for x in np.asarray(v).reshape(-1)]
 
 
+# Each function: (node, inputs, input shapes (None: unknown), value) -> element count or None.
+_Count = Callable[[onnx.NodeProto, list[str], list, ValueOf], "int | None"]
+
+
+def _all_known(ins: list[str], s: list) -> list[tuple[int, ...]] | None:
+    """The input shapes when every present input's is known."""
+    known = [x for x in s if x is not None]
+    return None if len(known) < len([i for i in ins if i]) else known
+
+
+def _constant_of_shape(node, ins, s, value) -> int | None:
+    dims = _ints(value(ins[0]))
+    return None if dims is None else _prod(dims)
+
+
+def _expand(node, ins, s, value) -> int | None:
+    dims = _ints(value(ins[1]))
+    return None if dims is None or s[0] is None else _prod(_broadcast([s[0], tuple(dims)]))
+
+
+def _tile(node, ins, s, value) -> int | None:
+    reps = _ints(value(ins[1]))
+    return None if reps is None or s[0] is None else _prod(s[0]) * _prod(reps)
+
+
+def _range(node, ins, s, value) -> int | None:
+    v = [value(i) for i in ins[:3]]
+    if any(x is None for x in v):
+        return None
+    start, limit, delta = (float(np.asarray(x).reshape(-1)[0]) for x in v)
+    return 0 if delta == 0 else max(0, math.ceil((limit - start) / delta))
+
+
+def _first_input(node, ins, s, value) -> int | None:
+    return None if s[0] is None else _prod(s[0])
+
+
+def _broadcasting(node, ins, s, value) -> int | None:
+    known = _all_known(ins, s)
+    return None if known is None else _prod(_broadcast(known))
+
+
+def _matmul(node, ins, s, value) -> int | None:
+    if s[0] is None or s[1] is None or not s[0] or not s[1]:
+        return None
+    a, b = s[0], s[1]
+    if node.op_type == "Gemm":
+        m = a[1] if attr(node, "transA", 0) else a[0]
+        n = b[0] if attr(node, "transB", 0) else b[1]
+        return m * n
+    m = a[-2] if len(a) > 1 else 1
+    n = b[-1] if len(b) > 1 else 1
+    return _prod(_broadcast([a[:-2], b[:-2]])) * m * n
+
+
+def _gather(node, ins, s, value) -> int | None:
+    if s[0] is None or s[1] is None or not s[0]:
+        return None
+    axis = int(attr(node, "axis", 0)) % len(s[0])
+    return _prod(s[1]) * _prod(s[0]) // max(1, s[0][axis])
+
+
+def _gather_elements(node, ins, s, value) -> int | None:
+    return None if s[1] is None else _prod(s[1])
+
+
+def _one_hot(node, ins, s, value) -> int | None:
+    depth = _ints(value(ins[1]))
+    return None if depth is None or s[0] is None else _prod(s[0]) * abs(depth[0])
+
+
+def _pad(node, ins, s, value) -> int | None:
+    pads = _ints(value(ins[1])) if len(ins) > 1 else _ints(attr(node, "pads"))
+    if pads is None or s[0] is None:
+        return None
+    if len(ins) > 3 and ins[3]:
+        return None  # axes given: not worth the corner cases
+    r = len(s[0])
+    return _prod(max(0, d + pads[k] + pads[k + r]) for k, d in enumerate(s[0]))
+
+
+def _resize(node, ins, s, value) -> int | None:
+    if s[0] is None:
+        return None
+    sizes = _ints(value(ins[3])) if len(ins) > 3 and ins[3] else None
+    if sizes:
+        return _prod(sizes) if len(sizes) == len(s[0]) else None
+    si = 2 if node.op_type == "Resize" else 1
+    scales = value(ins[si]) if len(ins) > si and ins[si] else attr(node, "scales")
+    if scales is None:
+        return None
+    sc = [float(x) for x in np.asarray(scales).reshape(-1)]
+    return _prod(math.floor(d * f) for d, f in zip(s[0], sc)) if len(sc) == len(s[0]) else None
+
+
+def _concat(node, ins, s, value) -> int | None:
+    known = _all_known(ins, s)
+    return None if known is None else sum(_prod(x) for x in known)
+
+
+def _largest_input(node, ins, s, value) -> int | None:
+    """Other expanding ops: at least their largest input (None when any is unknown)."""
+    known = _all_known(ins, s)
+    return None if not known else max(_prod(x) for x in known)
+
+
+_COUNTS: dict[str, _Count] = {
+    "ConstantOfShape": _constant_of_shape,
+    "Expand": _expand,
+    "Tile": _tile,
+    "Range": _range,
+    "EyeLike": _first_input,
+    **dict.fromkeys(_BROADCAST, _broadcasting),
+    "MatMul": _matmul,
+    "Gemm": _matmul,
+    "Gather": _gather,
+    "GatherElements": _gather_elements,
+    "OneHot": _one_hot,
+    "Pad": _pad,
+    "Resize": _resize,
+    "Upsample": _resize,
+    "Concat": _concat,
+}
+
+
 def _elements(node: onnx.NodeProto, shape: ShapeOf, value: ValueOf) -> int | None:
     """Element count of the first output, or None when it cannot be computed."""
-    op, ins = node.op_type, list(node.input)
-    s = [shape(i) if i else None for i in ins]
-    if op == "ConstantOfShape":
-        dims = _ints(value(ins[0]))
-        return None if dims is None else _prod(dims)
-    if op == "Expand":
-        dims = _ints(value(ins[1]))
-        return None if dims is None or s[0] is None else _prod(_broadcast([s[0], tuple(dims)]))
-    if op == "Tile":
-        reps = _ints(value(ins[1]))
-        return None if reps is None or s[0] is None else _prod(s[0]) * _prod(reps)
-    if op == "Range":
-        v = [value(i) for i in ins[:3]]
-        if any(x is None for x in v):
-            return None
-        start, limit, delta = (float(np.asarray(x).reshape(-1)[0]) for x in v)
-        return 0 if delta == 0 else max(0, math.ceil((limit - start) / delta))
-    if op == "EyeLike":
-        return None if s[0] is None else _prod(s[0])
-    known = [x for x in s if x is not None]
-    if op in _BROADCAST:
-        return None if len(known) < len([i for i in ins if i]) else _prod(_broadcast(known))
-    if op in ("MatMul", "Gemm"):
-        if s[0] is None or s[1] is None or not s[0] or not s[1]:
-            return None
-        a, b = s[0], s[1]
-        if op == "Gemm":
-            m = a[1] if attr(node, "transA", 0) else a[0]
-            n = b[0] if attr(node, "transB", 0) else b[1]
-            return m * n
-        m = a[-2] if len(a) > 1 else 1
-        n = b[-1] if len(b) > 1 else 1
-        return _prod(_broadcast([a[:-2], b[:-2]])) * m * n
-    if op == "Gather":
-        if s[0] is None or s[1] is None or not s[0]:
-            return None
-        axis = int(attr(node, "axis", 0)) % len(s[0])
-        return _prod(s[1]) * _prod(s[0]) // max(1, s[0][axis])
-    if op in ("GatherElements",):
-        return None if s[1] is None else _prod(s[1])
-    if op == "OneHot":
-        depth = _ints(value(ins[1]))
-        return None if depth is None or s[0] is None else _prod(s[0]) * abs(depth[0])
-    if op == "Pad":
-        pads = _ints(value(ins[1])) if len(ins) > 1 else _ints(attr(node, "pads"))
-        if pads is None or s[0] is None:
-            return None
-        if len(ins) > 3 and ins[3]:
-            return None  # axes given: not worth the corner cases
-        r = len(s[0])
-        return _prod(max(0, d + pads[k] + pads[k + r]) for k, d in enumerate(s[0]))
-    if op in ("Resize", "Upsample"):
-        if s[0] is None:
-            return None
-        sizes = _ints(value(ins[3])) if len(ins) > 3 and ins[3] else None
-        if sizes:
-            return _prod(sizes) if len(sizes) == len(s[0]) else None
-        si = 2 if op == "Resize" else 1
-        scales = value(ins[si]) if len(ins) > si and ins[si] else attr(node, "scales")
-        if scales is None:
-            return None
-        sc = [float(x) for x in np.asarray(scales).reshape(-1)]
-        return _prod(math.floor(d * f) for d, f in zip(s[0], sc)) if len(sc) == len(s[0]) else None
-    if op == "Concat":
-        return None if len(known) < len([i for i in ins if i]) else sum(_prod(x) for x in known)
-    if op in EXPANDING:
-        return None if not known or len(known) < len([i for i in ins if i]) else max(_prod(x) for x in known)
-    return None
+    ins = list(node.input)
+    fn = _COUNTS.get(node.op_type) or (_largest_input if node.op_type in EXPANDING else None)
+    if fn is None:
+        return None
+    return fn(node, ins, [shape(i) if i else None for i in ins], value)
 
 
 def output_nbytes(

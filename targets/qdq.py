@@ -124,12 +124,7 @@ def quantize_qdq(
         UsageError: no calibration data, an unknown method or ignore entry.
         ConversionError: onnxruntime could not quantize the model.
     """
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod
 
     if not calib:
         raise UsageError("--int8 needs calibration data: add --calib DATA (a folder of .npy/.npz or images)")
@@ -139,8 +134,7 @@ def quantize_qdq(
     missing = sorted({n for n in names for s in calib if n not in s})
     if missing:
         raise UsageError(f"--calib: the samples lack input(s) {missing}; the model takes {names}")
-    exclude = excluded_nodes(prepared, ignore)
-    exclude = sorted(set(exclude) | _softmax_output_nodes(prepared))
+    exclude = sorted(set(excluded_nodes(prepared, ignore)) | _softmax_output_nodes(prepared))
     # Transformers: Q/DQ only in front of the weighted ops; the residual Adds, GELU, scale,
     # mask and Softmax stay float. Measured on the bench zoo (16 random calibration
     # samples, cosine to FP32): BERT-base 0.145 with every op quantized, 0.727 with the
@@ -148,6 +142,23 @@ def quantize_qdq(
     # 0.966 with the score chain float, 0.959 with the Adds or the GELUs float as well;
     # with only MatMul/Gemm/Conv quantized, ViT-B/16 0.998 and BERT-base 0.999.
     op_types = list(TRANSFORMER_QUANTIZED) if attention_blocks(prepared) else None
+    return _quantize_static(
+        prepared,
+        calib,
+        names,
+        per_channel=per_channel,
+        calibrate_method=calibrate_method,
+        nodes_to_exclude=exclude,
+        op_types_to_quantize=op_types,
+    )
+
+
+def _quantize_static(prepared: onnx.ModelProto, calib: list[Feeds], names: list[str], **options) -> onnx.ModelProto:
+    """Run onnxruntime's ``quantize_static`` in TensorRT's Q/DQ flavour on files in a
+    temporary folder (``options``: per_channel, calibrate_method, nodes_to_exclude,
+    op_types_to_quantize)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     large = prepared.ByteSize() > 1_900_000_000
     with tempfile.TemporaryDirectory(prefix="mconv-qdq-") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
@@ -159,12 +170,8 @@ def quantize_qdq(
                     str(dst),
                     FeedsReader(calib, names),
                     quant_format=QuantFormat.QDQ,
-                    per_channel=per_channel,
                     activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8,
-                    calibrate_method=calibrate_method,
-                    nodes_to_exclude=exclude,
-                    op_types_to_quantize=op_types,
                     use_external_data_format=large,
                     extra_options={
                         # TensorRT accepts only zero points of 0.
@@ -174,6 +181,7 @@ def quantize_qdq(
                         # TensorRT dequantizes INT8 only: an INT32 bias would fail to parse.
                         "QuantizeBias": False,
                     },
+                    **options,
                 )
         except (UsageError, ConversionError):
             raise

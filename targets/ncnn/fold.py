@@ -1,7 +1,7 @@
 """Static shapes and constants for the writer.
 
 ncnn layers take literal shapes, so the writer needs every tensor's static shape
-and every constant's value. :func:`prepare` fixes the input shapes (a dynamic
+and every constant's value. :func:`fold_graph` fixes the input shapes (a dynamic
 leading dim becomes a batch of 1), runs ONNX shape inference, and folds nodes
 whose inputs are all constant (plus ``Shape``/``Size`` of statically shaped
 tensors), repeating until nothing changes. The lead's ``mconv.passes`` does the
@@ -9,7 +9,7 @@ same ahead of the writer; this is the writer's own guarantee for models handed
 to it directly.
 
 Large initializers (:data:`LAZY_BYTES` and up) can stay TensorProtos until a
-rule needs their values (``prepare(mode="lazy" | "consume")``): shapes and
+rule needs their values (``fold_graph(mode="lazy" | "consume")``): shapes and
 dtypes come from ``dims``/``data_type``, so checking a model never copies its
 weights. See :class:`LazyConst`.
 """
@@ -28,16 +28,8 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 from onnx import TensorProto, helper, numpy_helper
 
 from mconv.errors import ConversionError
+from mconv.passes.evaluate import evaluate_node, is_foldable
 
-# Never evaluated at write time: random ops would bake one sample in.
-_NEVER_FOLD = {
-    "RandomNormal",
-    "RandomNormalLike",
-    "RandomUniform",
-    "RandomUniformLike",
-    "Multinomial",
-    "Bernoulli",
-}
 # Initializers larger than this are hidden from shape inference (it only needs
 # their shapes; serializing hundreds of MB for it is slow).
 _BIG = 4096
@@ -348,34 +340,10 @@ def fixed_input_shapes(
     return shapes, dyn
 
 
-def _eval_node(node: onnx.NodeProto, vals: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
-    from onnx.reference import ReferenceEvaluator
-
-    if node.op_type == "GatherElements" and len(vals) == 2 and all(v is not None for v in vals):
-        from mconv.passes.fold import gather_elements
-
-        axis = next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == "axis"), 0)
-        return [gather_elements(np.asarray(vals[0]), np.asarray(vals[1]), axis)]
-
-    names = [f"i{k}" if v is not None else "" for k, v in enumerate(vals)]
-    n = helper.make_node(
-        node.op_type,
-        names,
-        [f"o{k}" for k in range(len(node.output))],
-        domain=node.domain,
-        **{a.name: helper.get_attribute_value(a) for a in node.attribute},
-    )
-    inputs = [
-        helper.make_tensor_value_info(nm, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
-        for nm, v in zip(names, vals)
-        if v is not None
-    ]
-    outputs = [helper.make_empty_tensor_value_info(o) for o in n.output]
-    g = helper.make_graph([n], "fold", inputs, outputs)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    ref = ReferenceEvaluator(m)
-    res = ref.run(None, {nm: v for nm, v in zip(names, vals) if v is not None})
-    return [np.asarray(r) for r in res]
+def evaluate_constant(node: onnx.NodeProto, vals: list[np.ndarray | None], opset: int) -> list[np.ndarray | None]:
+    """The writer's constant evaluation of one node: the shared evaluator on onnx's
+    reference kernels (the ones the rules were checked against), one value per output."""
+    return evaluate_node(node, vals, opset, numpy_kernels=False)
 
 
 def _infer(
@@ -406,7 +374,7 @@ def _infer(
         return m
 
 
-def prepare(
+def fold_graph(
     model: onnx.ModelProto,
     overrides: dict[str, tuple[int, ...]] | None = None,
     *,
@@ -421,87 +389,105 @@ def prepare(
     ``raw_data`` (optionally moving the value to ``scratch``).
     """
     if mode not in ("eager", "lazy", "consume"):
-        raise ValueError(f"prepare mode {mode!r}")
-    opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 13)
+        raise ValueError(f"fold_graph mode {mode!r}")
+    from mconv.limits import fold_limit
+
     in_shapes, dyn = fixed_input_shapes(model, overrides)
-    g = model.graph
+    consts = _read_initializers(model.graph, mode, scratch)
+    inputs = _static_inputs(model.graph, consts, in_shapes)
+    prep = Prepared(
+        nodes=list(model.graph.node),
+        consts=consts,
+        shapes=dict(in_shapes),
+        dtypes={vi.name: _np_dtype(vi.type.tensor_type.elem_type) for vi in inputs},
+        inputs=[vi.name for vi in inputs],
+        outputs=[o.name for o in model.graph.output],
+        dyn_batch=dyn,
+        opset=next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 13),
+        fold_limit=fold_limit(model),
+    )
+    for _ in range(8):
+        _record_inferred(_infer(model, inputs, prep.consts, prep.nodes), prep)
+        if not _fold_once(prep):
+            break
+    for name, v in prep.consts.items():
+        prep.shapes[name] = tuple(v.shape)
+        prep.dtypes[name] = v.dtype
+    return prep
+
+
+def _read_initializers(g: onnx.GraphProto, mode: str, scratch: Scratch | None) -> dict[str, np.ndarray]:
+    """Every initializer's value; in modes "lazy" and "consume" large ones are :class:`LazyConst`."""
     consts: dict[str, np.ndarray] = {}
     for t in g.initializer:
         if mode != "eager" and _lazy_ok(t):
             consts[t.name] = LazyConst(t, consume=mode == "consume", scratch=scratch)  # type: ignore[assignment]
         else:
             consts[t.name] = numpy_helper.to_array(t)
-    new_inputs = []
-    for vi in g.input:
-        if vi.name in consts:
+    return consts
+
+
+def _static_inputs(
+    g: onnx.GraphProto, consts: dict[str, np.ndarray], in_shapes: dict[str, tuple[int, ...]]
+) -> list[onnx.ValueInfoProto]:
+    """The graph inputs that are not initializers, with their fixed shapes."""
+    return [
+        helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, list(in_shapes[vi.name]))
+        for vi in g.input
+        if vi.name not in consts
+    ]
+
+
+def _record_inferred(inferred: onnx.ModelProto, prep: Prepared) -> None:
+    """Take the static shapes and the element types shape inference found."""
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = _dims(vi)
+        if dims is not None and all(d is not None for d in dims):
+            prep.shapes[vi.name] = tuple(int(d) for d in dims)
+        if vi.type.tensor_type.elem_type:
+            prep.dtypes[vi.name] = _np_dtype(vi.type.tensor_type.elem_type)
+
+
+def _fold_once(prep: Prepared) -> bool:
+    """Fold every node that can be folded now; whether any was."""
+    changed = False
+    kept = []
+    for node in prep.nodes:
+        res = _fold_node(node, prep)
+        if res is None:
+            kept.append(node)
             continue
-        vi2 = helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, list(in_shapes[vi.name]))
-        new_inputs.append(vi2)
-    nodes = list(g.node)
+        for name, v in zip(node.output, res):
+            if name:
+                prep.consts[name] = v
+                prep.shapes[name] = tuple(v.shape)
+                prep.dtypes[name] = v.dtype
+        changed = True
+    prep.nodes = kept
+    return changed
 
-    shapes: dict[str, tuple[int, ...]] = dict(in_shapes)
-    dtypes: dict[str, np.dtype] = {vi.name: _np_dtype(vi.type.tensor_type.elem_type) for vi in new_inputs}
-    from mconv.limits import fold_limit
 
-    limit = fold_limit(model)
-    too_big: dict[str, int | None] = {}
-    for _ in range(8):
-        inferred = _infer(model, new_inputs, consts, nodes)
-        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-            dims = _dims(vi)
-            if dims is not None and all(d is not None for d in dims):
-                shapes[vi.name] = tuple(int(d) for d in dims)
-            if vi.type.tensor_type.elem_type:
-                dtypes[vi.name] = _np_dtype(vi.type.tensor_type.elem_type)
-        changed = False
-        kept = []
-        for node in nodes:
-            if node.op_type not in ("Shape", "Size", "Constant") and _all_const(node, consts):
-                size = folded_nbytes(node, consts, shapes, dtypes)
-                if size is None or size > limit:
-                    too_big[node.output[0]] = size
-                    kept.append(node)
-                    continue
-            vals = _foldable(node, consts, shapes)
-            if vals is None:
-                kept.append(node)
-                continue
-            try:
-                if node.op_type == "Shape":
-                    res = [_shape_op(node, shapes[node.input[0]])]
-                elif node.op_type == "Size":
-                    res = [np.array(int(np.prod(shapes[node.input[0]])), np.int64)]
-                elif node.op_type == "Constant":
-                    res = [_constant(node)]
-                else:
-                    res = _eval_node(node, vals, opset)
-            except Exception:  # not foldable here; the rule table decides
-                kept.append(node)
-                continue
-            for name, v in zip(node.output, res):
-                if name:
-                    consts[name] = v
-                    shapes[name] = tuple(v.shape)
-                    dtypes[name] = v.dtype
-            changed = True
-        nodes = kept
-        if not changed:
-            break
-    for name, v in consts.items():
-        shapes[name] = tuple(v.shape)
-        dtypes[name] = v.dtype
-    return Prepared(
-        nodes=nodes,
-        consts=consts,
-        shapes=shapes,
-        dtypes=dtypes,
-        inputs=[vi.name for vi in new_inputs],
-        outputs=[o.name for o in g.output],
-        dyn_batch=dyn,
-        opset=opset,
-        fold_limit=limit,
-        too_big=too_big,
-    )
+def _fold_node(node: onnx.NodeProto, prep: Prepared) -> list[np.ndarray | None] | None:
+    """The values of ``node``'s outputs, or None when it stays a node (recording
+    in ``prep.too_big`` a node whose output would exceed the fold limit)."""
+    if node.op_type not in ("Shape", "Size", "Constant") and _all_const(node, prep.consts):
+        size = folded_nbytes(node, prep.consts, prep.shapes, prep.dtypes)
+        if size is None or size > prep.fold_limit:
+            prep.too_big[node.output[0]] = size
+            return None
+    vals = _foldable(node, prep.consts, prep.shapes)
+    if vals is None:
+        return None
+    try:
+        if node.op_type == "Shape":
+            return [_shape_op(node, prep.shapes[node.input[0]])]
+        if node.op_type == "Size":
+            return [np.array(int(np.prod(prep.shapes[node.input[0]])), np.int64)]
+        if node.op_type == "Constant":
+            return [_constant(node)]
+        return evaluate_constant(node, vals, prep.opset)
+    except Exception:  # not foldable here; the rule table decides
+        return None
 
 
 def _all_const(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> bool:
@@ -537,7 +523,7 @@ def folded_nbytes(
 def _foldable(
     node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
 ) -> list[np.ndarray | None] | None:
-    if node.op_type in _NEVER_FOLD or node.domain not in ("", "ai.onnx"):
+    if not is_foldable(node, keep_structure=False):  # the writer folds control flow and Q/DQ
         return None
     if node.op_type in ("Shape", "Size"):
         return [] if node.input[0] in shapes else None

@@ -444,6 +444,48 @@ def _head_columns(rows: np.ndarray, cols: np.ndarray, seq: int) -> np.ndarray | 
 
 
 def _match_attention(g: _AttnGraph, sm: onnx.NodeProto):
+    """The pieces of a multi-head attention around Softmax ``sm`` (a dict for the
+    fused layer), or None when the pattern does not hold."""
+    scores = _match_scores(g, sm)
+    if scores is None:
+        return None
+    nodes, mm1, mm2, post, mask = scores
+    found = _match_heads(g, mm1, mm2, post, nodes)
+    if found is None:
+        return None
+    heads, scale = found
+    hq, lq, dq = heads["q"][3:]
+    hk, lk, dk = heads["k"][3:]
+    hv, lv, dv = heads["v"][3:]
+    if not (hq == hk == hv and dq == dk == dv and lk == lv):
+        return None
+    embed = hq * dq
+    # MatMul shapes must be plain per-head products (no broadcasting tricks).
+    s1 = g.prep.shapes.get(mm1.output[0])
+    if s1 is None or int(np.prod(s1)) != hq * lq * lk or tuple(s1[-2:]) != (lq, lk):
+        return None
+    out = _match_output(g, mm2.output[0], hq, lq, dq, nodes)
+    if out is None:
+        return None
+    y, wo_nc, bo = out
+    xs = _match_inputs(g, heads)
+    if xs is None:
+        return None
+    if wo_nc.shape[0] != heads["q"][1].shape[0]:
+        return None  # ncnn's output width is the query input width
+    mask_v = None
+    if mask is not None:
+        mask_v = _mask_value(g, mask, s1, hq, lq, lk)
+        if mask_v is None:
+            return None
+    return dict(nodes=nodes, heads=heads, xs=xs, y=y, wo=wo_nc, bo=bo, scale=scale,
+                num_heads=hq, embed=embed, mask=mask, mask_v=mask_v)  # fmt: skip
+
+
+def _match_scores(g: _AttnGraph, sm: onnx.NodeProto):
+    """Softmax over the last axis of ``[scale] [Add mask] [scale] MatMul``, read by
+    one MatMul: (nodes, the scores MatMul, the values MatMul, the scale after the
+    mask, the mask tensor or None), or None."""
     shape_s = g.prep.shapes.get(sm.output[0])
     if shape_s is None or len(shape_s) < 2:
         return None
@@ -451,7 +493,6 @@ def _match_attention(g: _AttnGraph, sm: onnx.NodeProto):
     if (axis + len(shape_s)) % len(shape_s) != len(shape_s) - 1:
         return None
     nodes: list[onnx.NodeProto] = [sm]
-    # Softmax input: [scale] [Add mask] [scale] MatMul
     t, chain, post = g.back(sm.input[0])
     if any(n.op_type not in ("Mul", "Div") for n, _ in chain):
         return None
@@ -480,6 +521,13 @@ def _match_attention(g: _AttnGraph, sm: onnx.NodeProto):
         return None
     mm2 = users[0]
     nodes.append(mm2)
+    return nodes, mm1, mm2, post, mask
+
+
+def _match_heads(g: _AttnGraph, mm1: onnx.NodeProto, mm2: onnx.NodeProto, post: float, nodes: list):
+    """Q, K and V as projections split into heads by data movement: (key -> (input,
+    head weights, head bias, heads, length, head size), the overall scale), or None.
+    Appends the movement and projection nodes to ``nodes``."""
     qs, qch, qsc = g.back(mm1.input[0])
     ks, kch, ksc = g.back(mm1.input[1])
     vs, vch, vsc = g.back(mm2.input[1])
@@ -513,38 +561,24 @@ def _match_attention(g: _AttnGraph, sm: onnx.NodeProto):
         nodes += [n for n, _ in ch]
     for src in {qs, ks, vs}:
         nodes += projs[src][3]
-    hq, lq, dq = heads["q"][3:]
-    hk, lk, dk = heads["k"][3:]
-    hv, lv, dv = heads["v"][3:]
-    if not (hq == hk == hv and dq == dk == dv and lk == lv):
-        return None
-    embed = hq * dq
-    # MatMul shapes must be plain per-head products (no broadcasting tricks).
-    s1 = g.prep.shapes.get(mm1.output[0])
-    if s1 is None or int(np.prod(s1)) != hq * lq * lk or tuple(s1[-2:]) != (lq, lk):
-        return None
-    # Output: movement to [rows, embed], out projection, movement to Y.
-    o = mm2.output[0]
+    return heads, scale
+
+
+def _match_output(g: _AttnGraph, o: str, h: int, lq: int, dq: int, nodes: list):
+    """The attention output ``o`` moved to [rows, embed], projected and moved to Y:
+    (Y, the output weights [out, embed] in ncnn's head order, the bias), or None.
+    Appends the nodes to ``nodes``."""
+    embed = h * dq
     so = g.prep.shapes.get(o)
-    if so is None or int(np.prod(so)) != hq * lq * dq or tuple(so[-2:]) != (lq, dq):
+    if so is None or int(np.prod(so)) != h * lq * dq or tuple(so[-2:]) != (lq, dq):
         return None
     z, zch = g.forward(o)
-    zu = g.consumers.get(z, [])
-    if len(zu) != 1 or zu[0].op_type not in ("MatMul", "Gemm") or zu[0].input[0] != z:
+    found = _output_projection(g, z)
+    if found is None:
         return None
-    yp = zu[0].output[0]
-    yu = g.consumers.get(yp, [])
-    if zu[0].op_type == "MatMul" and len(yu) == 1 and yu[0].op_type == "Add" and yp not in g.prep.outputs:
-        other = _other(yu[0], yp)
-        c = g.const(other) if other else None
-        if c is not None and c.shape[-1:] == (g.prep.shapes[yp][-1],) and c.size == c.shape[-1]:
-            yp = yu[0].output[0]
-    op = _projection(g, yp)
-    if op is None or op[0] != z:
-        return None
-    _, wo, bo, on = op
-    zidx = g.eval_moves(np.arange(hq * lq * dq).reshape(so), zch)
-    if zidx.size != hq * lq * dq or wo.shape[0] != embed:
+    yp, (_, wo, bo, on) = found
+    zidx = g.eval_moves(np.arange(h * lq * dq).reshape(so), zch)
+    if zidx.size != h * lq * dq or wo.shape[0] != embed:
         return None
     zidx = zidx.reshape(lq, embed)
     hh, ll, jj = zidx // (lq * dq), (zidx // dq) % lq, zidx % dq
@@ -564,7 +598,31 @@ def _match_attention(g: _AttnGraph, sm: onnx.NodeProto):
     if not np.array_equal(yidx.ravel(), np.arange(yidx.size)) or yidx.size != lq * n_out:
         return None
     nodes += [n for n, _ in zch] + on + [n for n, _ in ych]
-    # Projection inputs: rows must be positions (moves that keep C order only).
+    return y, wo_nc, bo
+
+
+def _output_projection(g: _AttnGraph, z: str):
+    """The MatMul/Gemm (with a following bias Add) that alone reads ``z``: (its
+    output, the projection), or None."""
+    zu = g.consumers.get(z, [])
+    if len(zu) != 1 or zu[0].op_type not in ("MatMul", "Gemm") or zu[0].input[0] != z:
+        return None
+    yp = zu[0].output[0]
+    yu = g.consumers.get(yp, [])
+    if zu[0].op_type == "MatMul" and len(yu) == 1 and yu[0].op_type == "Add" and yp not in g.prep.outputs:
+        other = _other(yu[0], yp)
+        c = g.const(other) if other else None
+        if c is not None and c.shape[-1:] == (g.prep.shapes[yp][-1],) and c.size == c.shape[-1]:
+            yp = yu[0].output[0]
+    op = _projection(g, yp)
+    if op is None or op[0] != z:
+        return None
+    return yp, op
+
+
+def _match_inputs(g: _AttnGraph, heads: dict):
+    """Each projection input traced back through moves that keep C order (rows must
+    be positions): key -> (source tensor, movement nodes), or None."""
     xs = {}
     for key in ("q", "k", "v"):
         x, w = heads[key][0], heads[key][1]
@@ -576,15 +634,7 @@ def _match_attention(g: _AttnGraph, sm: onnx.NodeProto):
         if g.prep.shapes[src][-1] != w.shape[0]:
             src, xch = x, []
         xs[key] = (src, [n for n, _ in xch])
-    if n_out != heads["q"][1].shape[0]:
-        return None  # ncnn's output width is the query input width
-    mask_v = None
-    if mask is not None:
-        mask_v = _mask_value(g, mask, s1, hq, lq, lk)
-        if mask_v is None:
-            return None
-    return dict(nodes=nodes, heads=heads, xs=xs, y=y, wo=wo_nc, bo=bo, scale=scale,
-                num_heads=hq, embed=embed, mask=mask, mask_v=mask_v)  # fmt: skip
+    return xs
 
 
 def _mask_value(g: _AttnGraph, mask: str, s1, h: int, lq: int, lk: int):

@@ -1,4 +1,8 @@
-"""Lowering driver: walks the prepared ONNX graph and applies the rule table.
+"""What lowering rules work with: :class:`Tensor`, :class:`Node`, the context
+:class:`Ctx` (tensors, the ncnn graph under construction, helpers to emit and
+bind layers) and shared helpers (``elementwise``, ``shape_params``, ...). The
+driver that walks the folded graph and applies the rule table is
+:func:`mconv.targets.ncnn.writer.lower_model`.
 
 Tensors and the batch axis. An ncnn Mat has at most 4 dims and no batch. Every
 ONNX tensor is represented by a blob holding the same values in the same C

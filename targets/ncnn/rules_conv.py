@@ -72,22 +72,44 @@ def conv(ctx: Ctx, node: Node) -> None:
         return
     # A batch the model makes itself; a batch from a graph input is refused (blob_as).
     batch = int(x.shape[0]) if not ctx.batched_inputs() else 1
+    keep = tuple(range(1, x.rank))
     if batch > 1:
-        # Windows (or heads) in the batch axis (EfficientViT-M's cascaded group
-        # attention): the N items side by side in channels, one grouped convolution
-        # with the weights repeated per item — group N x group.
         if n == 3 or batch > CONV_BATCH_MAX:
             raise NotLowerable(f"a batch of {batch} {n}-D convolutions (2-D/1-D up to {CONV_BATCH_MAX} convert)")
-        xb = ctx.reshape(ctx.blob_as(x), (batch * x.shape[1], *x.shape[2:]), name_hint=x.name)
-        w = np.tile(np.asarray(w), (batch,) + (1,) * (w.ndim - 1))
-        b = None if b is None else np.tile(np.asarray(b), batch)
-        group *= batch
-        keep = tuple(range(1, x.rank))
+        xb, w, b, group = _batch_in_channels(ctx, x, w, b, group, batch)
     else:
-        keep = tuple(range(1, x.rank))
         xb = ctx.blob_as(x, keep)
     out_c = w.shape[0]
-    p: dict = {0: out_c, 5: int(b is not None), 6: int(w.size)}
+    type_, p = _conv_layer(n, group, out_c, b is not None, int(w.size), (k, s, d, begin, end))
+    weights = [Weight(np.asarray(w, np.float32).ravel(), tagged=True)]
+    if b is not None:
+        weights.append(Weight(np.asarray(b, np.float32).ravel(), tagged=False))
+    out_shape = ctx.out_shape()
+    if batch > 1:
+        blob = ctx.emit(type_, [xb], (out_c, *out_shape[2:]), p, weights)
+        full = tuple(range(len(out_shape)))
+        ctx.bind(node.outputs[0], ctx.reshape(blob, tuple(out_shape), name_hint=node.outputs[0]), full)
+        return
+    blob = ctx.emit(type_, [xb], nc_shape(out_shape, keep), p, weights, out_name=node.outputs[0])
+    ctx.bind(node.outputs[0], blob, keep)
+
+
+def _batch_in_channels(ctx: Ctx, x, w, b, group: int, batch: int) -> tuple[str, np.ndarray, np.ndarray | None, int]:
+    """Windows (or heads) in the batch axis (EfficientViT-M's cascaded group
+    attention): the N items side by side in channels, one grouped convolution
+    with the weights repeated per item — group N x group. Returns the input
+    blob, the weights, the bias and the group."""
+    xb = ctx.reshape(ctx.blob_as(x), (batch * x.shape[1], *x.shape[2:]), name_hint=x.name)
+    w = np.tile(np.asarray(w), (batch,) + (1,) * (w.ndim - 1))
+    b = None if b is None else np.tile(np.asarray(b), batch)
+    return xb, w, b, group * batch
+
+
+def _conv_layer(n: int, group: int, out_c: int, bias: bool, w_size: int, geometry: tuple) -> tuple[str, dict]:
+    """The ncnn convolution layer type and its params for ``geometry`` = (kernel,
+    strides, dilations, pads begin, pads end), each listed outermost axis first."""
+    k, s, d, begin, end = geometry
+    p: dict = {0: out_c, 5: int(bias), 6: w_size}
     if n == 1:
         p.update({1: k[0], 2: d[0], 3: s[0], 4: begin[0], 15: end[0]})
         type_ = "Convolution1D" if group == 1 else "ConvolutionDepthWise1D"
@@ -110,17 +132,7 @@ def conv(ctx: Ctx, node: Node) -> None:
         type_ = "Convolution3D"
     if group != 1:
         p[7] = group
-    weights = [Weight(np.asarray(w, np.float32).ravel(), tagged=True)]
-    if b is not None:
-        weights.append(Weight(np.asarray(b, np.float32).ravel(), tagged=False))
-    out_shape = ctx.out_shape()
-    if batch > 1:
-        blob = ctx.emit(type_, [xb], (out_c, *out_shape[2:]), p, weights)
-        full = tuple(range(len(out_shape)))
-        ctx.bind(node.outputs[0], ctx.reshape(blob, tuple(out_shape), name_hint=node.outputs[0]), full)
-        return
-    blob = ctx.emit(type_, [xb], nc_shape(out_shape, keep), p, weights, out_name=node.outputs[0])
-    ctx.bind(node.outputs[0], blob, keep)
+    return type_, p
 
 
 # Most batch items one convolution takes side by side in channels (weights repeat per item).
@@ -157,37 +169,7 @@ def conv_transpose(ctx: Ctx, node: Node) -> None:
     keep = tuple(range(1, x.rank))
     xb = ctx.blob_as(x, keep)
     out_shape = ctx.out_shape()
-    in_sp = x.shape[2:]
-    out_sp = out_shape[2:]
-    opad = list(node.attr("output_padding", [0] * n))
-    auto = node.attr("auto_pad", "NOTSET")
-    begin, end = [], []
-    for i in range(n):
-        full = s[i] * (in_sp[i] - 1) + (k[i] - 1) * d[i] + 1
-        if "pads" in node.attrs and auto == "NOTSET":
-            pb, pe = node.attrs["pads"][i], node.attrs["pads"][i + n]
-            extra = out_sp[i] - (full - pb - pe)
-        else:
-            total = full + opad[i] - out_sp[i]
-            if total < 0:
-                pb, pe, extra = 0, 0, out_sp[i] - full
-            else:
-                # onnxruntime: SAME_UPPER puts the smaller half first, every
-                # other mode (NOTSET with output_shape included) the larger.
-                if auto == "SAME_UPPER":
-                    pb = total // 2
-                    pe = total - pb
-                else:
-                    pe = total // 2
-                    pb = total - pe
-                extra = out_sp[i] - (full - pb - pe)
-        if extra < 0 or pb < 0 or pe < 0:
-            raise NotLowerable("negative padding")
-        # ncnn adds output padding at the end before cropping pads; extra
-        # size beyond the crop is exactly ONNX's output_padding.
-        begin.append(pb)
-        end.append(pe)
-        opad[i] = extra
+    begin, end, opad = _deconv_pads(node, n, x.shape[2:], out_shape[2:], (k, s, d))
     cin, cout_g = w.shape[0], w.shape[1]
     cout = cout_g * group
     # ONNX [I, O/g, k...] -> ncnn per group [O/g, I/g, k...].
@@ -212,3 +194,42 @@ def conv_transpose(ctx: Ctx, node: Node) -> None:
         weights.append(Weight(np.asarray(b, np.float32).ravel(), tagged=False))
     blob = ctx.emit(type_, [xb], nc_shape(out_shape, keep), p, weights, out_name=node.outputs[0])
     ctx.bind(node.outputs[0], blob, keep)
+
+
+def _deconv_pads(node: Node, n: int, in_sp, out_sp, geometry: tuple) -> tuple[list[int], list[int], list[int]]:
+    """Pads at the begin and the end of each of the ``n`` spatial axes, and ncnn's
+    output padding (the size beyond the crop), for the output size ONNX gives;
+    ``geometry`` is (kernel, strides, dilations).
+
+    Raises:
+        NotLowerable: a pad or the output padding would be negative.
+    """
+    k, s, d = geometry
+    opad = list(node.attr("output_padding", [0] * n))
+    auto = node.attr("auto_pad", "NOTSET")
+    begin, end = [], []
+    for i in range(n):
+        full = s[i] * (in_sp[i] - 1) + (k[i] - 1) * d[i] + 1
+        if "pads" in node.attrs and auto == "NOTSET":
+            pb, pe = node.attrs["pads"][i], node.attrs["pads"][i + n]
+        else:
+            total = full + opad[i] - out_sp[i]
+            if total < 0:
+                pb, pe = 0, 0
+            elif auto == "SAME_UPPER":
+                # onnxruntime: SAME_UPPER puts the smaller half first, every
+                # other mode (NOTSET with output_shape included) the larger.
+                pb = total // 2
+                pe = total - pb
+            else:
+                pe = total // 2
+                pb = total - pe
+        extra = out_sp[i] - (full - pb - pe)
+        if extra < 0 or pb < 0 or pe < 0:
+            raise NotLowerable("negative padding")
+        # ncnn adds output padding at the end before cropping pads; extra
+        # size beyond the crop is exactly ONNX's output_padding.
+        begin.append(pb)
+        end.append(pe)
+        opad[i] = extra
+    return begin, end, opad

@@ -51,10 +51,10 @@ class NcnnTarget(Target):
 
     def unsupported(self, model: onnx.ModelProto) -> dict[str, list[str]]:
         """Nodes left after constant folding that no rule lowers (large weights are not read)."""
-        from mconv.targets.ncnn.fold import prepare
+        from mconv.targets.ncnn.fold import fold_graph
 
         try:
-            prep = prepare(model, mode="lazy")
+            prep = fold_graph(model, mode="lazy")
         except Exception:
             return super().unsupported(model)
         ops = self.supported_ops()

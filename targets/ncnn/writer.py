@@ -1,4 +1,4 @@
-"""ONNX -> ncnn: prepare, lower every node through the rule table, optimize the
+"""ONNX -> ncnn: fold the graph, lower every node through the rule table, optimize the
 ncnn graph, insert Split layers, and serialize ``.param``/``.bin``.
 
 :func:`lower_model` does everything in memory (used by ``preflight`` and
@@ -25,7 +25,7 @@ import onnx
 
 from mconv.errors import ConversionError, UnsupportedOpsError
 from mconv.targets.ncnn import optimize
-from mconv.targets.ncnn.fold import LAZY_BYTES, LazyConst, Prepared, Scratch, prepare
+from mconv.targets.ncnn.fold import LAZY_BYTES, LazyConst, Prepared, Scratch, fold_graph
 from mconv.targets.ncnn.fuse import fuse_patterns
 from mconv.targets.ncnn.ir import Layer, NcnnGraph, drop_pages, mapped_base, sanitize
 from mconv.targets.ncnn.lower import (
@@ -105,7 +105,7 @@ def lower_model(
     if mode not in ("eager", "dry", "consume"):
         raise ValueError(f"lower_model mode {mode!r}")
     table = rules()
-    prep = prepare(
+    prep = fold_graph(
         model,
         input_shapes,
         mode={"eager": "eager", "dry": "lazy", "consume": "consume"}[mode],
@@ -113,20 +113,50 @@ def lower_model(
     )
     nodes = fuse_patterns(prep)
     lazy = {k: v for k, v in prep.consts.items() if isinstance(v, LazyConst)}
+    uses = _lazy_uses(nodes, prep.outputs, lazy)
+    spill = scratch if mode == "consume" else None
+    ctx = Ctx(prep)
+    ctx.precision = precision
+    inputs_meta, handled = _lower_inputs(ctx, nodes)
+    _lower_nodes(ctx, nodes, table, handled, _LazyReads(lazy, uses, mode, spill))
+    tail_from = len(ctx.g.layers)
+    outputs_meta = _lower_outputs(ctx)
+    _shed(ctx.g.layers[tail_from:], mode, spill)
+    if spill is not None:
+        spill.restore()
+    return _finish(ctx, inputs_meta, outputs_meta, optimize_graph)
+
+
+@dataclass
+class _LazyReads:
+    """How the node loop opens lazy constants and sheds large weights (see the module docstring)."""
+
+    lazy: dict[str, LazyConst]
+    uses: dict[str, int]  # consumers left per lazy constant
+    mode: str
+    spill: Scratch | None
+
+
+def _lazy_uses(nodes: list[onnx.NodeProto], outputs: list[str], lazy: dict[str, LazyConst]) -> dict[str, int]:
+    """Consumers of each lazy constant; those with none are released now."""
     uses: dict[str, int] = {}
     for proto in nodes:
         for x in proto.input:
             if x in lazy:
                 uses[x] = uses.get(x, 0) + 1
-    for o in prep.outputs:
+    for o in outputs:
         if o in lazy:
             uses[o] = uses.get(o, 0) + (1 << 30)  # read again after the loop
     for k, c in lazy.items():
         if not uses.get(k):
             c.release()  # folded away (or unused)
-    spill = scratch if mode == "consume" else None
-    ctx = Ctx(prep)
-    ctx.precision = precision
+    return uses
+
+
+def _lower_inputs(ctx: Ctx, nodes: list[onnx.NodeProto]) -> tuple[list[dict], set[int]]:
+    """An Input layer per graph input; their ``meta`` entries and the ids of the
+    nodes already lowered with integer id inputs (token_ids)."""
+    prep = ctx.prep
     inputs_meta = []
     ints = [n for n in prep.inputs if prep.dtypes.get(n, np.dtype("float32")).kind in (*_INT_KINDS, "b")]
     id_plans = plan_ids(nodes, ints, prep.consts)
@@ -150,47 +180,25 @@ def lower_model(
             handled |= lower_combined(ctx, id_plans[name], blob)
         feed = "int32" if name in ctx.int_inputs else "float"
         inputs_meta.append({"name": name, "blob": blob, "shape": list(shape), "dtype": dt.name, "feed": feed})
+    return inputs_meta, handled
 
+
+def _lower_nodes(ctx: Ctx, nodes: list[onnx.NodeProto], table: dict, handled: set[int], reads: _LazyReads) -> None:
+    """Lower every node not yet ``handled``, in order.
+
+    Raises:
+        UnsupportedOpsError: every node that has no rule or that its rule refused.
+    """
     unsupported: dict[str, list[str]] = {}
     failed: set[str] = set()
     for i, proto in enumerate(nodes):
         if id(proto) in handled:
             continue
-        opened = _open_consts(ctx, proto, lazy, mode) if lazy else []
+        opened = _open_consts(ctx, proto, reads.lazy, reads.mode) if reads.lazy else []
         n_layers = len(ctx.g.layers)
         name = _node_name(proto, i)
         op = proto.op_type if proto.domain in ("", "ai.onnx") else f"{proto.domain}::{proto.op_type}"
-        node = Node(
-            proto,
-            name,
-            [ctx.tensors.get(x) if x else None for x in proto.input],
-            list(proto.output),
-            attrs_of(proto),
-        )
-        missing = [x for x, t in zip(proto.input, node.inputs) if x and (t is None or x in failed)]
-        fn = table.get(op)
-        reason = None
-        all_const = all(t is None or t.const is not None for t in node.inputs) and any(node.inputs)
-        if fn is None and not (all_const and not missing and proto.domain in ("", "ai.onnx")):
-            reason = ""
-        elif missing:
-            reason = None  # an upstream failure already reported
-        elif any(0 in prep.shapes.get(o, (1,)) for o in proto.output if o) or any(
-            t is not None and t.const is None and 0 in t.shape for t in node.inputs
-        ):
-            reason = "zero-size tensor (ncnn Mats cannot be empty)"
-        elif all_const:
-            # Inputs became constant during lowering (e.g. a Reshape of a
-            # constant): evaluate instead of emitting layers.
-            reason = _fold_during_lowering(ctx, proto, node, prep)
-        else:
-            ctx.node = node
-            try:
-                fn(ctx, node)
-            except NotLowerable as e:
-                reason = str(e)
-            finally:
-                ctx.node = None
+        reason, missing = _lower_node(ctx, proto, name, table.get(op), failed)
         if reason is not None:
             unsupported.setdefault(op, []).append(f"{name} ({reason})" if reason else name)
         if reason is not None or missing:
@@ -199,16 +207,50 @@ def lower_model(
             failed.update(o for o in proto.output if o)
             for o in proto.output:
                 if o and o not in ctx.tensors:
-                    ctx.tensors[o] = Tensor(o, prep.shapes.get(o, ()), np.dtype("float32"))
+                    ctx.tensors[o] = Tensor(o, ctx.prep.shapes.get(o, ()), np.dtype("float32"))
         if opened:
-            _close_consts(ctx, opened, lazy, uses)
-        _shed(ctx.g.layers[n_layers:], mode, spill)
+            _close_consts(ctx, opened, reads.lazy, reads.uses)
+        _shed(ctx.g.layers[n_layers:], reads.mode, reads.spill)
     if unsupported:
         raise UnsupportedOpsError("ncnn", unsupported)
-    tail_from = len(ctx.g.layers)
 
+
+def _lower_node(ctx: Ctx, proto: onnx.NodeProto, name: str, fn, failed: set[str]) -> tuple[str | None, bool]:
+    """Lower one node with its rule ``fn`` (None: no rule), or fold it when its inputs
+    are all constant. Returns why it was not lowered ("" for no rule, None when it
+    was or when an input failed upstream) and whether an input failed upstream."""
+    prep = ctx.prep
+    node = Node(
+        proto, name, [ctx.tensors.get(x) if x else None for x in proto.input], list(proto.output), attrs_of(proto)
+    )
+    missing = any(x and (t is None or x in failed) for x, t in zip(proto.input, node.inputs))
+    all_const = all(t is None or t.const is not None for t in node.inputs) and any(node.inputs)
+    if fn is None and not (all_const and not missing and proto.domain in ("", "ai.onnx")):
+        return "", missing
+    if missing:
+        return None, True  # an upstream failure already reported
+    if any(0 in prep.shapes.get(o, (1,)) for o in proto.output if o) or any(
+        t is not None and t.const is None and 0 in t.shape for t in node.inputs
+    ):
+        return "zero-size tensor (ncnn Mats cannot be empty)", False
+    if all_const:
+        # Inputs became constant during lowering (e.g. a Reshape of a
+        # constant): evaluate instead of emitting layers.
+        return _fold_during_lowering(ctx, proto, node, prep), False
+    ctx.node = node
+    try:
+        fn(ctx, node)
+    except NotLowerable as e:
+        return str(e), False
+    finally:
+        ctx.node = None
+    return None, False
+
+
+def _lower_outputs(ctx: Ctx) -> list[dict]:
+    """The ``meta`` entries of the graph outputs; a constant output gets a layer that makes it."""
     outputs_meta = []
-    for name in prep.outputs:
+    for name in ctx.prep.outputs:
         t = ctx.tensors.get(name)
         if t is None:
             raise ConversionError(f"graph output '{name}' is not computed by any node")
@@ -223,12 +265,15 @@ def lower_model(
                 "name": name,
                 "blob": t.blob,
                 "shape": list(t.shape),
-                "dtype": np.dtype(prep.dtypes.get(name, np.float32)).name,
+                "dtype": np.dtype(ctx.prep.dtypes.get(name, np.float32)).name,
             }
         )
-    _shed(ctx.g.layers[tail_from:], mode, spill)
-    if spill is not None:
-        spill.restore()
+    return outputs_meta
+
+
+def _finish(ctx: Ctx, inputs_meta: list[dict], outputs_meta: list[dict], optimize_graph: bool) -> Lowered:
+    """Optimize the ncnn graph, insert Split layers, refuse a graph too deep to run, describe the blobs."""
+    prep = ctx.prep
     out_blobs = {o["blob"] for o in outputs_meta}
     renamed: dict[str, str] = {}
     if optimize_graph:
@@ -261,7 +306,7 @@ def _fold_during_lowering(ctx: Ctx, proto: onnx.NodeProto, node: Node, prep: Pre
     ncnn has no layer that makes such a tensor at run time either.
     """
     from mconv.limits import human
-    from mconv.targets.ncnn.fold import _eval_node, folded_nbytes
+    from mconv.targets.ncnn.fold import evaluate_constant, folded_nbytes
 
     consts = {x: t.const for x, t in zip(proto.input, node.inputs) if x and t is not None}
     size = folded_nbytes(proto, consts, prep.shapes, prep.dtypes)
@@ -272,7 +317,7 @@ def _fold_during_lowering(ctx: Ctx, proto: onnx.NodeProto, node: Node, prep: Pre
             "raise it with --fold-limit if the model really needs it"
         )
     try:
-        vals = _eval_node(proto, [t.const if t is not None else None for t in node.inputs], prep.opset)
+        vals = evaluate_constant(proto, [t.const if t is not None else None for t in node.inputs], prep.opset)
     except Exception as e:
         return f"constant evaluation failed: {e}"
     for o, v in zip(proto.output, vals):

@@ -316,6 +316,31 @@ def build_with_python(onnx_path: Path, model: onnx.ModelProto, engine_path: Path
     logger = _make_logger(trt, logs)
     _load_plugins(trt, logger, cfg.plugins)
     builder = trt.Builder(logger)
+    # The parser owns the weights the network points to: it must live until the build is done.
+    network, _parser = _parse_onnx(trt, builder, logger, onnx_path, model)
+    config = _builder_config(trt, builder, network, cfg)
+    cache = _attach_timing_cache(config, cfg, logs)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ConversionError(f"TensorRT {trt.__version__} failed to build the engine: " + logs.errors())
+    write_bytes_atomic(engine_path, bytes(memoryview(serialized)))
+    if cache is not None:
+        write_bytes_atomic(cfg.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    devices, _ = cuda_devices()
+    return {
+        "tensorrt": trt.__version__,
+        "gpu": devices[0] if devices else None,
+        "builder": "python",
+        "log_warnings": [ln for ln in logs.lines if ln.startswith("WARN")][:20],
+    }
+
+
+def _parse_onnx(trt, builder, logger, onnx_path: Path, model: onnx.ModelProto) -> tuple[Any, Any]:
+    """A network parsed from ``onnx_path`` and its parser.
+
+    Raises:
+        ConversionError: the parser rejected the model (its errors, by node).
+    """
     flags = 0
     if _version_key(trt.__version__, 1)[0] < 10:
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -328,7 +353,11 @@ def build_with_python(onnx_path: Path, model: onnx.ModelProto, engine_path: Path
             + "; ".join(errs[:10])
             + (f" (+{len(errs) - 10} more)" if len(errs) > 10 else "")
         )
+    return network, parser
 
+
+def _builder_config(trt, builder, network, cfg: EngineConfig) -> Any:
+    """A builder config with the workspace, the precision flags and the optimization profiles."""
     config = builder.create_builder_config()
     if cfg.workspace:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace)
@@ -347,31 +376,22 @@ def build_with_python(onnx_path: Path, model: onnx.ModelProto, engine_path: Path
             setter = profile.set_shape_input if p.name in shape_inputs else profile.set_shape
             setter(p.name, p.min, p.opt, p.max)
         config.add_optimization_profile(profile)
+    return config
 
-    cache = None
-    if cfg.timing_cache is not None:
-        data = cfg.timing_cache.read_bytes() if cfg.timing_cache.is_file() else b""
-        cache = config.create_timing_cache(data)
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
-            logs.lines.append(
-                f"WARNING: timing cache {cfg.timing_cache} does not match this TensorRT/GPU; starting a new one"
-            )
-            cache = config.create_timing_cache(b"")
-            config.set_timing_cache(cache, ignore_mismatch=True)
 
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ConversionError(f"TensorRT {trt.__version__} failed to build the engine: " + logs.errors())
-    write_bytes_atomic(engine_path, bytes(memoryview(serialized)))
-    if cache is not None:
-        write_bytes_atomic(cfg.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
-    devices, _ = cuda_devices()
-    return {
-        "tensorrt": trt.__version__,
-        "gpu": devices[0] if devices else None,
-        "builder": "python",
-        "log_warnings": [ln for ln in logs.lines if ln.startswith("WARN")][:20],
-    }
+def _attach_timing_cache(config, cfg: EngineConfig, logs: _Logs) -> Any:
+    """Give ``config`` the timing cache file's contents (a new cache when it does not match); None without one."""
+    if cfg.timing_cache is None:
+        return None
+    data = cfg.timing_cache.read_bytes() if cfg.timing_cache.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        logs.lines.append(
+            f"WARNING: timing cache {cfg.timing_cache} does not match this TensorRT/GPU; starting a new one"
+        )
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=True)
+    return cache
 
 
 # ---------------------------------------------------------------- build: trtexec

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,38 +108,46 @@ def check_profiles(inputs: Sequence[TensorInfo], profiles: list[list[ShapeProfil
         return findings
     for k, group in enumerate(profiles):
         label = f"profile {k}" if len(profiles) > 1 else "the --shape profile"
-        seen: set[str] = set()
-        for p in group:
-            if p.name in seen:
-                findings.append(Finding("error", "bad-profile", f"{label} gives input '{p.name}' twice", [p.name]))
-            seen.add(p.name)
-            info = by_name.get(p.name)
-            if info is None:
-                findings.append(
-                    Finding(
-                        "error",
-                        "bad-profile",
-                        f"--shape names '{p.name}', which is not an input of the model; its inputs "
-                        f"are {sorted(by_name)}",
-                        [p.name],
-                    )
-                )
-                continue
-            problem = _profile_mismatch(info, p)
-            if problem:
-                findings.append(Finding("error", "bad-profile", f"{label}: {problem}", [p.name]))
-        missing = [i for i in dynamic if i.name not in seen]
-        if missing:
+        findings.extend(_check_profile(label, group, by_name, dynamic))
+    return findings
+
+
+def _check_profile(
+    label: str, group: list[ShapeProfile], by_name: dict[str, TensorInfo], dynamic: list[TensorInfo]
+) -> list[Finding]:
+    """One profile: each range names an input once and fits it; every dynamic input has one."""
+    findings: list[Finding] = []
+    seen: set[str] = set()
+    for p in group:
+        if p.name in seen:
+            findings.append(Finding("error", "bad-profile", f"{label} gives input '{p.name}' twice", [p.name]))
+        seen.add(p.name)
+        info = by_name.get(p.name)
+        if info is None:
             findings.append(
                 Finding(
                     "error",
-                    "no-profile",
-                    f"{label} has no range for dynamic input(s) {_describe(missing)}; every "
-                    "profile must cover every dynamic input, e.g. "
-                    + " ".join(f"--shape {_example_profile(i)}" for i in missing),
-                    [i.name for i in missing],
+                    "bad-profile",
+                    f"--shape names '{p.name}', which is not an input of the model; its inputs are {sorted(by_name)}",
+                    [p.name],
                 )
             )
+            continue
+        problem = _profile_mismatch(info, p)
+        if problem:
+            findings.append(Finding("error", "bad-profile", f"{label}: {problem}", [p.name]))
+    missing = [i for i in dynamic if i.name not in seen]
+    if missing:
+        findings.append(
+            Finding(
+                "error",
+                "no-profile",
+                f"{label} has no range for dynamic input(s) {_describe(missing)}; every "
+                "profile must cover every dynamic input, e.g. "
+                + " ".join(f"--shape {_example_profile(i)}" for i in missing),
+                [i.name for i in missing],
+            )
+        )
     return findings
 
 
@@ -380,46 +388,72 @@ RULES: dict[str, Rule] = {
 # ---------------------------------------------------------------- the report
 
 
+@dataclass
+class _OpCensus:
+    """Node names by what TensorRT's parser makes of their op."""
+
+    unsupported: dict[str, list[str]] = field(default_factory=dict)
+    unknown: dict[str, list[str]] = field(default_factory=dict)  # not built in: a plugin's
+    shipped: dict[str, list[str]] = field(default_factory=dict)  # built with a plugin TensorRT ships
+    restricted: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (op, reason)
+
+
 def check_ops(model: onnx.ModelProto, *, plugins: Sequence[str] = ()) -> list[Finding]:
     """Unsupported ops, ops that need plugins, and violated restrictions."""
     table = load_table()
-    ops = table["ops"]
+    census = _op_census(model, table["ops"])
+    return [
+        *_unsupported_findings(census.unsupported, table),
+        *_unknown_op_findings(census.unknown, plugins),
+        *_shipped_plugin_findings(census.shipped, table),
+        *(
+            Finding("error", "op-restriction", f"{op}: {reason}", names)
+            for (op, reason), names in sorted(census.restricted.items())
+        ),
+    ]
+
+
+def _op_census(model: onnx.ModelProto, ops: dict[str, Any]) -> _OpCensus:
     ctx = _constants(model)
-    unsupported: dict[str, list[str]] = {}
-    unknown: dict[str, list[str]] = {}
-    shipped: dict[str, list[str]] = {}
-    restricted: dict[tuple[str, str], list[str]] = {}
+    census = _OpCensus()
     for name, node in _walk(model.graph):
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):
-            unknown.setdefault(f"{node.domain}::{op}", []).append(name)
+            census.unknown.setdefault(f"{node.domain}::{op}", []).append(name)
             continue
         entry = ops.get(op)
         if entry is None:
-            unknown.setdefault(op, []).append(name)
+            census.unknown.setdefault(op, []).append(name)
             continue
         if not entry["supported"]:
-            unsupported.setdefault(op, []).append(name)
+            census.unsupported.setdefault(op, []).append(name)
             continue
         if op == "RoiAlign" or (op == "ScatterElements" and _str(_attr(node, "reduction", "none")) != "none"):
-            shipped.setdefault(op, []).append(name)
+            census.shipped.setdefault(op, []).append(name)
         rule = RULES.get(op)
         reason = rule(node, ctx) if rule else None
         if reason:
-            restricted.setdefault((op, reason), []).append(name)
+            census.restricted.setdefault((op, reason), []).append(name)
+    return census
 
-    findings = []
-    for op, names in sorted(unsupported.items()):
-        findings.append(
-            Finding(
-                "error",
-                "unsupported-op",
-                f"{op} x{len(names)}: TensorRT's ONNX parser does not support {op} "
-                f"(onnx-tensorrt {table['source']['tensorrt']} operator table); replace it before "
-                "export or implement it as a plugin",
-                names,
-            )
+
+def _unsupported_findings(unsupported: dict[str, list[str]], table: dict[str, Any]) -> list[Finding]:
+    return [
+        Finding(
+            "error",
+            "unsupported-op",
+            f"{op} x{len(names)}: TensorRT's ONNX parser does not support {op} "
+            f"(onnx-tensorrt {table['source']['tensorrt']} operator table); replace it before "
+            "export or implement it as a plugin",
+            names,
         )
+        for op, names in sorted(unsupported.items())
+    ]
+
+
+def _unknown_op_findings(unknown: dict[str, list[str]], plugins: Sequence[str]) -> list[Finding]:
+    """Ops TensorRT does not build in: a warning when plugin libraries are given, else an error."""
+    findings = []
     for op, names in sorted(unknown.items()):
         if plugins:
             findings.append(
@@ -442,6 +476,11 @@ def check_ops(model: onnx.ModelProto, *, plugins: Sequence[str] = ()) -> list[Fi
                     names,
                 )
             )
+    return findings
+
+
+def _shipped_plugin_findings(shipped: dict[str, list[str]], table: dict[str, Any]) -> list[Finding]:
+    findings = []
     for op, names in sorted(shipped.items()):
         plugin = table["plugins"][op]
         findings.append(
@@ -453,8 +492,6 @@ def check_ops(model: onnx.ModelProto, *, plugins: Sequence[str] = ()) -> list[Fi
                 names,
             )
         )
-    for (op, reason), names in sorted(restricted.items()):
-        findings.append(Finding("error", "op-restriction", f"{op}: {reason}", names))
     return findings
 
 

@@ -7,7 +7,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from mconv.passes import optimize
-from mconv.targets.ncnn.fold import _eval_node
+from mconv.targets.ncnn.fold import evaluate_constant
 
 
 def _bert_like():
@@ -40,5 +40,5 @@ def test_ncnn_writer_evaluates_gather_elements_the_same_way() -> None:
     node = helper.make_node("GatherElements", ["d", "i"], ["o"], axis=1)
     data = np.zeros((1, 512), np.int64) + np.arange(512)
     idx = np.arange(128, dtype=np.int64)[None]
-    (out,) = _eval_node(node, [data, idx], 17)
+    (out,) = evaluate_constant(node, [data, idx], 17)
     assert out.shape == (1, 128) and out.tolist() == [list(range(128))]

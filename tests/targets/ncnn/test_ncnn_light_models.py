@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from mconv.metrics import compare_outputs, default_tolerance
 from mconv.targets.ncnn.conformance import convert_and_run, run_onnxruntime
-from mconv.targets.ncnn.fold import prepare
+from mconv.targets.ncnn.fold import fold_graph
 
 LIGHT = Path(os.path.dirname(onnx.__file__)) / "backend/test/data/light"
 MODELS = [
@@ -45,7 +45,7 @@ def randomized(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with ConstantOfShape folded and every weight seeded-random:
     He-scaled for matrices and kernels, in [0.5, 1.5] for vectors (BN variances
     must stay positive)."""
-    prep = prepare(model)
+    prep = fold_graph(model)
     rng = np.random.default_rng(7)
     g = onnx.helper.make_graph(
         prep.nodes,

@@ -66,12 +66,12 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_weights_above_the_limit_are_lazy() -> None:
-    prep = fold.prepare(_model(), mode="lazy")
+    prep = fold.fold_graph(_model(), mode="lazy")
     assert isinstance(prep.consts["w0"], fold.LazyConst)
     assert not isinstance(prep.consts["b0"], fold.LazyConst)  # small: eager
     assert prep.shapes["w0"] == (K, N) and prep.dtypes["w0"] == np.float32
     assert prep.shapes["y"] == (1, K)
-    eager = fold.prepare(_model())
+    eager = fold.fold_graph(_model())
     assert np.array_equal(np.asarray(prep.consts["w1"]), eager.consts["w1"])
 
 
