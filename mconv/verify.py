@@ -34,7 +34,7 @@ import onnx
 from mconv.data import ImageOptions
 from mconv.errors import ConversionError, InputError, MconvError, UsageError, VerificationError
 from mconv.graphinfo import inferred_copy, node_label, toposorted, with_outputs
-from mconv.metrics import Comparison, Tolerance, apply_tolerance, compare_arrays, compare_outputs
+from mconv.metrics import Comparison, OutputMetrics, Tolerance, apply_tolerance, compare_arrays, compare_outputs
 from mconv.noise import RoundingFloor
 from mconv.targets.base import Artifact
 
@@ -342,6 +342,9 @@ def raise_for_report(report: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------
 # Locating the first diverging layer
 
+Producers = dict[str, tuple[int, onnx.NodeProto]]  # tensor name -> (topological index, node)
+Divergence = tuple[str, int, onnx.NodeProto, OutputMetrics]  # (tensor, index, node, its metrics)
+
 
 def locate(
     model: onnx.ModelProto,
@@ -364,12 +367,7 @@ def locate(
     from mconv.runner import reference_outputs
 
     src = inferred_copy(model)
-    order = toposorted(src.graph)
-    producer: dict[str, tuple[int, onnx.NodeProto]] = {}
-    for i, node in enumerate(order):
-        for o in node.output:
-            if o:
-                producer.setdefault(o, (i, node))
+    producer = _producers(toposorted(src.graph))
     candidates = list(producer)
     got, art_nodes = _intermediates(artifact, candidates, samples, timeout)
     shared = [n for n in candidates if all(n in g for g in got)]
@@ -380,39 +378,8 @@ def locate(
         )
     probe_model = with_outputs(src, shared)
     refs, _ = reference_outputs(probe_model, samples)
-    floors: list[Feeds] | None = None
-    if tol.floor_k and tol.rtol is not None:
-        from mconv.noise import probe_outputs
-
-        # Each tensor gets its own rounding floor, as the outputs do: otherwise a noisy
-        # model's first tensor above 1e-4 would be named, not the first real divergence.
-        floors = probe_outputs(probe_model, samples)
-    graph_inputs = {i.name for i in src.graph.input}
-    metrics: dict[str, Any] = {}
-    compared: list[dict[str, Any]] = []
-    first = None
-    for name in shared:
-        floor = None
-        if floors is not None:
-            fm = _compare_tensor(name, [r[name] for r in refs], [f[name] for f in floors], Tolerance())
-            floor = fm.rel if fm is not None and not fm.reason and math.isfinite(fm.rel) else None
-        m = _compare_tensor(name, [r[name] for r in refs], [g[name] for g in got], tol, floor)
-        if m is None:
-            continue
-        metrics[name] = m
-        idx, node = producer[name]
-        entry = {
-            "tensor": name,
-            "node": node_label(node, idx),
-            "op_type": node.op_type,
-            "passed": m.passed,
-            "rel": m.rel,
-            "floor": m.floor,
-            "cosine": m.cosine,
-        }
-        compared.append(entry)
-        if first is None and not m.passed:
-            first = (name, idx, node, m)
+    floors = _tensor_floor_probes(probe_model, samples, tol)
+    metrics, compared, first = _compare_shared(shared, refs, got, floors, tol, producer)
     result: dict[str, Any] = {"found": first is not None, "compared": len(compared), "tensors": compared}
     if first is None:
         result["message"] = (
@@ -420,36 +387,120 @@ def locate(
             "the divergence lies in tensors the artifact renamed or fused away"
         )
         return _json_safe_floats(result)
+    graph_inputs = {i.name for i in src.graph.input}
+    result.update(_divergence(first, metrics, producer, graph_inputs, art_nodes))
+    return _json_safe_floats(result)
+
+
+def _producers(order: list[onnx.NodeProto]) -> Producers:
+    """Each tensor's producing node and its index in ``order`` (the first producer wins)."""
+    producer: Producers = {}
+    for i, node in enumerate(order):
+        for o in node.output:
+            if o:
+                producer.setdefault(o, (i, node))
+    return producer
+
+
+def _tensor_floor_probes(probe_model: onnx.ModelProto, samples: list[Feeds], tol: Tolerance) -> list[Feeds] | None:
+    """The rounding-floor probe's values of every tensor, when ``tol`` uses floors."""
+    if not (tol.floor_k and tol.rtol is not None):
+        return None
+    from mconv.noise import probe_outputs
+
+    # Each tensor gets its own rounding floor, as the outputs do: otherwise a noisy
+    # model's first tensor above 1e-4 would be named, not the first real divergence.
+    return probe_outputs(probe_model, samples)
+
+
+def _tensor_floor(name: str, refs: list[Feeds], floors: list[Feeds]) -> float | None:
+    """The relative error of tensor ``name`` under the floor probe, if it is finite."""
+    fm = _compare_tensor(name, [r[name] for r in refs], [f[name] for f in floors], Tolerance())
+    return fm.rel if fm is not None and not fm.reason and math.isfinite(fm.rel) else None
+
+
+def _compare_shared(
+    shared: list[str],
+    refs: list[Feeds],
+    got: list[Feeds],
+    floors: list[Feeds] | None,
+    tol: Tolerance,
+    producer: Producers,
+) -> tuple[dict[str, OutputMetrics], list[dict[str, Any]], Divergence | None]:
+    """Compare the ``shared`` tensors in order: metrics by name, the report rows, and the first miss."""
+    metrics: dict[str, OutputMetrics] = {}
+    compared: list[dict[str, Any]] = []
+    first = None
+    for name in shared:
+        floor = None if floors is None else _tensor_floor(name, refs, floors)
+        m = _compare_tensor(name, [r[name] for r in refs], [g[name] for g in got], tol, floor)
+        if m is None:
+            continue
+        metrics[name] = m
+        idx, node = producer[name]
+        compared.append(
+            {
+                "tensor": name,
+                "node": node_label(node, idx),
+                "op_type": node.op_type,
+                "passed": m.passed,
+                "rel": m.rel,
+                "floor": m.floor,
+                "cosine": m.cosine,
+            }
+        )
+        if first is None and not m.passed:
+            first = (name, idx, node, m)
+    return metrics, compared, first
+
+
+def _divergence(
+    first: Divergence,
+    metrics: dict[str, OutputMetrics],
+    producer: Producers,
+    graph_inputs: set[str],
+    art_nodes: dict[str, tuple[str, str]],
+) -> dict[str, Any]:
+    """The result fields naming where the divergence starts, and the error before and after it."""
     name, idx, node, m = first
     fused = _uncompared_ancestors(node, metrics, producer)
-    start = fused[0][1] if fused else node
-    before = []
-    for x in start.input if not fused else [i for _, n in fused for i in n.input]:
-        if x in metrics:
-            before.append(metrics[x])
-        elif x in graph_inputs:
-            before.append(compare_arrays(x, np.zeros(1), np.zeros(1)))
-    worst_before = max(before, key=lambda b: b.rel, default=None)
-    result.update(
-        node=node_label(node, idx),
-        op_type=node.op_type,
-        tensor=name,
-        index=idx,
-        before=None if worst_before is None else _brief(worst_before, node_input=worst_before.name),
-        after=_brief(m),
-    )
+    worst_before = _worst_before(node, fused, metrics, graph_inputs)
+    found: dict[str, Any] = {
+        "node": node_label(node, idx),
+        "op_type": node.op_type,
+        "tensor": name,
+        "index": idx,
+        "before": None if worst_before is None else _brief(worst_before, node_input=worst_before.name),
+        "after": _brief(m),
+    }
     if fused:
         # The tensors between the last matching one and this node were fused away in the
         # artifact: the divergence starts somewhere in that span, so name its first node.
         j0, n0 = fused[0]
-        result.update(node=node_label(n0, j0), op_type=n0.op_type, index=j0)
-        result["span"] = [f"{node_label(n, j)} ({n.op_type})" for j, n in fused] + [
+        found.update(node=node_label(n0, j0), op_type=n0.op_type, index=j0)
+        found["span"] = [f"{node_label(n, j)} ({n.op_type})" for j, n in fused] + [
             f"{node_label(node, idx)} ({node.op_type})"
         ]
     art_node = art_nodes.get(name)
-    if art_node and art_node != (result["node"], node.op_type):
-        result["artifact_node"] = {"name": art_node[0], "op_type": art_node[1]}
-    return _json_safe_floats(result)
+    if art_node and art_node != (found["node"], node.op_type):
+        found["artifact_node"] = {"name": art_node[0], "op_type": art_node[1]}
+    return found
+
+
+def _worst_before(
+    node: onnx.NodeProto,
+    fused: list[tuple[int, onnx.NodeProto]],
+    metrics: dict[str, OutputMetrics],
+    graph_inputs: set[str],
+) -> OutputMetrics | None:
+    """The worst compared input of ``node`` (of the fused span's nodes, if any); graph inputs are exact."""
+    before = []
+    for x in [i for _, n in fused for i in n.input] if fused else node.input:
+        if x in metrics:
+            before.append(metrics[x])
+        elif x in graph_inputs:
+            before.append(compare_arrays(x, np.zeros(1), np.zeros(1)))
+    return max(before, key=lambda b: b.rel, default=None)
 
 
 def _uncompared_ancestors(node, metrics, producer) -> list[tuple[int, onnx.NodeProto]]:
