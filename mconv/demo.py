@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
 OUT = Path("demo_out")
+PRECISIONS = ("fp32", "fp16", "int8")
+COLUMNS = ("target", "precision", "status", "rel err", "cosine", "top-1", "seconds", "artifact")
 
 
 class TinyNet(nn.Module):
@@ -67,29 +74,17 @@ def calibration_images(folder: Path, count: int = 32, size: int = 64) -> None:
 
 def main() -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from mconv.errors import MconvError
-    from mconv.pipeline import BuildRequest, ExportOptions, VerifyOptions, build_model, export_model
-    from mconv.specs import parse_input_spec
     from mconv.targets import all_targets, get_target
 
     con = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
     OUT.mkdir(exist_ok=True)
-    model = make_model()
-    src = OUT / "tinynet.pt"
-    torch.jit.save(torch.jit.trace(model, torch.randn(1, 3, 64, 64)), str(src))
-    con.print(f"saved TorchScript model {src}")
-    spec = ExportOptions(inputs=[parse_input_spec("input:1x3x64x64")])
-    exp = export_model(src, OUT / "tinynet.onnx", spec, VerifyOptions())
-    v = exp["verification"]["outputs"][0]
-    con.print(f"exported {exp['artifacts'][0]} ({exp['exporter']}), rel error vs PyTorch {float(v['rel']):.2e}")
+    onnx_path = _export_demo_model(con)
     calib = OUT / "calib"
     calibration_images(calib)
 
-    table = Table(title="mconv demo: tinynet (TorchScript) -> ONNX -> targets, verified against onnxruntime")
-    for col in ("target", "precision", "status", "rel err", "cosine", "top-1", "seconds", "artifact"):
-        table.add_column(col)
+    table = _results_table()
     failed = 0
     notes: list[str] = []
     for entry in all_targets():
@@ -98,46 +93,93 @@ def main() -> int:
             target = get_target(name)
             missing = target.runtime_missing()
         except MconvError as e:
-            table.add_row(name, "-", "skipped", "", "", "", "", "")
+            _add_skipped(table, name)
             notes.append(f"{name}: {e}")
             continue
         if missing:
-            table.add_row(name, "-", "skipped", "", "", "", "", "")
+            _add_skipped(table, name)
             notes.append(f"{name} skipped: {missing}")
             continue
-        for precision in ("fp32", "fp16", "int8"):
-            if precision not in target.precisions:
-                continue
-            req = BuildRequest(
-                path=OUT / "tinynet.onnx",
-                target=name,
-                out_dir=OUT / f"tinynet_{name}_{precision}",
-                precision=precision,
-                calib=str(calib) if precision == "int8" else None,
-                calib_count=32,
-            )
-            try:
-                r = build_model(req)
-            except MconvError as e:
-                failed += 1
-                table.add_row(name, precision, f"[red]FAILED (exit {e.exit_code})[/red]", "", "", "", "", "")
-                notes.append(f"{name} {precision}: {e}")
-                continue
-            o = r["verification"]["outputs"][0]
-            table.add_row(
-                name,
-                precision,
-                "[green]verified[/green]",
-                f"{float(o['rel']):.2e}",
-                f"{float(o['cosine']):.6f}",
-                "" if o.get("top1") is None else f"{o['top1']:.2f}",
-                f"{r['seconds']:.1f}",
-                Path(r["artifact"]["main"]).as_posix(),
-            )
+        failed += _build_precisions(onnx_path, name, target.precisions, calib, table, notes)
     con.print(table)
     for n in notes:
         con.print(f"- {n}")
     return 1 if failed else 0
+
+
+def _export_demo_model(con: Console) -> Path:
+    """Save TinyNet as TorchScript in OUT and export it to ONNX (verified against PyTorch)."""
+    from mconv.pipeline import ExportOptions, VerifyOptions, export_model
+    from mconv.specs import parse_input_spec
+
+    model = make_model()
+    src = OUT / "tinynet.pt"
+    torch.jit.save(torch.jit.trace(model, torch.randn(1, 3, 64, 64)), str(src))
+    con.print(f"saved TorchScript model {src}")
+    spec = ExportOptions(inputs=[parse_input_spec("input:1x3x64x64")])
+    onnx_path = OUT / "tinynet.onnx"
+    exp = export_model(src, onnx_path, spec, VerifyOptions())
+    v = exp["verification"]["outputs"][0]
+    con.print(f"exported {exp['artifacts'][0]} ({exp['exporter']}), rel error vs PyTorch {float(v['rel']):.2e}")
+    return onnx_path
+
+
+def _results_table() -> Table:
+    from rich.table import Table
+
+    table = Table(title="mconv demo: tinynet (TorchScript) -> ONNX -> targets, verified against onnxruntime")
+    for col in COLUMNS:
+        table.add_column(col)
+    return table
+
+
+def _add_skipped(table: Table, name: str) -> None:
+    table.add_row(name, "-", "skipped", "", "", "", "", "")
+
+
+def _build_precisions(
+    onnx_path: Path, name: str, precisions: tuple[str, ...], calib: Path, table: Table, notes: list[str]
+) -> int:
+    """Build and verify ``onnx_path`` for target ``name`` at each demo precision it supports.
+
+    Adds a table row per build and a note per failure; returns the number of failed builds.
+    """
+    from mconv.errors import MconvError
+    from mconv.pipeline import BuildRequest, build_model
+
+    failed = 0
+    for precision in PRECISIONS:
+        if precision not in precisions:
+            continue
+        req = BuildRequest(
+            path=onnx_path,
+            target=name,
+            out_dir=OUT / f"tinynet_{name}_{precision}",
+            precision=precision,
+            calib=str(calib) if precision == "int8" else None,
+            calib_count=32,
+        )
+        try:
+            r = build_model(req)
+        except MconvError as e:
+            failed += 1
+            table.add_row(name, precision, f"[red]FAILED (exit {e.exit_code})[/red]", "", "", "", "", "")
+            notes.append(f"{name} {precision}: {e}")
+            continue
+        table.add_row(name, precision, "[green]verified[/green]", *_verified_cells(r))
+    return failed
+
+
+def _verified_cells(r: dict[str, Any]) -> tuple[str, ...]:
+    """The rel err, cosine, top-1, seconds and artifact cells of a verified build's report."""
+    o = r["verification"]["outputs"][0]
+    return (
+        f"{float(o['rel']):.2e}",
+        f"{float(o['cosine']):.6f}",
+        "" if o.get("top1") is None else f"{o['top1']:.2f}",
+        f"{r['seconds']:.1f}",
+        Path(r["artifact"]["main"]).as_posix(),
+    )
 
 
 if __name__ == "__main__":
