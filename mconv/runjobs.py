@@ -764,16 +764,30 @@ def _summary_row(recipe: LoadedRecipe, report: dict[str, Any], out_dir: Path) ->
 
 def run_batch(recipes: list[LoadedRecipe], opts: RunOptions) -> dict[str, Any]:
     """Run every recipe (``opts.jobs`` processes at a time); write and return the summary."""
-    import json
-    import multiprocessing as mp
-
-    from mconv.fsutil import write_text_atomic
-
     out_dir = opts.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    display = _display_for(opts)
+    t0 = time.perf_counter()
+    reports = _run_recipes(recipes, out_dir, max(1, opts.jobs), display)
+    return _write_summary(recipes, reports, out_dir, t0)
+
+
+def _display_for(opts: RunOptions) -> RichDisplay | PlainDisplay:
+    """Rich bars when asked (by default on a terminal without --json), else plain lines (stderr with --json)."""
     rich_ok = opts.progress if opts.progress is not None else (sys.stdout.isatty() and not opts.as_json)
-    display = RichDisplay() if rich_ok else PlainDisplay(sys.stderr if opts.as_json else sys.stdout)
-    jobs = max(1, opts.jobs)
+    return RichDisplay() if rich_ok else PlainDisplay(sys.stderr if opts.as_json else sys.stdout)
+
+
+def _run_recipes(
+    recipes: list[LoadedRecipe], out_dir: Path, jobs: int, display: RichDisplay | PlainDisplay
+) -> dict[str, dict[str, Any]]:
+    """Each recipe's report (name -> report), running ``jobs`` spawned children at a time.
+
+    A child that dies without reporting gets a crash report; on any exception (Ctrl-C
+    included) the running children are terminated. The display is closed either way.
+    """
+    import multiprocessing as mp
+
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -781,7 +795,6 @@ def run_batch(recipes: list[LoadedRecipe], opts: RunOptions) -> dict[str, Any]:
     running: dict[str, Any] = {}
     reports: dict[str, dict[str, Any]] = {}
     by_name = {r.name: r for r in recipes}
-    t0 = time.perf_counter()
 
     def handle(ev: Event) -> None:
         kind, name, payload = ev
@@ -819,6 +832,17 @@ def run_batch(recipes: list[LoadedRecipe], opts: RunOptions) -> dict[str, Any]:
         raise
     finally:
         display.close()
+    return reports
+
+
+def _write_summary(
+    recipes: list[LoadedRecipe], reports: dict[str, dict[str, Any]], out_dir: Path, t0: float
+) -> dict[str, Any]:
+    """The batch summary (recipes in the given order), written as summary.json and summary.md."""
+    import json
+
+    from mconv.fsutil import write_text_atomic
+
     rows = [_summary_row(r, reports[r.name], out_dir) for r in recipes]
     code = exit_code_of(row["exit_code"] for row in rows if row["exit_code"] != EXIT_OK)
     summary = {
