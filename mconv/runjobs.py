@@ -41,7 +41,8 @@ from mconv.recipes import DataSpec, LoadedRecipe, TargetSpec, ToleranceSpec
 
 SYNTHETIC_COUNT = 16  # synthetic calibration samples when the recipe gives no count
 CALIB_COUNT = 300  # calibration samples read from a data path when the recipe gives no count
-VERSIONED = ("onnx", "onnxruntime", "onnxsim", "onnxslim", "numpy", "torch", "openvino", "nncf", "ncnn", "tensorrt")
+# Distributions every report records the version of; targets add their runtimes' (Target.runtime_packages).
+CORE_PACKAGES = ("onnx", "onnxruntime", "onnxsim", "onnxslim", "numpy", "torch")
 
 Event = tuple[str, str, dict[str, Any]]  # (kind, recipe name, payload)
 
@@ -493,6 +494,24 @@ def exit_code_of(codes) -> int:
     return EXIT_VERIFY if all(c == EXIT_VERIFY for c in codes) else EXIT_CONVERSION
 
 
+def versioned_packages() -> list[str]:
+    """The core packages, then each registered target's runtime packages, in registry order, once each."""
+    from mconv.targets import all_targets
+
+    names = list(CORE_PACKAGES)
+    for entry in all_targets():
+        if entry.error:
+            continue
+        try:
+            packages = entry.load().runtime_packages
+        except Exception:  # a broken plugin is listed by `mconv targets`, not here
+            continue
+        for name in packages:
+            if name not in names:
+                names.append(name)
+    return names
+
+
 def versions() -> dict[str, str | None]:
     """mconv, Python and each backend library's installed version (None when absent)."""
     import platform
@@ -501,7 +520,7 @@ def versions() -> dict[str, str | None]:
     import mconv
 
     out: dict[str, str | None] = {"mconv": mconv.__version__, "python": platform.python_version()}
-    for name in VERSIONED:
+    for name in versioned_packages():
         try:
             out[name] = version(name)
         except PackageNotFoundError:

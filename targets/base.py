@@ -173,6 +173,8 @@ class Target(ABC):
     artifact_kind: ClassVar[str] = ""
     # The runtime has no batch axis: an input may drop (or gain) a leading 1.
     batchless: ClassVar[bool] = False
+    # Distributions (pip names) whose installed versions run reports record, e.g. ("openvino", "nncf").
+    runtime_packages: ClassVar[tuple[str, ...]] = ()
     # The target's own options (a TargetOptions dataclass; see mconv.targets.options).
     Options: ClassVar[type[TargetOptions]] = TargetOptions
 

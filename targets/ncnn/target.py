@@ -42,6 +42,7 @@ class NcnnTarget(Target):
     isolate: ClassVar[bool] = True
     artifact_kind: ClassVar[str] = "ncnn .param (+ .bin)"
     batchless: ClassVar[bool] = True  # ncnn Mats have no batch axis
+    runtime_packages: ClassVar[tuple[str, ...]] = ("ncnn",)
     Options = NcnnOptions
 
     def supported_ops(self) -> set[str]:

@@ -41,6 +41,7 @@ class OpenVinoTarget(Target):
     extra: ClassVar[str] = "openvino"
     description: ClassVar[str] = "OpenVINO IR (.xml + .bin); FP32, FP16 weights, INT8 via NNCF"
     artifact_kind: ClassVar[str] = "OpenVINO .xml (+ .bin)"
+    runtime_packages: ClassVar[tuple[str, ...]] = ("openvino", "nncf")
 
     def runtime_missing(self) -> str | None:
         try:

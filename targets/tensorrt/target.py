@@ -52,6 +52,7 @@ class TensorRTTarget(Target):
     extra: ClassVar[str] = "tensorrt"
     description: ClassVar[str] = "TensorRT engine (.engine) for NVIDIA GPUs; fp32/fp16/int8 (Q/DQ)"
     artifact_kind: ClassVar[str] = "TensorRT .engine"
+    runtime_packages: ClassVar[tuple[str, ...]] = ("tensorrt",)
     isolate: ClassVar[bool] = True
     Options = TensorRTOptions
 
