@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,6 +22,9 @@ from mconv.cli.common import (
     image_options,
     tolerance_of,
 )
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 ArtifactsArg = Annotated[
     list[Path], typer.Argument(metavar="ARTIFACT...", help=".onnx, OpenVINO .xml, ncnn .param, TensorRT .engine.")
@@ -116,9 +119,21 @@ def verify(
 
 
 def _render_verify(r: dict[str, Any]) -> None:
+    con = _wide_console()
+    con.print(_verify_table(r))
+    for row in r["results"]:
+        if row.get("advice"):
+            con.print(f"{Path(row['path']).name}: {row['advice']}")
+    for row in r["results"]:
+        loc = row.get("locate")
+        if loc:
+            con.print(_locate_line(Path(row["path"]).name, loc))
+
+
+def _verify_table(r: dict[str, Any]) -> Table:
+    """One row per output of each artifact (one for an artifact that produced none)."""
     from rich.table import Table
 
-    con = _wide_console()
     t = Table(
         title=f"{r['source']} vs artifacts: onnxruntime reference, {r['samples']} sample(s) from {r['inputs']}",
         title_justify="left",
@@ -130,55 +145,52 @@ def _render_verify(r: dict[str, Any]) -> None:
     t.add_column("result")
     for row in r["results"]:
         name = Path(row["path"]).name
-        tol = f" ({row['tolerance']})" if row["tolerance"] else ""
         if not row["outputs"]:
             t.add_row(name, row["target"], row["precision"], *[""] * 9, f"[red]{row['status']}[/red]: {row['error']}")
             continue
         for o in row["outputs"]:
-            rule = "" if o.get("rule", "elementwise") == "elementwise" else f" by {o['rule']}"
-            ok = "[green]ok[/green]" + tol if o["passed"] else f"[red]FAIL[/red] {o['reason']}{tol}"
-            t.add_row(
-                name,
-                row["target"],
-                row["precision"],
-                o["name"],
-                _num(o["max_abs"]),
-                _num(o["rel"]),
-                _num(o.get("floor")),
-                _num(o.get("ratio"), ".2g"),
-                _num(o["mean_abs"]),
-                _num(o["cosine"], ".6f"),
-                _num(o.get("top1"), ".2f"),
-                _num(o.get("top5"), ".2f"),
-                ok + rule,
-            )
-    con.print(t)
-    for row in r["results"]:
-        if row.get("advice"):
-            con.print(f"{Path(row['path']).name}: {row['advice']}")
-    for row in r["results"]:
-        loc = row.get("locate")
-        if not loc:
-            continue
-        name = Path(row["path"]).name
-        if loc.get("found"):
-            before = loc.get("before")
-            b = "n/a"
-            if before:
-                b = f"rel {_num(before['rel'])}, cos {_num(before['cosine'], '.6f')} (input '{before['tensor']}')"
-            a = loc["after"]
-            an = loc.get("artifact_node")
-            where = f" (in the artifact: node '{an['name']}' {an['op_type']})" if an else ""
-            if loc.get("span"):
-                where += " (fused in the artifact: " + " -> ".join(loc["span"]) + ")"
-            con.print(
-                f"{name}: first divergence at node '{loc['node']}' ({loc['op_type']}), output '{loc['tensor']}': "
-                f"before: {b} -> after: rel {_num(a['rel'])}, cos {_num(a['cosine'], '.6f')}"
-                + where
-                + f" [{loc['compared']} tensors compared]"
-            )
-        else:
-            con.print(f"{name}: locate: {loc.get('error') or loc.get('message')}")
+            t.add_row(name, row["target"], row["precision"], *_output_cells(o, row["tolerance"]))
+    return t
+
+
+def _output_cells(o: dict[str, Any], tolerance: str | None) -> tuple[str, ...]:
+    """The cells from "output" to "result" for one compared output."""
+    tol = f" ({tolerance})" if tolerance else ""
+    rule = "" if o.get("rule", "elementwise") == "elementwise" else f" by {o['rule']}"
+    ok = "[green]ok[/green]" + tol if o["passed"] else f"[red]FAIL[/red] {o['reason']}{tol}"
+    return (
+        o["name"],
+        _num(o["max_abs"]),
+        _num(o["rel"]),
+        _num(o.get("floor")),
+        _num(o.get("ratio"), ".2g"),
+        _num(o["mean_abs"]),
+        _num(o["cosine"], ".6f"),
+        _num(o.get("top1"), ".2f"),
+        _num(o.get("top5"), ".2f"),
+        ok + rule,
+    )
+
+
+def _locate_line(name: str, loc: dict[str, Any]) -> str:
+    """What --locate found for artifact ``name``: the first diverging node, or why there is none."""
+    if not loc.get("found"):
+        return f"{name}: locate: {loc.get('error') or loc.get('message')}"
+    before = loc.get("before")
+    b = "n/a"
+    if before:
+        b = f"rel {_num(before['rel'])}, cos {_num(before['cosine'], '.6f')} (input '{before['tensor']}')"
+    a = loc["after"]
+    an = loc.get("artifact_node")
+    where = f" (in the artifact: node '{an['name']}' {an['op_type']})" if an else ""
+    if loc.get("span"):
+        where += " (fused in the artifact: " + " -> ".join(loc["span"]) + ")"
+    return (
+        f"{name}: first divergence at node '{loc['node']}' ({loc['op_type']}), output '{loc['tensor']}': "
+        f"before: {b} -> after: rel {_num(a['rel'])}, cos {_num(a['cosine'], '.6f')}"
+        + where
+        + f" [{loc['compared']} tensors compared]"
+    )
 
 
 @app.command()
