@@ -208,7 +208,6 @@ def _stats(lat_s: list[float], batch: int) -> dict[str, Any]:
 
 def bench(req: BenchRequest) -> dict[str, Any]:
     """Benchmark every artifact in ``req``, interleaved; returns the JSON-ready report."""
-    from mconv.targets import get_target
     from mconv.verify import recognise_artifact
 
     _check_request(req)
@@ -217,43 +216,15 @@ def bench(req: BenchRequest) -> dict[str, Any]:
     children: dict[int, _Child] = {}
     lat: dict[int, list[float]] = {}
     try:
-        for i, art in enumerate(artifacts):
-            try:
-                target = get_target(art.target)
-                missing = target.missing_runtime_message()
-                if missing:
-                    rows[i].update(status="no-runtime", error=missing, exit_code=1)
-                    continue
-                feeds = _feeds_for(art, req.batch)
-            except MconvError as e:
-                _fail(rows[i], e)
-                continue
-            children[i] = _Child(art, feeds, req.threads, req.timeout)
-        # Processes start together; models load one at a time so load times do not contend.
-        for i, child in list(children.items()):
-            try:
-                rows[i]["load_ms"] = child.request("load") * 1e3
-                lat[i] = []
-            except MconvError as e:
-                _fail(rows[i], e)
-                children.pop(i).kill()
+        _start_children(req, artifacts, rows, children)
+        _load_children(children, rows, lat)
         _measure(req, children, rows, lat)
-        for i, child in children.items():
-            try:
-                rows[i]["peak_rss_mb"] = child.request("rss") / 2**20
-            except MconvError as e:
-                _fail(rows[i], e)
+        _record_peak_rss(children, rows)
     finally:
         for child in children.values():
             child.close()
     batch = req.batch or 1
-    for i, row in enumerate(rows):
-        if row["status"] == "ok" and lat.get(i):
-            row["iterations"] = len(lat[i])
-            row.update(_stats(lat[i], batch))
-    base = next((r["latency_ms"]["median"] for r in rows if r["latency_ms"]), None)
-    for r in rows:
-        r["vs_first"] = r["latency_ms"]["median"] / base if (r["latency_ms"] and base) else None
+    _add_latency_stats(rows, lat, batch)
     report: dict[str, Any] = {
         "command": "bench",
         "threads": req.threads,
@@ -268,6 +239,62 @@ def bench(req: BenchRequest) -> dict[str, Any]:
         plot(report, req.plot)
         report["artifacts"] = [str(req.plot)]
     return report
+
+
+def _start_children(
+    req: BenchRequest, artifacts: list[Artifact], rows: list[dict], children: dict[int, _Child]
+) -> None:
+    """Start a child for each artifact whose runtime is present and whose inputs can be made.
+
+    Fills ``children`` as it goes (rather than returning it) so that the caller closes the
+    children already started when a later one fails. Other artifacts' rows get the reason.
+    """
+    from mconv.targets import get_target
+
+    for i, art in enumerate(artifacts):
+        try:
+            target = get_target(art.target)
+            missing = target.missing_runtime_message()
+            if missing:
+                rows[i].update(status="no-runtime", error=missing, exit_code=1)
+                continue
+            feeds = _feeds_for(art, req.batch)
+        except MconvError as e:
+            _fail(rows[i], e)
+            continue
+        children[i] = _Child(art, feeds, req.threads, req.timeout)
+
+
+def _load_children(children: dict[int, _Child], rows: list[dict], lat: dict[int, list[float]]) -> None:
+    """Load each child's model in turn, recording its load time; a child that fails is dropped."""
+    # Processes start together; models load one at a time so load times do not contend.
+    for i, child in list(children.items()):
+        try:
+            rows[i]["load_ms"] = child.request("load") * 1e3
+            lat[i] = []
+        except MconvError as e:
+            _fail(rows[i], e)
+            children.pop(i).kill()
+
+
+def _record_peak_rss(children: dict[int, _Child], rows: list[dict]) -> None:
+    """Each live child's peak resident memory, asked for after measuring."""
+    for i, child in children.items():
+        try:
+            rows[i]["peak_rss_mb"] = child.request("rss") / 2**20
+        except MconvError as e:
+            _fail(rows[i], e)
+
+
+def _add_latency_stats(rows: list[dict], lat: dict[int, list[float]], batch: int) -> None:
+    """Latency statistics and throughput of each measured row, and its median relative to the first."""
+    for i, row in enumerate(rows):
+        if row["status"] == "ok" and lat.get(i):
+            row["iterations"] = len(lat[i])
+            row.update(_stats(lat[i], batch))
+    base = next((r["latency_ms"]["median"] for r in rows if r["latency_ms"]), None)
+    for r in rows:
+        r["vs_first"] = r["latency_ms"]["median"] / base if (r["latency_ms"] and base) else None
 
 
 def _check_request(req: BenchRequest) -> None:
