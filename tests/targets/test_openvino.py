@@ -206,8 +206,11 @@ def ort_run(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[
 
 
 def build(model, tmp_path: Path, precision="fp32", calib=None, stem="model", **values) -> Artifact:
+    """``values``: the target's options, or the build-wide ``input_shapes``, ``batch``,
+    ``calib_count_requested``."""
+    common = {k: values.pop(k) for k in ("input_shapes", "batch", "calib_count_requested") if k in values}
     target = OpenVinoTarget().make_options(values, precision=precision)
-    options = BuildOptions(precision=precision, calib=calib, target=target)
+    options = BuildOptions(precision=precision, calib=calib, target=target, **common)
     return get_target("openvino").write(model, tmp_path, stem, options)
 
 
