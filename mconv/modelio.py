@@ -122,7 +122,7 @@ def _check_opset(model: onnx.ModelProto, path: Path) -> None:
         if imp.domain in ("", "ai.onnx") and imp.version < MIN_OPSET:
             raise InputError(
                 f"{path}: opset {imp.version} is older than any runtime mconv targets supports "
-                f"(onnxruntime, OpenVINO and TensorRT need opset {MIN_OPSET} or newer); upgrade it with "
+                f"(the runtimes need opset {MIN_OPSET} or newer); upgrade it with "
                 "onnx.version_converter.convert_version(model, 13) or re-export the model"
             )
         if imp.domain in ("", "ai.onnx") and imp.version > known:

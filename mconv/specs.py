@@ -106,13 +106,3 @@ def parse_profile(text: str) -> ShapeProfile:
     if any(not (a <= b <= c) for a, b, c in zip(lo, opt, hi)):
         raise UsageError(f"--shape '{text}': each dimension needs MIN <= OPT <= MAX")
     return ShapeProfile(name, lo, opt, hi)
-
-
-def parse_size(text: str, option: str = "--workspace") -> int:
-    """``512M``, ``2G``, ``1048576`` -> bytes."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?", text.strip(), re.IGNORECASE)
-    if not m:
-        raise UsageError(f"{option} '{text}': expected a size like 512M, 2G or a byte count")
-    unit = (m.group(2) or "B").upper()[0]
-    mult = {"B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
-    return int(float(m.group(1)) * mult)

@@ -16,7 +16,8 @@ import typer
 
 app = typer.Typer(
     name="mconv",
-    help="Convert PyTorch and ONNX models to ONNX, ncnn, OpenVINO and TensorRT, verified by the real runtimes.",
+    help="Convert PyTorch and ONNX models for deployment runtimes (`mconv targets` lists them), "
+    "verified by the real runtimes.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

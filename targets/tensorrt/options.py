@@ -31,9 +31,9 @@ def profile_entry(value: Any) -> Any:
 
 def workspace_size(value: Any) -> int:
     """Bytes from ``2G``-style text or a number; must be positive."""
-    from mconv.specs import parse_size
+    from mconv.limits import parse_size
 
-    size = parse_size(value) if isinstance(value, str) else int(value)
+    size = parse_size(value, "--workspace") if isinstance(value, str) else int(value)
     if size <= 0:
         raise UsageError(f"--workspace {value}: the workspace must be larger than 0 bytes")
     return size

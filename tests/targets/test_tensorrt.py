@@ -14,7 +14,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from mconv.errors import ConversionError, MissingDependencyError, UsageError
-from mconv.specs import ShapeProfile, parse_profile, parse_size
+from mconv.limits import parse_size
+from mconv.specs import ShapeProfile, parse_profile
 from mconv.targets import get_target
 from mconv.targets.base import BuildOptions
 from mconv.targets.tensorrt import (
@@ -262,7 +263,7 @@ def test_bad_shape_flags_are_usage_errors(text):
     ],
 )
 def test_workspace_sizes(text, expected):
-    assert parse_size(text) == expected
+    assert parse_size(text, "--workspace") == expected
     assert engine_config(opts(workspace=text)).workspace == expected
     assert engine_config(opts(workspace=expected)).workspace == expected
 
