@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +15,8 @@ from torch import nn
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
+
+    from mconv.results import BuildResult
 
 OUT = Path("demo_out")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -109,19 +111,16 @@ def main() -> int:
 
 def _export_demo_model(con: Console) -> Path:
     """Save TinyNet as TorchScript in OUT and export it to ONNX (verified against PyTorch)."""
-    from mconv.pipeline import ExportOptions, VerifyOptions, export_model
-    from mconv.specs import parse_input_spec
+    import mconv
 
     model = make_model()
     src = OUT / "tinynet.pt"
     torch.jit.save(torch.jit.trace(model, torch.randn(1, 3, 64, 64)), str(src))
     con.print(f"saved TorchScript model {src}")
-    spec = ExportOptions(inputs=[parse_input_spec("input:1x3x64x64")])
-    onnx_path = OUT / "tinynet.onnx"
-    exp = export_model(src, onnx_path, spec, VerifyOptions())
-    v = exp["verification"]["outputs"][0]
-    con.print(f"exported {exp['artifacts'][0]} ({exp['exporter']}), rel error vs PyTorch {float(v['rel']):.2e}")
-    return onnx_path
+    exp = mconv.export(src, OUT / "tinynet.onnx", inputs={"input": (1, 3, 64, 64)})
+    v = exp.verification.comparison.outputs[0]
+    con.print(f"exported {exp.onnx} ({exp.exporter}), rel error vs PyTorch {v.rel:.2e}")
+    return exp.onnx
 
 
 def _results_table() -> Table:
@@ -144,23 +143,22 @@ def _build_precisions(
 
     Adds a table row per build and a note per failure; returns the number of failed builds.
     """
+    import mconv
     from mconv.errors import MconvError
-    from mconv.pipeline import BuildRequest, build_model
 
     failed = 0
     for precision in PRECISIONS:
         if precision not in precisions:
             continue
-        req = BuildRequest(
-            path=onnx_path,
-            target=name,
-            out_dir=OUT / f"tinynet_{name}_{precision}",
-            precision=precision,
-            calib=str(calib) if precision == "int8" else None,
-            calib_count=32,
-        )
         try:
-            r = build_model(req)
+            r = mconv.build(
+                onnx_path,
+                name,
+                OUT / f"tinynet_{name}_{precision}",
+                precision=precision,
+                calib=calib if precision == "int8" else None,
+                calib_count=32,
+            )
         except MconvError as e:
             failed += 1
             table.add_row(name, precision, f"[red]FAILED (exit {e.exit_code})[/red]", "", "", "", "", "")
@@ -170,15 +168,15 @@ def _build_precisions(
     return failed
 
 
-def _verified_cells(r: dict[str, Any]) -> tuple[str, ...]:
-    """The rel err, cosine, top-1, seconds and artifact cells of a verified build's report."""
-    o = r["verification"]["outputs"][0]
+def _verified_cells(r: BuildResult) -> tuple[str, ...]:
+    """The rel err, cosine, top-1, seconds and artifact cells of a verified build."""
+    o = r.verification.comparison.outputs[0]
     return (
-        f"{float(o['rel']):.2e}",
-        f"{float(o['cosine']):.6f}",
-        "" if o.get("top1") is None else f"{o['top1']:.2f}",
-        f"{r['seconds']:.1f}",
-        Path(r["artifact"]["main"]).as_posix(),
+        f"{o.rel:.2e}",
+        f"{o.cosine:.6f}",
+        "" if o.top1 is None else f"{o.top1:.2f}",
+        f"{r.seconds:.1f}",
+        r.artifact.main.as_posix(),
     )
 
 

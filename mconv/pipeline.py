@@ -1,6 +1,7 @@
 """The pipeline that chains the stages: source -> ONNX -> passes -> target -> verify.
 
-Each public function here backs one CLI command and returns a JSON-ready report.
+Each public function here backs one CLI command (and one function of :mod:`mconv.api`) and
+returns its typed result (:mod:`mconv.results`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from mconv.data import ImageOptions, calibration_warnings, load_samples, random_feeds
@@ -20,8 +20,10 @@ from mconv.graphinfo import graph_inputs, graph_outputs, op_histogram, opset, pa
 from mconv.limits import BIG_MODEL_BYTES
 from mconv.metrics import Comparison, Tolerance, compare_outputs, default_tolerance
 from mconv.modelio import load_onnx, model_nbytes, save_onnx
+from mconv.results import BuildResult, ExportResult, OptimizeResult, Verification, json_safe
 from mconv.selection import selected_outputs
 from mconv.sources import ExportOptions, export_source, is_onnx_artifact, load_model_any, source_kind, stem_of
+from mconv.targets.base import BuildOptions
 
 VERIFY_SAMPLES = 2
 
@@ -45,7 +47,7 @@ def _verify_export(result, tol: Tolerance) -> Comparison:
     return compare_outputs(ref, outs, tol, names)
 
 
-def export_model(path: Path, out: Path | None, opts: ExportOptions, verify: VerifyOptions) -> dict[str, Any]:
+def export_model(path: Path, out: Path | None, opts: ExportOptions, verify: VerifyOptions) -> ExportResult:
     """PyTorch source -> checked, verified ONNX file."""
     if source_kind(path) != "torch":
         if is_onnx_artifact(path):
@@ -57,33 +59,31 @@ def export_model(path: Path, out: Path | None, opts: ExportOptions, verify: Veri
     from mconv.modelio import check_model
 
     check_model(model, f"{path} (exported)")
-    report: dict[str, Any] = {
-        "command": "export",
-        "source": str(path),
-        "exporter": result.exporter,
-        "opset": opset(model),
-        "nodes": len(model.graph.node),
-        "warnings": result.warnings,
-    }
-    comp = None
+    done = ExportResult(path, [], result.exporter, opset(model), len(model.graph.node), list(result.warnings))
     if verify.enabled:
         tol = verify.tolerance or default_tolerance("fp32")
-        comp = _verify_export(result, tol)
-        report["verification"] = {"reference": "torch", "tolerance": tol.describe(), **comp.to_json()}
-        if not comp.passed and not verify.keep_failed:
+        done.verification = Verification("torch", tol.describe(), _verify_export(result, tol))
+        if not done.verification.passed and not verify.keep_failed:
             raise VerificationError(
-                f"{path}: ONNX export differs from PyTorch beyond {tol.describe()}: {comp.summary()}; nothing written",
-                report,
+                f"{path}: ONNX export differs from PyTorch beyond {tol.describe()}: "
+                f"{done.verification.comparison.summary()}; nothing written",
+                _without_files(done.to_json()),
             )
     dest = out or Path.cwd() / f"{stem_of(path)}.onnx"
-    files = save_onnx(model, dest)
-    report["artifacts"] = [str(f) for f in files]
-    report["seconds"] = round(time.perf_counter() - t0, 3)
-    if comp is not None and not comp.passed:
+    done.files = save_onnx(model, dest)
+    done.seconds = time.perf_counter() - t0
+    if done.verification is not None and not done.verification.passed:
         raise VerificationError(
-            f"{path}: ONNX export differs from PyTorch: {comp.summary()} (kept {dest} as --keep-failed asked)", report
+            f"{path}: ONNX export differs from PyTorch: {done.verification.comparison.summary()} "
+            f"(kept {dest} as --keep-failed asked)",
+            done.to_json(),
         )
-    return report
+    return done
+
+
+def _without_files(report: dict[str, Any]) -> dict[str, Any]:
+    """A report for a job that wrote nothing: no file lists, no time."""
+    return {k: v for k, v in report.items() if k not in ("artifacts", "artifact", "seconds")}
 
 
 def apply_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: int | None = None) -> None:
@@ -127,19 +127,7 @@ def verification_samples(
     return random_feeds(infos, seed=0, count=verify.samples, shapes=shapes)
 
 
-def _json_safe(o: Any) -> Any:
-    if isinstance(o, dict):
-        return {k: _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, np.generic):
-        return o.item()
-    return o
-
-
-def optimize_model(path: Path, out: Path | None, passes: list[str] | None) -> dict[str, Any]:
+def optimize_model(path: Path, out: Path | None, passes: list[str] | None) -> OptimizeResult:
     from mconv.passes import optimize
 
     model = load_onnx(path)
@@ -157,16 +145,7 @@ def optimize_model(path: Path, out: Path | None, passes: list[str] | None) -> di
         if unknown
         else []
     )
-    return {
-        "warnings": warnings,
-        "command": "optimize",
-        "source": str(path),
-        "nodes_before": before,
-        "nodes_after": len(model.graph.node),
-        "passes": [r.to_json() for r in reports],
-        "seconds": round(time.perf_counter() - t0, 3),
-        "artifacts": [str(f) for f in files],
-    }
+    return OptimizeResult(path, files, before, len(model.graph.node), reports, warnings, time.perf_counter() - t0)
 
 
 @dataclass
@@ -187,62 +166,40 @@ class BuildRequest:
     target_options: dict[str, Any] = field(default_factory=dict)
 
 
-def build_model(req: BuildRequest) -> dict[str, Any]:
-    """Source -> ONNX -> passes -> target writer -> verification against onnxruntime."""
-    from mconv.limits import runner_timeout
-    from mconv.passes import optimize
-    from mconv.runner import reference_outputs_isolated
-    from mconv.targets import get_target
-    from mconv.targets.base import BuildOptions
-    from mconv.verify import check_artifact
+@dataclass
+class _Checks:
+    """What verification of a build needs, prepared before the passes run."""
 
+    samples: list | None = None
+    selection: dict[str, str] = field(default_factory=dict)
+    floor: Any = None  # noise.RoundingFloor
+    refs: list | None = None  # taken early only for big models
+    names: list[str] | None = None
+    timeout: float = 0.0
+
+
+def build_model(req: BuildRequest) -> BuildResult:
+    """Source -> ONNX -> passes -> target writer -> verification against onnxruntime.
+
+    Raises:
+        UsageError: options that do not fit the target, before any work.
+        VerificationError: the artifact misses its tolerance (nothing written unless
+            ``keep_failed``).
+    """
     t0 = time.perf_counter()
-    target = get_target(req.target)
-    if req.precision not in target.precisions:
-        raise UsageError(f"--{req.precision}: target '{target.name}' supports {', '.join(target.precisions)}")
-    if req.precision == "int8" and not req.calib:
-        raise UsageError("--int8 needs calibration data: add --calib DATA (a folder or glob of .npy/.npz or images)")
-    if req.calib and req.precision != "int8":
-        raise UsageError("--calib is only used with --int8")
-    target_options = target.make_options(req.target_options, precision=req.precision)
+    target, target_options = _check_request(req)
     source, info = load_model_any(req.path, req.export)
     shapes = {s.name: s.shape for s in req.export.inputs} if info["kind"] == "onnx" else {}
     if info["kind"] == "onnx":
         apply_input_shapes(source, shapes, req.batch)
     # Calibration and verification samples depend only on the inputs, which passes keep.
-    calib = None
-    warnings: list[str] = []
+    calib, warnings = None, []
     if req.calib:
         calib = load_samples(req.calib, graph_inputs(source), limit=req.calib_count, image=req.image)
         warnings += calibration_warnings(len(calib), req.calib_count)
-    samples = refs = names = floor = None
-    selection: dict[str, str] = {}
-    if req.verify.enabled:
-        samples = verification_samples(source, req.verify, calib, shapes, req.image)
-        selection = selected_outputs(source)
     big = model_nbytes(source) >= BIG_MODEL_BYTES
-    timeout = runner_timeout(source, req.verify.timeout)
-    if samples is not None:
-        floor = _floor(source, samples, req, info, shapes, big, timeout)
-    if big:
-        # Never hold the weights twice: take the reference now, in a child process reading
-        # the file, then let the passes work on the loaded model in place.
-        if samples is not None:
-            refs, names = _reference_from_file(source, samples, req, info, shapes, timeout)
-        model = source
-    else:
-        model = onnx.ModelProto()
-        model.CopyFrom(source)
-    passes = list(req.passes) if req.passes is not None else None
-    if passes is None:
-        from mconv.passes import DEFAULT_PIPELINE
-
-        passes = list(DEFAULT_PIPELINE)
-    passes += [p for p in target.required_passes if p not in passes]
-    model, pass_reports = optimize(model, passes)
-    missing = target.unsupported(model)
-    if missing:
-        raise UnsupportedOpsError(target.name, missing)
+    checks = _prepare_checks(source, req, info, shapes, calib, big)
+    model, pass_reports = _run_passes(source, req, target, big)
     options = BuildOptions(
         precision=req.precision,
         calib=calib,
@@ -257,56 +214,116 @@ def build_model(req: BuildRequest) -> dict[str, Any]:
         raise ConversionError(f"target '{target.name}' cannot run here: {missing_rt}")
     stem = stem_of(req.path)
     out_dir = req.out_dir or Path.cwd() / f"{stem}_{target.name}"
-    report: dict[str, Any] = {
-        "command": "build",
-        "source": str(req.path),
-        "source_kind": info["kind"],
-        "target": target.name,
-        "precision": req.precision,
-        "passes": [r.to_json() for r in pass_reports],
-    }
+    result = BuildResult(
+        req.path, info["kind"], target.name, req.precision, None, pass_reports, options=target_options.to_json()
+    )
     with StagingDir(out_dir) as staging:
         artifact = target.write(model, staging.path, stem, options)
         warnings += list(artifact.meta.pop("warnings", []) or [])
-        comp = None
-        if samples is not None:
-            if refs is None:
-                # In a child like every runner: a slow or crashing native call there
-                # cannot keep this process from timing out or answering SIGTERM.
-                refs, names = reference_outputs_isolated(source, samples, timeout=timeout)
-            tol = req.verify.tolerance or target.default_tolerance(req.precision)
-            comp = check_artifact(
-                artifact, samples, refs, names, tol, timeout=timeout, isolate=True, selection=selection, floor=floor
-            )
-            report["verification"] = {
-                "reference": "onnxruntime",
-                "samples": len(samples),
-                "tolerance": tol.describe(),
-                # The floor is measured only when an FP32 output misses the fixed bound.
-                "floor_probe": None
-                if floor is None
-                else floor.error or ("measured" if floor.measured else "not needed"),
-                **comp.to_json(),
-            }
-        if comp is not None and not comp.passed and not req.verify.keep_failed:
-            raise VerificationError(
-                f"{req.path} -> {target.name} ({req.precision}) differs from onnxruntime beyond "
-                f"{report['verification']['tolerance']}: {comp.summary()}; nothing written; "
-                f"{comp.advice()} (--keep-failed keeps the files for `mconv verify --locate`)",
-                report,
-            )
+        if checks.samples is not None:
+            result.verification = _verify_build(artifact, source, checks, req, target)
+        if not result.passed and not req.verify.keep_failed:
+            raise _refused(result, None)
         staging.promote()
-    final = artifact.relocated(staging.path, out_dir)
-    report["artifacts"] = [str(f) for f in final.files]
-    report["artifact"] = final.to_json()
-    report["warnings"] = list(dict.fromkeys(warnings))  # targets may repeat the shared ones
-    report["seconds"] = round(time.perf_counter() - t0, 3)
-    if comp is not None and not comp.passed:
-        raise VerificationError(
-            f"{req.path} -> {target.name}: verification failed: {comp.summary()} (files kept in {out_dir})",
-            _json_safe(report),
+    result.artifact = artifact.relocated(staging.path, out_dir)
+    result.warnings = list(dict.fromkeys(warnings))  # targets may repeat the shared ones
+    result.seconds = time.perf_counter() - t0
+    if not result.passed:
+        raise _refused(result, out_dir)
+    return result
+
+
+def _refused(result: BuildResult, kept_in: Path | None) -> VerificationError:
+    """The error of a build that missed its tolerance (``kept_in``: --keep-failed's folder)."""
+    comp = result.verification.comparison
+    where = f"{result.source} -> {result.target}"
+    if kept_in is not None:
+        return VerificationError(
+            f"{where}: verification failed: {comp.summary()} (files kept in {kept_in})", result.to_json()
         )
-    return _json_safe(report)
+    return VerificationError(
+        f"{where} ({result.precision}) differs from onnxruntime beyond {result.verification.tolerance}: "
+        f"{comp.summary()}; nothing written; {comp.advice()} "
+        "(--keep-failed keeps the files for `mconv verify --locate`)",
+        _without_files(result.to_json()),
+    )
+
+
+def _check_request(req: BuildRequest):
+    """The target and its validated options; usage errors before any work starts."""
+    from mconv.targets import get_target
+
+    target = get_target(req.target)
+    if req.precision not in target.precisions:
+        raise UsageError(f"--{req.precision}: target '{target.name}' supports {', '.join(target.precisions)}")
+    if req.precision == "int8" and not req.calib:
+        raise UsageError("--int8 needs calibration data: add --calib DATA (a folder or glob of .npy/.npz or images)")
+    if req.calib and req.precision != "int8":
+        raise UsageError("--calib is only used with --int8")
+    return target, target.make_options(req.target_options, precision=req.precision)
+
+
+def _prepare_checks(source, req: BuildRequest, info: dict, shapes: dict, calib, big: bool) -> _Checks:
+    """Samples, selected outputs and the rounding floor; for big models the reference too."""
+    from mconv.limits import runner_timeout
+
+    checks = _Checks(timeout=runner_timeout(source, req.verify.timeout))
+    if not req.verify.enabled:
+        return checks
+    checks.samples = verification_samples(source, req.verify, calib, shapes, req.image)
+    checks.selection = selected_outputs(source)
+    checks.floor = _floor(source, checks.samples, req, info, shapes, big, checks.timeout)
+    if big:
+        # Never hold the weights twice: take the reference now, in a child process reading
+        # the file, then let the passes work on the loaded model in place.
+        checks.refs, checks.names = _reference_from_file(source, checks.samples, req, info, shapes, checks.timeout)
+    return checks
+
+
+def _run_passes(source: onnx.ModelProto, req: BuildRequest, target, big: bool):
+    """The passes asked for (default pipeline) plus what the target requires, on a copy
+    (big models: in place); unsupported ops left afterwards are an error."""
+    from mconv.passes import DEFAULT_PIPELINE, optimize
+
+    if big:
+        model = source
+    else:
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+    passes = list(req.passes) if req.passes is not None else list(DEFAULT_PIPELINE)
+    passes += [p for p in target.required_passes if p not in passes]
+    model, pass_reports = optimize(model, passes)
+    missing = target.unsupported(model)
+    if missing:
+        raise UnsupportedOpsError(target.name, missing)
+    return model, pass_reports
+
+
+def _verify_build(artifact, source: onnx.ModelProto, checks: _Checks, req: BuildRequest, target) -> Verification:
+    """The staged artifact against onnxruntime on the source, each in a child process."""
+    from mconv.runner import reference_outputs_isolated
+    from mconv.verification import check_artifact
+
+    if checks.refs is None:
+        # In a child like every runner: a slow or crashing native call there
+        # cannot keep this process from timing out or answering SIGTERM.
+        checks.refs, checks.names = reference_outputs_isolated(source, checks.samples, timeout=checks.timeout)
+    tol = req.verify.tolerance or target.default_tolerance(req.precision)
+    comp = check_artifact(
+        artifact,
+        checks.samples,
+        checks.refs,
+        checks.names,
+        tol,
+        timeout=checks.timeout,
+        isolate=True,
+        selection=checks.selection,
+        floor=checks.floor,
+    )
+    floor = checks.floor
+    # The floor is measured only when an FP32 output misses the fixed bound.
+    probe = None if floor is None else floor.error or ("measured" if floor.measured else "not needed")
+    return Verification("onnxruntime", tol.describe(), comp, samples=len(checks.samples), floor_probe=probe)
 
 
 def _floor(
@@ -388,7 +405,7 @@ def inspect_model(path: Path, target: str | None, opts: ExportOptions) -> dict[s
 
         entry["findings"] = [f.to_json() for f in t.findings(folded, BuildOptions())]
         report["targets"][t.name] = entry
-    return _json_safe(report)
+    return json_safe(report)
 
 
 def unknown_ops(model: onnx.ModelProto) -> dict[str, list[str]]:

@@ -32,12 +32,15 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mconv.errors import EXIT_CONVERSION, EXIT_OK, EXIT_VERIFY, ConversionError, MconvError, VerificationError
 from mconv.recipes import DataSpec, LoadedRecipe, TargetSpec, ToleranceSpec
+
+if TYPE_CHECKING:
+    from mconv.targets.base import Artifact
 
 SYNTHETIC_COUNT = 16  # synthetic calibration samples when the recipe gives no count
 CALIB_COUNT = 300  # calibration samples read from a data path when the recipe gives no count
@@ -213,11 +216,11 @@ class RecipeRun:
                     trust_pickle=src.trust_pickle,
                 )
                 verify = VerifyOptions(enabled=self.spec.verify.enabled, tolerance=self._fp32_tolerance())
-                report = export_model(path, dest, opts, verify)
-                files = report["artifacts"]
-                rec.update(kind="torch", exporter=report["exporter"], opset=report["opset"], nodes=report["nodes"])
-                if "verification" in report:
-                    rec["verification"] = report["verification"]
+                result = export_model(path, dest, opts, verify)
+                files = result.files
+                rec.update(kind="torch", exporter=result.exporter, opset=result.opset, nodes=result.nodes)
+                if result.verification is not None:
+                    rec["verification"] = result.to_json()["verification"]
             rec["artifacts"] = self._artifacts([str(f) for f in files])
         return dest if rec["status"] == "ok" else None
 
@@ -367,12 +370,12 @@ class RecipeRun:
                     batch=t.batch,
                     target_options=dict(t.options),
                 )
-                report = build_model(req)
-                artifact = report["artifact"]
+                result = build_model(req)
+                artifact = result.artifact
                 rec.update(
-                    artifacts=self._artifacts(report["artifacts"]),
-                    warnings=report.get("warnings", []),
-                    passes=[p["pass"] for p in report.get("passes", [])],
+                    artifacts=self._artifacts([str(f) for f in result.files]),
+                    warnings=list(result.warnings),
+                    passes=[p.name for p in result.passes],
                 )
         if artifact is None:
             return
@@ -382,9 +385,8 @@ class RecipeRun:
         if self.spec.bench.enabled and verified:
             self._bench(t, artifact, meta)
 
-    def _verify(self, t: TargetSpec, target, artifact: dict, onnx_path: Path, calib, meta: dict) -> bool:
-        from mconv.targets.base import Artifact
-        from mconv.verify import check_artifact
+    def _verify(self, t: TargetSpec, target, artifact: Artifact, onnx_path: Path, calib, meta: dict) -> bool:
+        from mconv.verification import check_artifact
 
         v = self.spec.verify
         with self.step(f"verify {t.label}", **meta) as rec:
@@ -395,7 +397,7 @@ class RecipeRun:
             ) or target.default_tolerance(t.precision)
             selection, floor = self._floors[(label, t.batch)]
             comp = check_artifact(
-                Artifact.from_json(artifact),
+                artifact,
                 samples,
                 refs,
                 names,
@@ -409,14 +411,14 @@ class RecipeRun:
                 raise VerificationError(f"{t.label} differs from onnxruntime beyond {tol.describe()}: {comp.summary()}")
         return rec["status"] == "ok"
 
-    def _bench(self, t: TargetSpec, artifact: dict, meta: dict) -> None:
-        from mconv.bench import BenchRequest, bench
+    def _bench(self, t: TargetSpec, artifact: Artifact, meta: dict) -> None:
+        from mconv.benchmark import BenchRequest, bench
 
         b = self.spec.bench
         with self.step(f"bench {t.label}", **meta) as rec:
             report = bench(
                 BenchRequest(
-                    artifacts=[Path(artifact["main"])],
+                    artifacts=[artifact.main],
                     threads=b.threads,
                     warmup=b.warmup,
                     iters=b.iterations,

@@ -49,14 +49,17 @@ def export(
     as_json: JsonOpt = False,
 ):
     """Export a PyTorch model to ONNX and verify it against PyTorch with onnxruntime."""
+    from mconv import api
     from mconv.errors import UsageError
-    from mconv.pipeline import VerifyOptions, export_model
 
     if to != "onnx":
         raise UsageError(f"--to {to}: only 'onnx' is supported; use `mconv build --target ...` for backends")
-    opts = export_options(input, dynamic, opset, exporter, model, trust_pickle)
-    verify = VerifyOptions(enabled=not no_verify, tolerance=tolerance_of(rtol, None, None), keep_failed=keep_failed)
-    report = export_model(model_path, output, opts, verify)
+    result = api.export(
+        model_path, output, inputs=input, dynamic=dynamic, opset=opset, exporter=exporter, model_spec=model,
+        trust_pickle=trust_pickle, verify=not no_verify, tolerance=tolerance_of(rtol, None, None),
+        keep_failed=keep_failed,
+    )  # fmt: skip
+    report = result.to_json()
 
     def render(r):
         con = console()
@@ -76,12 +79,11 @@ def optimize(
     as_json: JsonOpt = False,
 ):
     """Run the ONNX pass pipeline (shape inference, folding, simplification, fusions)."""
+    from mconv import api
     from mconv.passes import parse_pass_list
-    from mconv.pipeline import optimize_model
 
     set_fold_limit(fold_limit)
-
-    report = optimize_model(model_path, output, parse_pass_list(passes))
+    report = api.optimize(model_path, output, passes=parse_pass_list(passes)).to_json()
 
     def render(r):
         from rich.table import Table
@@ -100,96 +102,80 @@ def optimize(
     emit(report, as_json, render)
 
 
+OutputDirOpt = Annotated[Path | None, typer.Option("-o", "--output", help="Output folder (default <stem>_<target>/).")]
+CalibOpt = Annotated[str | None, typer.Option("--calib", help="Calibration data: folder/glob of .npy/.npz/images.")]
+CalibCountOpt = Annotated[int, typer.Option("--calib-count", help="Calibration samples to use.")]
+VerifyInputsOpt = Annotated[str | None, typer.Option("--inputs", help="Verification samples (.npy/.npz/images).")]
+BatchOpt = Annotated[int | None, typer.Option("--batch", help="Fix the first axis of every input.")]
+TargetOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--option",
+        "-O",
+        metavar="KEY=VALUE",
+        help="A target option (repeatable); the target options are listed below and by `mconv targets NAME`.",
+    ),
+]
+NoVerifyOpt = Annotated[bool, typer.Option("--no-verify", help="Skip verification against onnxruntime.")]
+RtolOpt = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (overrides the default).")]
+AtolOpt = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance added to --rtol.")]
+MinCosOpt = Annotated[float | None, typer.Option("--min-cos", help="Minimum cosine similarity.")]
+KeepFailedOpt = Annotated[bool, typer.Option("--keep-failed", help="Keep artifacts that fail verification.")]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        help="Seconds the verification runners may take before the build fails (exit 1); "
+        "default 120 + 60 per GiB of weights + 0.02 per node.",
+    ),
+]
+
+
 @app.command()
 def build(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX or any PyTorch source.")],
     target: Annotated[str, typer.Option("--target", "-t", help="A registered target (see `mconv targets`).")],
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Output folder (default <stem>_<target>/).")
-    ] = None,
+    output: OutputDirOpt = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 weights.")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="INT8 quantization (needs --calib).")] = False,
-    calib: Annotated[
-        str | None, typer.Option("--calib", help="Calibration data: folder/glob of .npy/.npz/images.")
-    ] = None,
-    calib_count: Annotated[int, typer.Option("--calib-count", help="Calibration samples to use.")] = 300,
+    calib: CalibOpt = None,
+    calib_count: CalibCountOpt = 300,
     mean: MeanOpt = None,
     std: StdOpt = None,
     size: SizeOpt = None,
-    inputs_data: Annotated[
-        str | None, typer.Option("--inputs", help="Verification samples (.npy/.npz/images).")
-    ] = None,
+    inputs_data: VerifyInputsOpt = None,
     input: InputOpt = None,
     dynamic: DynamicOpt = None,
-    batch: Annotated[int | None, typer.Option("--batch", help="Fix the first axis of every input.")] = None,
-    option: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--option",
-            "-O",
-            metavar="KEY=VALUE",
-            help="A target option (repeatable); the target options are listed below and by `mconv targets NAME`.",
-        ),
-    ] = None,
+    batch: BatchOpt = None,
+    option: TargetOptionOpt = None,
     passes: PassesOpt = None,
     opset: OpsetOpt = None,
     exporter: ExporterOpt = "auto",
     model: ModelOpt = None,
     trust_pickle: TrustOpt = False,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verification against onnxruntime.")] = False,
-    rtol: Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (overrides the default).")] = None,
-    atol: Annotated[float | None, typer.Option("--atol", help="Absolute tolerance added to --rtol.")] = None,
-    min_cos: Annotated[float | None, typer.Option("--min-cos", help="Minimum cosine similarity.")] = None,
-    keep_failed: Annotated[bool, typer.Option("--keep-failed", help="Keep artifacts that fail verification.")] = False,
+    no_verify: NoVerifyOpt = False,
+    rtol: RtolOpt = None,
+    atol: AtolOpt = None,
+    min_cos: MinCosOpt = None,
+    keep_failed: KeepFailedOpt = False,
     fold_limit: FoldLimitOpt = None,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            "--timeout",
-            help="Seconds the verification runners may take before the build fails (exit 1); "
-            "default 120 + 60 per GiB of weights + 0.02 per node.",
-        ),
-    ] = None,
+    timeout: TimeoutOpt = None,
     as_json: JsonOpt = False,
 ):
     """Build a target artifact from ONNX or PyTorch, then verify it against onnxruntime."""
-    from mconv.errors import UsageError
+    from mconv import api
     from mconv.passes import parse_pass_list
-    from mconv.pipeline import BuildRequest, VerifyOptions, build_model
     from mconv.targets.options import parse_assignments
 
-    if fp16 and int8:
-        raise UsageError("--fp16 and --int8 are exclusive; pick one precision")
-    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
-    if calib_count <= 0:
-        raise UsageError("--calib-count must be >= 1")
-    if batch is not None and batch <= 0:
-        raise UsageError("--batch must be >= 1")
-    if timeout is not None and timeout <= 0:
-        raise UsageError("--timeout must be a positive number of seconds")
+    precision = _build_precision(fp16, int8, calib_count, batch, timeout)
     set_fold_limit(fold_limit)
-    image = image_options(mean, std, size)
-    req = BuildRequest(
-        path=model_path,
-        target=target,
-        out_dir=output,
-        precision=precision,
-        calib=calib,
-        calib_count=calib_count,
-        image=image,
-        passes=parse_pass_list(passes),
-        export=export_options(input, dynamic, opset, exporter, model, trust_pickle),
-        verify=VerifyOptions(
-            enabled=not no_verify,
-            inputs=inputs_data,
-            tolerance=tolerance_of(rtol, atol, min_cos),
-            keep_failed=keep_failed,
-            timeout=timeout,
-        ),
-        batch=batch,
-        target_options=parse_assignments(option),
-    )
-    report = build_model(req)
+    result = api.build(
+        model_path, target, output, precision=precision, calib=calib, calib_count=calib_count,
+        options=parse_assignments(option), inputs=input, dynamic=dynamic, batch=batch,
+        passes=parse_pass_list(passes), opset=opset, exporter=exporter, model_spec=model, trust_pickle=trust_pickle,
+        verify=not no_verify, verify_inputs=inputs_data, tolerance=tolerance_of(rtol, atol, min_cos),
+        keep_failed=keep_failed, timeout=timeout, image=image_options(mean, std, size),
+    )  # fmt: skip
 
     def render(r):
         con = console()
@@ -197,7 +183,22 @@ def build(
         print_verification(con, r)
         print_artifacts(con, r)
 
-    emit(report, as_json, render)
+    emit(result.to_json(), as_json, render)
+
+
+def _build_precision(fp16: bool, int8: bool, calib_count: int, batch: int | None, timeout: float | None) -> str:
+    """The precision the flags ask for; flag values checked (usage errors)."""
+    from mconv.errors import UsageError
+
+    if fp16 and int8:
+        raise UsageError("--fp16 and --int8 are exclusive; pick one precision")
+    if calib_count <= 0:
+        raise UsageError("--calib-count must be >= 1")
+    if batch is not None and batch <= 0:
+        raise UsageError("--batch must be >= 1")
+    if timeout is not None and timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    return "int8" if int8 else "fp16" if fp16 else "fp32"
 
 
 @app.command()

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 ArtifactsArg = Annotated[
-    list[Path], typer.Argument(metavar="ARTIFACT...", help=".onnx, OpenVINO .xml, ncnn .param, TensorRT .engine.")
+    list[Path], typer.Argument(metavar="ARTIFACT...", help="Artifact files of any registered target (`mconv targets`).")
 ]
 TimeoutOpt = Annotated[
     float | None,
@@ -96,8 +96,8 @@ def verify(
     and --min-cos replace the defaults. Exit 3 when an artifact misses its tolerance,
     crashes or hangs.
     """
-    from mconv.verify import VerifyRequest, raise_for_report
-    from mconv.verify import verify as run_verify
+    from mconv.verification import VerifyRequest, raise_for_report
+    from mconv.verification import verify as run_verify
 
     export = export_options(input, None, None, "auto", model, trust_pickle)
     req = VerifyRequest(
@@ -216,8 +216,8 @@ def bench(
     Every artifact runs in its own process; inferences alternate between them so that the
     figures are taken under the same machine load and their ratios hold.
     """
-    from mconv.bench import BenchRequest, raise_for_bench
-    from mconv.bench import bench as run_bench
+    from mconv.benchmark import BenchRequest, raise_for_bench
+    from mconv.benchmark import bench as run_bench
 
     req = BenchRequest(
         artifacts=list(artifacts),

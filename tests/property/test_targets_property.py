@@ -80,7 +80,7 @@ def build_outcome(model: onnx.ModelProto, target: str) -> str:
         out = folder / "out"
         with watch_write(target) as state:
             try:
-                report = build_model(BuildRequest(path=src, target=target, out_dir=out))
+                result = build_model(BuildRequest(path=src, target=target, out_dir=out))
             except VerificationError as e:
                 raise AssertionError(f"{target}: wrote a model that computes something else: {e}") from e
             except MconvError as e:
@@ -90,9 +90,9 @@ def build_outcome(model: onnx.ModelProto, target: str) -> str:
                 if target == "ncnn":  # ncnn lowers in memory first: refusals come from there
                     assert isinstance(e, ConversionError), f"ncnn refused with {type(e).__name__}: {e}"
                 return "refused"
-        assert report["verification"]["passed"], report["verification"]
+        assert result.verification.passed, result.to_json()["verification"]
         assert out.is_dir()
-        for f in report["artifacts"]:
+        for f in result.files:
             assert Path(f).is_file() and Path(f).parent == out, f
         return "built"
 

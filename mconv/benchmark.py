@@ -208,7 +208,7 @@ def _stats(lat_s: list[float], batch: int) -> dict[str, Any]:
 
 def bench(req: BenchRequest) -> dict[str, Any]:
     """Benchmark every artifact in ``req``, interleaved; returns the JSON-ready report."""
-    from mconv.verify import recognise_artifact
+    from mconv.verification import recognise_artifact
 
     _check_request(req)
     artifacts = [recognise_artifact(p) for p in req.artifacts]
