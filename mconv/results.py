@@ -9,7 +9,7 @@ target's :class:`~mconv.targets.base.Artifact`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +165,24 @@ class BuildResult:
         return json_safe(out)
 
 
+class _Row:
+    """A report row: the declared fields, plus what else the row carries (``extra``)."""
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]):
+        names = [f.name for f in fields(cls) if f.name != "extra"]
+        values = {n: row[n] for n in names if n in row}
+        values["path"] = Path(row["path"])
+        return cls(**values, extra={k: v for k, v in row.items() if k not in names})
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return json_safe({**out, **self.extra})
+
+
 @dataclass
-class ArtifactCheck:
-    """One artifact's row of ``mconv.verification``."""
+class ArtifactCheck(_Row):
+    """One artifact's row of ``mconv.verify``."""
 
     path: Path
     target: str
@@ -180,41 +195,6 @@ class ArtifactCheck:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # locate findings and the like
-
-    @classmethod
-    def from_json(cls, row: dict[str, Any]) -> ArtifactCheck:
-        known = {"path", "target", "precision", "status", "passed", "error", "exit_code", "tolerance", "outputs",
-                 "seconds"}  # fmt: skip
-        return cls(
-            Path(row["path"]),
-            row["target"],
-            row["precision"],
-            row["status"],
-            bool(row["passed"]),
-            row.get("error"),
-            row.get("exit_code"),
-            row.get("tolerance"),
-            list(row.get("outputs") or []),
-            row.get("seconds"),
-            {k: v for k, v in row.items() if k not in known},
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return json_safe(
-            {
-                "path": str(self.path),
-                "target": self.target,
-                "precision": self.precision,
-                "status": self.status,
-                "passed": self.passed,
-                "error": self.error,
-                "exit_code": self.exit_code,
-                "tolerance": self.tolerance,
-                "outputs": self.outputs,
-                "seconds": self.seconds,
-                **self.extra,
-            }
-        )
 
 
 @dataclass
@@ -260,8 +240,8 @@ class VerifyResult:
 
 
 @dataclass
-class Timing:
-    """One artifact's row of ``mconv.benchmark`` (latencies in milliseconds)."""
+class Timing(_Row):
+    """One artifact's row of ``mconv.bench`` (latencies in milliseconds)."""
 
     path: Path
     target: str
@@ -269,50 +249,15 @@ class Timing:
     status: str  # "ok" | "error" | "skipped"
     error: str | None = None
     exit_code: int | None = None
-    latency_ms: dict[str, float] = field(default_factory=dict)  # median, p90, p99, min, mean
-    throughput: float | None = None
     load_ms: float | None = None
+    latency_ms: dict[str, float] | None = None  # median, p90, p99, min, mean
+    throughput: float | None = None
     peak_rss_mb: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def median_ms(self) -> float | None:
-        return self.latency_ms.get("median")
-
-    @classmethod
-    def from_json(cls, row: dict[str, Any]) -> Timing:
-        known = {"path", "target", "precision", "status", "error", "exit_code", "latency_ms", "throughput",
-                 "load_ms", "peak_rss_mb"}  # fmt: skip
-        return cls(
-            Path(row["path"]),
-            row["target"],
-            row["precision"],
-            row["status"],
-            row.get("error"),
-            row.get("exit_code"),
-            dict(row.get("latency_ms") or {}),
-            row.get("throughput"),
-            row.get("load_ms"),
-            row.get("peak_rss_mb"),
-            {k: v for k, v in row.items() if k not in known},
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return json_safe(
-            {
-                "path": str(self.path),
-                "target": self.target,
-                "precision": self.precision,
-                "status": self.status,
-                "error": self.error,
-                "exit_code": self.exit_code,
-                "load_ms": self.load_ms,
-                "latency_ms": self.latency_ms,
-                "throughput": self.throughput,
-                "peak_rss_mb": self.peak_rss_mb,
-                **self.extra,
-            }
-        )
+        return (self.latency_ms or {}).get("median")
 
 
 @dataclass

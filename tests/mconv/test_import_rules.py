@@ -7,7 +7,7 @@
   (``mconv.targets``, ``.base``, ``.options``) and the passes through ``mconv.passes``;
 * nothing in ``mconv/`` names a specific target or a target's option in its code (comments
   and docstrings may mention runtimes);
-* the modules of ``mconv/`` import each other without circles (lazy imports count too).
+* (no import circles: ``test_layout.py``).
 """
 
 from __future__ import annotations
@@ -157,47 +157,3 @@ def test_core_names_no_target_and_no_target_option():
         for w in sorted(words & options):
             bad.append(f"{path.relative_to(ROOT)} names target option '{w}'")
     assert not bad, "\n".join(bad)
-
-
-def test_no_import_circles_in_core():
-    mods = core_modules()
-    graph = {name: known(mods, imports(path, name)) - {name} for name, path in mods.items()}
-    # A package's __init__ re-exporting its modules is not a circle with them.
-    for name in graph:
-        graph[name] = {m for m in graph[name] if not name.startswith(m + ".")}
-    cycles = _strongly_connected(graph)
-    assert not cycles, "import circles: " + "; ".join(" <-> ".join(sorted(c)) for c in cycles)
-
-
-def _strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on: set[str] = set()
-    out: list[set[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on.add(v)
-        for w in graph.get(v, ()):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = set()
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.add(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                out.append(comp)
-
-    for v in graph:
-        if v not in index:
-            visit(v)
-    return out
