@@ -41,7 +41,7 @@ def run(
     """
     from mconv.errors import MconvError, UsageError
     from mconv.recipe import load_recipes, parse_override
-    from mconv.runjobs import RunOptions, failure_message, run_batch
+    from mconv.runs import RunOptions, failure_message, run_batch
 
     if jobs < 1:
         raise UsageError("-j/--jobs must be >= 1")
@@ -93,7 +93,7 @@ def schema():
 def check(recipes: RecipesArg, set_: SetOpt = None, as_json: JsonOpt = False):
     """Validate recipes without running them (exit 2 on the first invalid one)."""
     from mconv.recipe import load_recipes, parse_override
-    from mconv.runjobs import plan
+    from mconv.runs import plan
 
     loaded = load_recipes([str(r) for r in recipes], [parse_override(s) for s in set_ or []])
     report = {
