@@ -40,8 +40,8 @@ def run(
     failed, 1 otherwise; an invalid recipe is exit 2 before anything runs.
     """
     from mconv.errors import MconvError, UsageError
-    from mconv.recipes import load_recipes, parse_override
-    from mconv.runjobs import RunOptions, failure_message, run_batch
+    from mconv.recipe import load_recipes, parse_override
+    from mconv.runs import RunOptions, failure_message, run_batch
 
     if jobs < 1:
         raise UsageError("-j/--jobs must be >= 1")
@@ -84,7 +84,7 @@ def schema():
     import json
     import sys
 
-    from mconv.recipes import json_schema
+    from mconv.recipe import json_schema
 
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
@@ -92,8 +92,8 @@ def schema():
 @recipe_app.command("check")
 def check(recipes: RecipesArg, set_: SetOpt = None, as_json: JsonOpt = False):
     """Validate recipes without running them (exit 2 on the first invalid one)."""
-    from mconv.recipes import load_recipes, parse_override
-    from mconv.runjobs import plan
+    from mconv.recipe import load_recipes, parse_override
+    from mconv.runs import plan
 
     loaded = load_recipes([str(r) for r in recipes], [parse_override(s) for s in set_ or []])
     report = {
