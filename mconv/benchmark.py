@@ -59,6 +59,7 @@ def _worker(conn, target: str, target_ref: str | None, artifact: dict, feeds: di
     # Between two of its inferences a runner waits for the others; OpenMP threads that
     # spin while waiting (ncnn's, by default) would steal the cores the others measure on.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    conn.send(("ready", None))  # interpreter up, mconv imported: from here on it is the runner's time
     runner = None
     while True:
         try:
@@ -104,6 +105,20 @@ class _Child:
         self.proc = ctx.Process(target=_worker, args=args, daemon=True)
         self.proc.start()
         child_end.close()
+
+    def wait_ready(self) -> None:
+        """Wait for the child to start (spawning Python and importing mconv), which is not
+        the runner's time: on a loaded machine it alone can outlast a short --timeout."""
+        from mconv.isolate import STARTUP_SECONDS, IsolatedFailure, _signal_failure
+
+        if not self.conn.poll(STARTUP_SECONDS):
+            self.kill()
+            raise IsolatedFailure(f"{self.what} did not start within {STARTUP_SECONDS:g} s", kind="timeout")
+        try:
+            self.conn.recv()
+        except (EOFError, ConnectionResetError, OSError):
+            self.proc.join(10)
+            raise _signal_failure(self.what, self.proc.exitcode) from None
 
     def request(self, *cmd: Any) -> Any:
         from mconv.isolate import IsolatedFailure, _signal_failure
@@ -270,6 +285,7 @@ def _load_children(children: dict[int, _Child], rows: list[dict], lat: dict[int,
     # Processes start together; models load one at a time so load times do not contend.
     for i, child in list(children.items()):
         try:
+            child.wait_ready()
             rows[i]["load_ms"] = child.request("load") * 1e3
             lat[i] = []
         except MconvError as e:
