@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"mconv": ROOT / "mconv", "mconv.convert": ROOT / "convert", "mconv.passes": ROOT / "passes",
             "mconv.targets": ROOT / "targets"}  # fmt: skip
 NOT_FOR_STAGES = ("mconv.pipeline", "mconv.cli", "mconv.verification", "mconv.benchmark", "mconv.recipe",
-                  "mconv.runjobs", "mconv.runs", "mconv.demo", "mconv.api", "mconv.results")  # fmt: skip
+                  "mconv.runs", "mconv.demo", "mconv.api", "mconv.results")  # fmt: skip
 TARGET_INTERFACE = ("mconv.targets", "mconv.targets.base", "mconv.targets.options")
 # The onnx target is the interchange format every stage speaks; its name is not a backend's.
 INTERCHANGE = {"onnx"}

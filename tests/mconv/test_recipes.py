@@ -236,7 +236,7 @@ def test_set_overrides_values(cli, rdir):
     r = cli("recipe", "check", p, "--set", "targets.0.precision=fp16", "--set", "verify.rtol=1e-3", "--json")
     assert r.code == 0, r.err
     assert "build onnx_fp16" in r.json["recipes"][0]["steps"]
-    from mconv.recipes import load_recipe, parse_override
+    from mconv.recipe import load_recipe, parse_override
 
     rec = load_recipe(p, [parse_override("targets.0.precision=fp16"), parse_override("verify.rtol=1e-3")])
     assert rec.spec.targets[0].precision == "fp16"
@@ -245,7 +245,7 @@ def test_set_overrides_values(cli, rdir):
 
 
 def test_set_creates_missing_sections(rdir):
-    from mconv.recipes import load_recipe, parse_override
+    from mconv.recipe import load_recipe, parse_override
 
     rec = load_recipe(write(rdir, GOOD), [parse_override("bench.enabled=true"), parse_override("bench.iterations=3")])
     assert rec.spec.bench.enabled is True and rec.spec.bench.iterations == 3
