@@ -66,10 +66,11 @@ def _with_target_options(args: list[str]):
     Target options come from the targets' declarations (:mod:`mconv.cli.targetopts`);
     targets are loaded only for the commands that take them.
     """
+    from mconv.cli.targetopts import COMMANDS, help_epilog, rewrite_flags
+
     command = typer.main.get_command(app)
-    if not args or args[0] not in ("build",):
+    if not args or args[0] not in COMMANDS:
         return command, args
-    from mconv.cli.targetopts import help_epilog, rewrite_flags
 
     sub = command.commands[args[0]]
     if "--help" in args:

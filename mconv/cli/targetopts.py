@@ -42,11 +42,9 @@ def declared_options() -> list[Declared]:
 def rewrite_flags(args: list[str], reserved: set[str]) -> list[str]:
     """``args`` with declared target flags turned into ``--option NAME=VALUE``.
 
-    Only for the commands in :data:`COMMANDS`; flags in ``reserved`` (the command's own
-    options) are never taken, so a plugin cannot shadow them.
+    For a command in :data:`COMMANDS`; flags in ``reserved`` (the command's own options) are
+    never taken, so a plugin cannot shadow them.
     """
-    if not args or args[0] not in COMMANDS:
-        return args
     flags = {d.flag: d for d in declared_options() if d.flag and d.flag not in reserved}
     out = [args[0]]
     i = 1
