@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from mconv.targets.ncnn.ir import Weight
-from mconv.targets.ncnn.lower import Ctx, Node, elementwise, nc_shape
+from mconv.targets.ncnn.lower import Ctx, Node, NotLowerable, elementwise, nc_shape
 from mconv.targets.ncnn.registry import rule
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -148,12 +148,22 @@ def clip(ctx: Ctx, node: Node) -> None:
     else:
         lo_v = node.const(1, "min")
         hi_v = node.const(2, "max")
-        lo = float(lo_v) if lo_v is not None else -FLT_MAX
-        hi = float(hi_v) if hi_v is not None else FLT_MAX
+        lo = _bound(node, lo_v, "min", -FLT_MAX)
+        hi = _bound(node, hi_v, "max", FLT_MAX)
     if lo == 0.0 and hi == FLT_MAX:
         elementwise(ctx, node, "ReLU")
     else:
         elementwise(ctx, node, "Clip", {0: lo, 1: hi})
+
+
+def _bound(node: Node, value, name: str, default: float) -> float:
+    """A Clip bound: a scalar, or a one-element tensor as exporters also write it."""
+    if value is None:
+        return default
+    v = np.asarray(value)
+    if v.size != 1:
+        raise NotLowerable(f"{name} holds {v.size} values, not one")
+    return float(v.reshape(-1)[0])
 
 
 @rule("PRelu")

@@ -147,6 +147,17 @@ def test_clip_prelu(check, make_model, rng):
     assert "PReLU" in check.param_text()
 
 
+def test_clip_bounds_as_one_element_tensors(check, make_model):
+    # Exporters also write min/max as shape [1]; onnxruntime accepts them (was a TypeError).
+    m = make_model(
+        [H("Clip", ["x", "lo", "hi"], ["y"])],
+        {"x": (1, 4, 3, 3)}, ["y"],
+        {"lo": np.array([-0.5], np.float32), "hi": np.array([0.25], np.float32)},
+    )  # fmt: skip
+    check(m)
+    assert re.search(r"\nClip .* 0=-5\.0+e-01 1=2\.5", check.param_text())
+
+
 def test_swish_and_mish_patterns(check, make_model):
     m = make_model(
         [H("Sigmoid", ["x"], ["s"]), H("Mul", ["x", "s"], ["sw"]),
