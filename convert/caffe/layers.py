@@ -65,8 +65,8 @@ REASONS = {
 def _conditional_reason(layer: Layer) -> str | None:
     """Supported types whose particular settings are not (yet) mapped."""
     p = layer.param
-    bn = p.batch_norm_param
-    if layer.type == "BatchNorm" and bn.HasField("use_global_stats") and not bn.use_global_stats:
+    bn = p.batch_norm_param if layer.type == "BatchNorm" else None
+    if bn is not None and bn.HasField("use_global_stats") and not bn.use_global_stats:
         return "use_global_stats: false normalises with each batch's own statistics (a training setting)"
     if layer.type == "Pooling" and p.pooling_param.pool == 2:
         return "STOCHASTIC pooling is not mapped"

@@ -233,6 +233,7 @@ def forward(net: Net, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if missing:
         raise InputError(f"{net.prototxt}: no data for input(s) {', '.join(missing)} (inputs: {', '.join(net.inputs)})")
     blobs = {n: np.asarray(feeds[n], dtype=np.float32) for n in net.inputs}
+    written: set[str] = set()
     for layer in net.layers:
         if layer.type == "Input":
             continue
@@ -242,4 +243,5 @@ def forward(net: Net, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                              "no earlier layer or input produces")  # fmt: skip
         outs = FORWARD[layer.type](net, layer, [blobs[b] for b in layer.bottoms])
         blobs.update(zip(layer.tops, outs))
-    return {b: blobs[b] for b in net.outputs() if b in blobs and b not in net.inputs}
+        written.update(layer.tops)
+    return {b: blobs[b] for b in net.outputs() if b in written}
