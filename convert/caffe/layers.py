@@ -74,8 +74,10 @@ def _conditional_reason(layer: Layer) -> str | None:
         return "convolution over an axis other than 1 is not mapped"
     if layer.type == "Upsample" and len(layer.bottoms) != 1:
         return "the two-input (SegNet max-unpooling) Upsample is not mapped; only nearest upsampling by scale"
-    if layer.type == "Interp" and (p.interp_param.pad_beg or p.interp_param.pad_end):
-        return "Interp with pad_beg/pad_end is not mapped"
+    if layer.type == "Interp" and (p.interp_param.pad_beg or p.interp_param.pad_end or len(layer.bottoms) != 1):
+        return "Interp with pad_beg/pad_end or a second (size) bottom is not mapped"
+    if layer.type == "Upsample" and (p.upsample_param.upsample_h or p.upsample_param.upsample_w):
+        return "Upsample to an explicit upsample_h/upsample_w size is not mapped; only integer scale factors"
     if layer.type == "LRN" and p.lrn_param.norm_region != 0:
         return "WITHIN_CHANNEL LRN is not mapped (ONNX LRN normalises across channels)"
     return None

@@ -189,13 +189,30 @@ def _input_layer_shapes(layer: Layer, path: Path) -> dict[str, tuple[int, ...]]:
     return dict(zip(layer.tops, shapes))
 
 
-def _blob_array(blob: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+def _blob_shape(blob: Any) -> tuple[int, ...]:
     if blob.HasField("shape"):
-        shape = tuple(int(d) for d in blob.shape.dim)
-    else:  # the deprecated 4-D fields, e.g. an InnerProduct weight as 1x1xOUTxIN
-        shape = tuple(int(d) for d in (blob.num, blob.channels, blob.height, blob.width))
+        return tuple(int(d) for d in blob.shape.dim)
+    # The deprecated 4-D fields, e.g. an InnerProduct weight as 1x1xOUTxIN.
+    return tuple(int(d) for d in (blob.num, blob.channels, blob.height, blob.width))
+
+
+def _blob_array(blob: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A BlobProto (from the prototxt) as flat float32 data and its stored shape."""
     data = blob.data if len(blob.data) else blob.double_data
-    return np.asarray(data, dtype=np.float32), shape
+    return np.asarray(data, dtype=np.float32), _blob_shape(blob)
+
+
+def _weights_blob(blob: Any, path: Path, layer: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A WeightsBlob (raw packed data) as flat float32 data and its stored shape."""
+    if len(blob.data) or len(blob.double_data):
+        raw, dtype = (b"".join(blob.data), "<f4") if len(blob.data) else (b"".join(blob.double_data), "<f8")
+        if len(raw) % np.dtype(dtype).itemsize:
+            raise InputError(f"{path}: layer '{layer}' has a blob whose data is cut short: a damaged .caffemodel")
+        return np.frombuffer(raw, dtype=dtype).astype(np.float32), _blob_shape(blob)
+    # Unpacked floats (one field per value) do not fit the bytes field and stay unknown: read
+    # this blob again with the float schema.
+    full = messages()["BlobProto"].FromString(blob.SerializeToString())
+    return _blob_array(full)
 
 
 def read_caffemodel(path: Path) -> dict[str, list[tuple[np.ndarray, tuple[int, ...]]]]:
@@ -212,7 +229,7 @@ def read_caffemodel(path: Path) -> dict[str, list[tuple[np.ndarray, tuple[int, .
     out: dict[str, list[tuple[np.ndarray, tuple[int, ...]]]] = {}
     for layer in [*msg.layer, *msg.layers]:
         if len(layer.blobs):
-            out[layer.name] = [_blob_array(b) for b in layer.blobs]
+            out[layer.name] = [_weights_blob(b, path, layer.name) for b in layer.blobs]
     return out
 
 

@@ -286,15 +286,26 @@ MESSAGES: dict[str, list[tuple]] = {
         ("layer", 100, "LayerParameter", _R, None),
     ],
     # The weights schema (see the module docstring).
+    # Blob data as raw packed bytes (same wire type as a packed float field): np.frombuffer
+    # reads 100M weights at once, where a repeated float field is converted element by element.
+    "WeightsBlob": [
+        ("num", 1, "int64", 0, None),
+        ("channels", 2, "int64", 0, None),
+        ("height", 3, "int64", 0, None),
+        ("width", 4, "int64", 0, None),
+        ("data", 5, "bytes", _R, None),
+        ("shape", 7, "BlobShape", 0, None),
+        ("double_data", 8, "bytes", _R, None),
+    ],
     "WeightsLayer": [
         ("name", 1, "string", 0, None),
         ("type", 2, "string", 0, None),
-        ("blobs", 7, "BlobProto", _R, None),
+        ("blobs", 7, "WeightsBlob", _R, None),
     ],
     "WeightsV1Layer": [
         ("name", 4, "string", 0, None),
         ("type", 5, "int32", 0, None),
-        ("blobs", 6, "BlobProto", _R, None),
+        ("blobs", 6, "WeightsBlob", _R, None),
     ],
     "WeightsNet": [
         ("name", 1, "string", 0, None),

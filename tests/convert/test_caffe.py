@@ -418,3 +418,44 @@ def test_onnx_builds_through_the_cli(tmp_path, in_tmp, cli, name, target):
     r = cli("build", model_path, "--target", target, "--json")
     assert r.code == 0, r.err
     assert any(Path(a).exists() for a in r.json["artifacts"])
+
+
+def test_unpacked_blob_data(tmp_path):
+    """Blob data written one float per field (not packed) reads the same."""
+    import struct
+
+    def field(num: int, payload: bytes) -> bytes:
+        return nets._varint(num << 3 | 2) + nets._varint(len(payload)) + payload
+
+    values = (1.5, -2.0, 0.25)
+    floats = b"".join(nets._varint(5 << 3 | 5) + struct.pack("<f", v) for v in values)
+    blob = field(7, field(1, nets._varint(3))) + floats
+    text = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }
+layer { name: "s" type: "Scale" bottom: "data" top: "s" }
+"""
+    prototxt, caffemodel = _net(tmp_path, text)
+    caffemodel.write_bytes(field(100, field(1, b"s") + field(2, b"Scale") + field(7, blob)))
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_array_equal(caffe.run_reference(prototxt, caffemodel, {"data": x})["s"], [values])
+
+
+def test_settings_that_are_not_mapped_are_refused(tmp_path):
+    """Supported types with unmapped settings, and a fork's layer whose params the schema does not know."""
+    text = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
+layer { name: "sto" type: "Pooling" bottom: "data" top: "sto" pooling_param { pool: STOCHASTIC kernel_size: 2 } }
+layer { name: "unpool" type: "Upsample" bottom: "data" bottom: "sto" top: "unpool" upsample_param { scale: 2 } }
+layer { name: "interp" type: "Interp" bottom: "data" top: "interp" interp_param { zoom_factor: 2 pad_beg: -1 } }
+layer { name: "lrn" type: "LRN" bottom: "data" top: "lrn" lrn_param { norm_region: WITHIN_CHANNEL } }
+layer { name: "shuffle" type: "ShuffleChannel" bottom: "data" top: "shuffle" shuffle_channel_param { group: 2 } }
+layer { name: "py" type: "Python" bottom: "data" top: "py" python_param { module: "m" layer: "L" } }
+"""
+    prototxt, caffemodel = _net(tmp_path, text)
+    with pytest.raises(UnsupportedOpsError) as e:
+        caffe.to_onnx(prototxt, caffemodel)
+    msg = str(e.value)
+    needles = ["Pooling x1 (sto): STOCHASTIC", "Upsample x1 (unpool): the two-input", "Interp x1 (interp)"]
+    needles += ["LRN x1 (lrn): WITHIN_CHANNEL", "ShuffleChannel x1 (shuffle)", "Python x1 (py): runs Python"]
+    for needle in needles:
+        assert needle in msg, (needle, msg)
