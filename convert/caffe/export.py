@@ -349,6 +349,18 @@ def _lrn(g: Graph, layer: Layer, xs: list[str], shapes: list[Shape], outs: list[
     return [shapes[0]]
 
 
+def _prior_box(g: Graph, layer: Layer, xs: list[str], shapes: list[Shape], outs: list[str]) -> list[Shape]:
+    if len(shapes) != 2 or len(shapes[0]) != 4 or len(shapes[1]) != 4:
+        raise InputError(f"{g.net.prototxt}:{layer.line}: PriorBox '{layer.name}' needs two 4-D bottoms (the "
+                         "feature map and the image)")  # fmt: skip
+    try:
+        priors = geo.prior_boxes(layer, shapes[0][2:], shapes[1][2:])
+    except ValueError as e:
+        raise InputError(f"{g.net.prototxt}:{layer.line}: PriorBox '{layer.name}': {e}") from e
+    g.node("Constant", [], outs, layer, value=numpy_helper.from_array(priors, outs[0]))
+    return [priors.shape]
+
+
 MAPPERS: dict[str, Mapper] = {
     "Convolution": _conv, "Deconvolution": _conv, "Pooling": _pool, "InnerProduct": _inner_product,
     "BatchNorm": _batch_norm, "Scale": _scale, "ReLU": _relu, "PReLU": _prelu, "ELU": _elu,
@@ -356,6 +368,7 @@ MAPPERS: dict[str, Mapper] = {
     "Concat": _concat, "Eltwise": _eltwise, "Softmax": _softmax, "Flatten": _reshape_to(geo.flatten_target),
     "Reshape": _reshape_to(geo.reshape_target), "Permute": _permute, "Dropout": _identity, "Split": _identity,
     "Slice": _slice, "Interp": _interp, "Upsample": _upsample, "Normalize": _normalize, "LRN": _lrn,
+    "PriorBox": _prior_box,
 }  # fmt: skip
 
 

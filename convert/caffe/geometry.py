@@ -7,8 +7,11 @@ of the Caffe format (which field wins, how sizes round), not of either implement
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -177,3 +180,46 @@ def scale_shape(layer: Any, shape: tuple[int, ...], operand: tuple[int, ...] | N
     else:
         covered = shape[axis : axis + int(p.num_axes)]
     return covered + (1,) * (len(shape) - axis - len(covered))
+
+
+def prior_boxes(layer: Any, feat_hw: tuple[int, int], img_hw: tuple[int, int]) -> np.ndarray:
+    """SSD's PriorBox output, (1, 2, H*W*priors*4): boxes (xmin, ymin, xmax, ymax) relative to
+    the image, then their variances. It depends on shapes and params only, so it is a constant
+    of a net with static input shapes."""
+    p = layer.param.prior_box_param
+    mins, maxs = [float(v) for v in p.min_size], [float(v) for v in p.max_size]
+    if not mins or (maxs and len(maxs) != len(mins)):
+        raise ValueError(f"needs min_size, and as many max_size as min_size (got {mins}, {maxs})")
+    ratios = [1.0]
+    for ar in p.aspect_ratio:
+        if all(abs(ar - r) >= 1e-6 for r in ratios):
+            ratios += [float(ar), 1.0 / ar] if p.flip else [float(ar)]
+    sizes = []  # (width, height) of each prior at one position, in Caffe's order
+    for s, m in enumerate(mins):
+        sizes.append((m, m))
+        if maxs:
+            sizes.append((math.sqrt(m * maxs[s]),) * 2)
+        sizes += [(m * math.sqrt(r), m / math.sqrt(r)) for r in ratios if abs(r - 1.0) >= 1e-6]
+    lh, lw = feat_hw
+    if p.HasField("img_h") or p.HasField("img_w"):
+        ih, iw = int(p.img_h), int(p.img_w)
+    else:
+        ih, iw = (int(p.img_size),) * 2 if p.HasField("img_size") else img_hw
+    if p.HasField("step_h") or p.HasField("step_w"):
+        sh, sw = float(p.step_h), float(p.step_w)
+    else:
+        sh, sw = (float(p.step),) * 2 if p.HasField("step") else (ih / lh, iw / lw)
+    cy, cx = np.meshgrid((np.arange(lh) + p.offset) * sh, (np.arange(lw) + p.offset) * sw, indexing="ij")
+    half = np.asarray(sizes, np.float64) / 2  # (P, 2) half width, half height
+    cx, cy = cx[..., None], cy[..., None]
+    boxes = np.stack(
+        [(cx - half[:, 0]) / iw, (cy - half[:, 1]) / ih, (cx + half[:, 0]) / iw, (cy + half[:, 1]) / ih], -1
+    )
+    boxes = boxes.reshape(-1)
+    if p.clip:
+        boxes = np.clip(boxes, 0.0, 1.0)
+    variance = [float(v) for v in p.variance] or [0.1]
+    if len(variance) not in (1, 4):
+        raise ValueError(f"needs 1 or 4 variance values, got {len(variance)}")
+    variances = np.resize(np.asarray(variance), boxes.size)
+    return np.stack([boxes, variances])[None].astype(np.float32)

@@ -15,7 +15,7 @@ SUPPORTED = frozenset(
     {
         "Input", "Convolution", "Deconvolution", "BatchNorm", "Scale", "ReLU", "PReLU", "ELU", "Sigmoid",
         "TanH", "AbsVal", "Power", "Pooling", "InnerProduct", "Concat", "Eltwise", "Softmax", "Flatten",
-        "Reshape", "Permute", "Dropout", "Slice", "Split", "Interp", "Upsample", "Normalize", "LRN",
+        "Reshape", "Permute", "Dropout", "Slice", "Split", "Interp", "Upsample", "Normalize", "LRN", "PriorBox",
     }
 )  # fmt: skip
 
@@ -37,10 +37,9 @@ V1_TYPES = {
 _DATA = "a training data layer: convert the deploy prototxt, whose inputs are Input layers or input: fields"
 _LOSS = "a training loss/metric layer: convert the deploy prototxt"
 REASONS = {
-    "PriorBox": "SSD anchor generation from the feature-map and image sizes is not mapped to ONNX; cut the net "
-    "before it and compute the priors outside",
-    "DetectionOutput": "SSD box decoding with per-class NMS and a variable-size output is not mapped to ONNX; cut "
-    "the net before it and decode outside",
+    "DetectionOutput": "SSD box decoding with per-class NMS and a variable-size output is not mapped to ONNX; "
+    "remove it from the prototxt (its inputs, e.g. mbox_loc, mbox_conf_flatten and mbox_priorbox, become the "
+    "outputs) and decode outside",
     "Python": "runs Python code that is not part of the model files",
     **dict.fromkeys(["Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "AnnotatedData"], _DATA),
     **dict.fromkeys(

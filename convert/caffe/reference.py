@@ -224,6 +224,7 @@ FORWARD: dict[str, Forward] = {
     "Permute": _simple(lambda L, x: x.transpose(geo.permute_order(L, x.ndim))),
     "Dropout": _simple(lambda L, x: x), "Split": lambda net, L, xs: [xs[0]] * len(L.tops),
     "Slice": _slice, "Interp": _interp, "Upsample": _upsample, "Normalize": _normalize, "LRN": _lrn,
+    "PriorBox": lambda net, L, xs: [geo.prior_boxes(L, xs[0].shape[2:], xs[1].shape[2:])],
 }  # fmt: skip
 
 

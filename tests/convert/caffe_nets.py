@@ -207,6 +207,11 @@ layer { name: "mbox_conf" type: "Concat" bottom: "a_conf_flat" bottom: "b_conf_f
 layer { name: "conf_reshape" type: "Reshape" bottom: "mbox_conf" top: "conf_reshape" reshape_param { shape { dim: 0 dim: -1 dim: 3 } } }
 layer { name: "conf_softmax" type: "Softmax" bottom: "conf_reshape" top: "conf_softmax" softmax_param { axis: 2 } }
 layer { name: "conf_flat" type: "Flatten" bottom: "conf_softmax" top: "conf_flat" }
+layer { name: "a_prior" type: "PriorBox" bottom: "conv_norm" bottom: "data" top: "a_prior"
+  prior_box_param { min_size: 2 max_size: 4 aspect_ratio: 2 flip: true clip: false variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }
+layer { name: "b_prior" type: "PriorBox" bottom: "pool_norm" bottom: "data" top: "b_prior"
+  prior_box_param { min_size: 4 aspect_ratio: 2 aspect_ratio: 3 aspect_ratio: 2 flip: false clip: true variance: 0.1 step: 2 offset: 0.25 img_size: 8 } }
+layer { name: "mbox_priorbox" type: "Concat" bottom: "a_prior" bottom: "b_prior" top: "mbox_priorbox" concat_param { axis: 2 } }
 """  # fmt: skip
     weights = {
         "conv": [_w(r, 8, 4, 3, 3), _w(r, 8)],
