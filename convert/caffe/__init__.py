@@ -38,8 +38,9 @@ def _read(prototxt: Path, caffemodel: Path):
     return attach_weights(net, caffemodel)
 
 
-def to_onnx(prototxt: Path, caffemodel: Path, *, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """The ONNX model of the net (float32, static input shapes from the prototxt).
+def to_onnx(prototxt: Path, caffemodel: Path, *, opset: int | None = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The ONNX model of the net (float32, static input shapes from the prototxt); ``opset``
+    13 or newer (None: the default, 17).
 
     Raises:
         UnsupportedOpsError: (a ``layers.UnsupportedLayersError``) listing every layer type that
@@ -48,7 +49,7 @@ def to_onnx(prototxt: Path, caffemodel: Path, *, opset: int = DEFAULT_OPSET) -> 
     """
     from mconv.convert.caffe.export import build
 
-    return build(_read(prototxt, caffemodel), opset)
+    return build(_read(prototxt, caffemodel), DEFAULT_OPSET if opset is None else opset)
 
 
 def run_reference(prototxt: Path, caffemodel: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -46,7 +46,8 @@ class Graph:
 
     def const(self, base: str, value: np.ndarray) -> str:
         name = self.unique(base)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        # np.ascontiguousarray would make scalars 1-D; Clip's min/max must stay 0-D.
+        self.inits.append(numpy_helper.from_array(np.array(value, order="C"), name))
         return name
 
     def ints(self, base: str, values) -> str:
@@ -361,6 +362,38 @@ def _prior_box(g: Graph, layer: Layer, xs: list[str], shapes: list[Shape], outs:
     return [priors.shape]
 
 
+def _crop(g: Graph, layer: Layer, xs: list[str], shapes: list[Shape], outs: list[str]) -> list[Shape]:
+    try:
+        axis, offsets = geo.crop_window(layer, shapes[0], shapes[1])
+    except (ValueError, IndexError) as e:
+        raise InputError(f"{g.net.prototxt}:{layer.line}: Crop '{layer.name}': {e}") from e
+    sizes = shapes[1][axis:]
+    starts = g.ints(f"{layer.name}/starts", offsets)
+    ends = g.ints(f"{layer.name}/ends", [o + n for o, n in zip(offsets, sizes)])
+    axes = g.ints(f"{layer.name}/axes", range(axis, len(shapes[0])))
+    g.node("Slice", [xs[0], starts, ends, axes], outs, layer)
+    return [(*shapes[0][:axis], *sizes)]
+
+
+def _relu6(g: Graph, layer: Layer, xs: list[str], shapes: list[Shape], outs: list[str]) -> list[Shape]:
+    lo, hi = g.const(f"{layer.name}/min", np.float32(0)), g.const(f"{layer.name}/max", np.float32(6))
+    g.node("Clip", [xs[0], lo, hi], outs, layer)
+    return [shapes[0]]
+
+
+def _shuffle_channel(g: Graph, layer: Layer, xs: list[str], shapes: list[Shape], outs: list[str]) -> list[Shape]:
+    n, c, h, w = _need_4d(layer, shapes[0])
+    group = int(layer.param.shuffle_channel_param.group)
+    if c % group:
+        raise InputError(f"{g.net.prototxt}:{layer.line}: ShuffleChannel '{layer.name}': {c} channels do not "
+                         f"split into {group} groups")  # fmt: skip
+    split, moved = g.tmp(layer, "groups"), g.tmp(layer, "moved")
+    g.node("Reshape", [xs[0], g.ints(f"{layer.name}/grouped", (n, group, c // group, h, w))], [split], layer)
+    g.node("Transpose", [split], [moved], layer, perm=[0, 2, 1, 3, 4])
+    g.node("Reshape", [moved, g.ints(f"{layer.name}/shape", (n, c, h, w))], outs, layer)
+    return [shapes[0]]
+
+
 MAPPERS: dict[str, Mapper] = {
     "Convolution": _conv, "Deconvolution": _conv, "Pooling": _pool, "InnerProduct": _inner_product,
     "BatchNorm": _batch_norm, "Scale": _scale, "ReLU": _relu, "PReLU": _prelu, "ELU": _elu,
@@ -368,7 +401,8 @@ MAPPERS: dict[str, Mapper] = {
     "Concat": _concat, "Eltwise": _eltwise, "Softmax": _softmax, "Flatten": _reshape_to(geo.flatten_target),
     "Reshape": _reshape_to(geo.reshape_target), "Permute": _permute, "Dropout": _identity, "Split": _identity,
     "Slice": _slice, "Interp": _interp, "Upsample": _upsample, "Normalize": _normalize, "LRN": _lrn,
-    "PriorBox": _prior_box,
+    "PriorBox": _prior_box, "Crop": _crop, "ReLU6": _relu6, "ShuffleChannel": _shuffle_channel,
+    "DepthwiseConvolution": _conv, "ConvolutionDepthwise": _conv,
 }  # fmt: skip
 
 

@@ -223,3 +223,18 @@ def prior_boxes(layer: Any, feat_hw: tuple[int, int], img_hw: tuple[int, int]) -
         raise ValueError(f"needs 1 or 4 variance values, got {len(variance)}")
     variances = np.resize(np.asarray(variance), boxes.size)
     return np.stack([boxes, variances])[None].astype(np.float32)
+
+
+def crop_window(layer: Any, shape: tuple[int, ...], ref: tuple[int, ...]) -> tuple[int, list[int]]:
+    """Crop: from ``axis`` on, the reference bottom's sizes at ``offset`` (one for all axes or one each)."""
+    p = layer.param.crop_param
+    axis = canonical_axis(int(p.axis), len(shape))
+    count = len(shape) - axis
+    offsets = [int(o) for o in p.offset]
+    if len(offsets) not in (0, 1, count):
+        raise ValueError(f"needs 0, 1 or {count} offset values, got {len(offsets)}")
+    offsets = offsets * count if len(offsets) == 1 else offsets or [0] * count
+    for i, (o, n) in enumerate(zip(offsets, ref[axis:])):
+        if o + n > shape[axis + i]:
+            raise ValueError(f"offset {o} + size {n} exceeds axis {axis + i} of size {shape[axis + i]}")
+    return axis, offsets

@@ -16,8 +16,12 @@ SUPPORTED = frozenset(
         "Input", "Convolution", "Deconvolution", "BatchNorm", "Scale", "ReLU", "PReLU", "ELU", "Sigmoid",
         "TanH", "AbsVal", "Power", "Pooling", "InnerProduct", "Concat", "Eltwise", "Softmax", "Flatten",
         "Reshape", "Permute", "Dropout", "Slice", "Split", "Interp", "Upsample", "Normalize", "LRN", "PriorBox",
+        "Crop", "ReLU6", "ShuffleChannel", "DepthwiseConvolution", "ConvolutionDepthwise",
     }
 )  # fmt: skip
+
+# Forks' depthwise convolution types: Convolution's params (group = channels), their own kernels.
+CONVOLUTIONS = ("Convolution", "Deconvolution", "DepthwiseConvolution", "ConvolutionDepthwise")
 
 # V1 ``layers { type: ENUM }`` -> the new-style type string.
 V1_TYPES = {
@@ -69,7 +73,7 @@ def _conditional_reason(layer: Layer) -> str | None:
         return "use_global_stats: false normalises with each batch's own statistics (a training setting)"
     if layer.type == "Pooling" and p.pooling_param.pool == 2:
         return "STOCHASTIC pooling is not mapped"
-    if layer.type in ("Convolution", "Deconvolution") and p.convolution_param.axis != 1:
+    if layer.type in CONVOLUTIONS and p.convolution_param.axis != 1:
         return "convolution over an axis other than 1 is not mapped"
     if layer.type == "Upsample" and len(layer.bottoms) != 1:
         return "the two-input (SegNet max-unpooling) Upsample is not mapped; only nearest upsampling by scale"

@@ -207,6 +207,18 @@ def _lrn(net: Net, layer: Layer, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [(x * scale ** -float(p.beta)).astype(np.float32)]
 
 
+def _crop(net: Net, layer: Layer, xs: list[np.ndarray]) -> list[np.ndarray]:
+    axis, offsets = geo.crop_window(layer, xs[0].shape, xs[1].shape)
+    index = [slice(None)] * axis + [slice(o, o + n) for o, n in zip(offsets, xs[1].shape[axis:])]
+    return [xs[0][tuple(index)]]
+
+
+def _shuffle_channel(net: Net, layer: Layer, xs: list[np.ndarray]) -> list[np.ndarray]:
+    n, c, h, w = xs[0].shape
+    group = int(layer.param.shuffle_channel_param.group)
+    return [xs[0].reshape(n, group, c // group, h, w).swapaxes(1, 2).reshape(n, c, h, w)]
+
+
 def _simple(fn: Callable[[Layer, np.ndarray], np.ndarray]) -> Forward:
     return lambda net, layer, xs: [np.asarray(fn(layer, xs[0]), dtype=np.float32)]
 
@@ -225,6 +237,8 @@ FORWARD: dict[str, Forward] = {
     "Dropout": _simple(lambda L, x: x), "Split": lambda net, L, xs: [xs[0]] * len(L.tops),
     "Slice": _slice, "Interp": _interp, "Upsample": _upsample, "Normalize": _normalize, "LRN": _lrn,
     "PriorBox": lambda net, L, xs: [geo.prior_boxes(L, xs[0].shape[2:], xs[1].shape[2:])],
+    "Crop": _crop, "ReLU6": _simple(lambda L, x: np.clip(x, 0, 6)), "ShuffleChannel": _shuffle_channel,
+    "DepthwiseConvolution": _conv, "ConvolutionDepthwise": _conv,
 }  # fmt: skip
 
 

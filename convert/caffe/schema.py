@@ -210,6 +210,8 @@ MESSAGES: dict[str, list[tuple]] = {
     ],
     "PowerParameter": [("power", 1, "float", 0, "1"), ("scale", 2, "float", 0, "1"), ("shift", 3, "float", 0, None)],
     "ELUParameter": [("alpha", 1, "float", 0, "1")],
+    "CropParameter": [("axis", 1, "int32", 0, "2"), ("offset", 2, "uint32", _R, None)],
+    "ShuffleChannelParameter": [("group", 1, "uint32", 0, "1")],
     "PriorBoxParameter": [
         ("min_size", 1, "float", _R, None),
         ("max_size", 2, "float", _R, None),
@@ -256,6 +258,8 @@ MESSAGES: dict[str, list[tuple]] = {
         ("batch_norm_param", 139, "BatchNormParameter", 0, None),
         ("elu_param", 140, "ELUParameter", 0, None),
         ("scale_param", 142, "ScaleParameter", 0, None),
+        ("crop_param", 144, "CropParameter", 0, None),
+        ("shuffle_channel_param", 2164, "ShuffleChannelParameter", 0, None),
         ("input_param", 143, "InputParameter", 0, None),
         ("permute_param", 202, "PermuteParameter", 0, None),
         ("prior_box_param", 203, "PriorBoxParameter", 0, None),

@@ -258,6 +258,23 @@ layer { name: "flat" type: "Flatten" bottom: "scaled" top: "flat" flatten_param 
     return text, weights, False
 
 
+def fork_layers():
+    """Layers of the common forks: depthwise convolution types, ReLU6, ShuffleChannel; and BVLC's Crop."""
+    r = _rng(7)
+    text = """
+name: "fork_layers"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 dim: 7 dim: 7 } } }
+layer { name: "dw" type: "DepthwiseConvolution" bottom: "data" top: "dw" convolution_param { num_output: 4 group: 4 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "dw_relu" type: "ReLU6" bottom: "dw" top: "dw" }
+layer { name: "dw2" type: "ConvolutionDepthwise" bottom: "data" top: "dw2" convolution_param { num_output: 4 group: 4 kernel_size: 3 pad: 2 dilation: 2 bias_term: false } }
+layer { name: "shuffle" type: "ShuffleChannel" bottom: "dw2" top: "shuffle" shuffle_channel_param { group: 2 } }
+layer { name: "crop" type: "Crop" bottom: "shuffle" bottom: "dw" top: "crop" crop_param { axis: 2 offset: 1 } }
+layer { name: "crop_ch" type: "Crop" bottom: "data" bottom: "dw" top: "crop_ch" crop_param { axis: 1 offset: 0 offset: 2 offset: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "crop" bottom: "crop_ch" bottom: "dw" top: "sum" }
+"""  # fmt: skip
+    return text, {"dw": [_w(r, 4, 1, 3, 3, scale=2.0), _w(r, 4)], "dw2": [_w(r, 4, 1, 3, 3)]}, False
+
+
 def unsupported():
     text = """
 name: "ssd_tail"
@@ -273,7 +290,7 @@ layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "bn" batch_norm_param {
     return text, {"conv": [np.ones((4, 3, 1, 1), np.float32), np.zeros(4, np.float32)]}, False
 
 
-NETS = {f.__name__: f for f in (lenet, resblock, ceil_pooling, v1_net, ssd_head, mixed, unsupported)}
+NETS = {f.__name__: f for f in (lenet, resblock, ceil_pooling, v1_net, ssd_head, mixed, fork_layers, unsupported)}
 
 
 def _types(text: str) -> dict[str, str]:

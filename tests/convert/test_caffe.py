@@ -215,6 +215,13 @@ def mixed_expected(x, W):
     return {"shrink": shrink, "sig": sig, "flat": scaled.reshape(1, 6, 25)}
 
 
+def fork_layers_expected(x, W):
+    dw = np.clip(conv(x, *W["dw"], stride=(2, 2), pad=(1, 1), group=4), 0, 6)  # 4x4
+    dw2 = conv(x, W["dw2"][0], pad=(2, 2), dil=(2, 2), group=4)  # 7x7
+    shuffle = dw2[:, [0, 2, 1, 3]]
+    return {"sum": shuffle[:, :, 1:5, 1:5] + x[:, 0:4, 2:6, 1:5] + dw}
+
+
 EXPECTED = {
     "lenet": lenet_expected,
     "resblock": resblock_expected,
@@ -222,6 +229,7 @@ EXPECTED = {
     "v1_net": v1_net_expected,
     "ssd_head": ssd_head_expected,
     "mixed": mixed_expected,
+    "fork_layers": fork_layers_expected,
 }
 
 
@@ -258,6 +266,25 @@ def test_generated_net_matches_numpy(tmp_path, name):
     want = EXPECTED[name](next(iter(feeds.values())).astype(np.float64), weights)
     _close(_ort(model, feeds), want)
     _close(caffe.run_reference(prototxt, caffemodel, feeds), want)
+
+
+@pytest.mark.parametrize("opset", [13, 18, 21])
+def test_opsets(tmp_path, opset):
+    """Reductions take their axes as an input from opset 18; the model checks and runs either way."""
+    prototxt, caffemodel, weights = nets.write("ssd_head", tmp_path)
+    model = caffe.to_onnx(prototxt, caffemodel, opset=opset)
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version == opset
+    feeds = _feeds(model)
+    _close(_ort(model, feeds), ssd_head_expected(feeds["data"].astype(np.float64), weights))
+
+
+def test_opset_too_old(tmp_path):
+    from mconv.errors import UsageError
+
+    prototxt, caffemodel, _ = nets.write("lenet", tmp_path)
+    with pytest.raises(UsageError, match="opset 13 or newer"):
+        caffe.to_onnx(prototxt, caffemodel, opset=11)
 
 
 def _net(tmp_path: Path, text: str, weights: dict | None = None, name: str = "net") -> tuple[Path, Path]:
@@ -427,8 +454,9 @@ def test_find_pair_errors(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "target"),
-    [("resblock", "ncnn"), ("ceil_pooling", "ncnn"), ("mixed", "openvino"), ("ssd_head", "openvino")],
-)
+    [("resblock", "ncnn"), ("ceil_pooling", "ncnn"), ("fork_layers", "ncnn"), ("mixed", "openvino"),
+     ("ssd_head", "openvino")],
+)  # fmt: skip
 def test_onnx_builds_through_the_cli(tmp_path, in_tmp, cli, name, target):
     """The ONNX from a Caffe net is deployable: ``mconv build`` writes the artifact and verifies
     it against onnxruntime (asymmetric pooling pads, Resize, ConvTranspose, Split included)."""
@@ -469,7 +497,7 @@ layer { name: "sto" type: "Pooling" bottom: "data" top: "sto" pooling_param { po
 layer { name: "unpool" type: "Upsample" bottom: "data" bottom: "sto" top: "unpool" upsample_param { scale: 2 } }
 layer { name: "interp" type: "Interp" bottom: "data" top: "interp" interp_param { zoom_factor: 2 pad_beg: -1 } }
 layer { name: "lrn" type: "LRN" bottom: "data" top: "lrn" lrn_param { norm_region: WITHIN_CHANNEL } }
-layer { name: "shuffle" type: "ShuffleChannel" bottom: "data" top: "shuffle" shuffle_channel_param { group: 2 } }
+layer { name: "roi" type: "ROIPooling" bottom: "data" bottom: "rois" top: "roi" roi_pooling_param { pooled_h: 7 } }
 layer { name: "py" type: "Python" bottom: "data" top: "py" python_param { module: "m" layer: "L" } }
 """
     prototxt, caffemodel = _net(tmp_path, text)
@@ -477,6 +505,6 @@ layer { name: "py" type: "Python" bottom: "data" top: "py" python_param { module
         caffe.to_onnx(prototxt, caffemodel)
     msg = str(e.value)
     needles = ["Pooling x1 (sto): STOCHASTIC", "Upsample x1 (unpool): the two-input", "Interp x1 (interp)"]
-    needles += ["LRN x1 (lrn): WITHIN_CHANNEL", "ShuffleChannel x1 (shuffle)", "Python x1 (py): runs Python"]
+    needles += ["LRN x1 (lrn): WITHIN_CHANNEL", "ROIPooling x1 (roi)", "Python x1 (py): runs Python"]
     for needle in needles:
         assert needle in msg, (needle, msg)
