@@ -32,9 +32,13 @@ DEFAULT_OPSET = 17
 def _read(prototxt: Path, caffemodel: Path):
     from mconv.convert.caffe.layers import check_supported
     from mconv.convert.caffe.netdef import attach_weights, read_prototxt
+    from mconv.errors import InputError
 
     net = read_prototxt(prototxt)
     check_supported(prototxt, net.layers)
+    if not net.inputs:
+        raise InputError(f"{prototxt}: declares no input: add an Input layer (input_param {{ shape {{ dim: ... }} }}) "
+                         "or net-level input: with input_shape")  # fmt: skip
     return attach_weights(net, caffemodel)
 
 

@@ -47,8 +47,15 @@ def _blob(a: np.ndarray, legacy: bool) -> bytes:
 V1_CODES = {"CONVOLUTION": 4, "RELU": 18, "POOLING": 17, "INNER_PRODUCT": 14, "SOFTMAX": 20}
 
 
-def caffemodel_bytes(name: str, weights: dict[str, list[np.ndarray]], types: dict[str, str], v1: bool) -> bytes:
-    """Every layer, as Caffe saves a net (those without weights carry no blobs)."""
+def caffemodel_bytes(
+    name: str,
+    weights: dict[str, list[np.ndarray]],
+    types: dict[str, str],
+    v1: bool,
+    extra: dict[str, bytes] | None = None,
+) -> bytes:
+    """Every layer, as Caffe saves a net (those without weights carry no blobs); ``extra`` adds
+    raw fields to a layer's message."""
     out = _field(1, name.encode())
     for layer in types:
         blobs = weights.get(layer, [])
@@ -59,7 +66,7 @@ def caffemodel_bytes(name: str, weights: dict[str, list[np.ndarray]], types: dic
         else:  # LayerParameter: name = 1, type = 2, blobs = 7; NetParameter.layer = 100
             body = _field(1, layer.encode()) + _field(2, types[layer].encode())
             body += b"".join(_field(7, _blob(b, legacy=False)) for b in blobs)
-            out += _field(100, body)
+            out += _field(100, body + (extra or {}).get(layer, b""))
     return out
 
 

@@ -378,6 +378,24 @@ def test_malformed_files_are_input_errors(tmp_path, text, weights, needles):
         assert n in msg, (n, msg)
 
 
+def test_no_input(tmp_path):
+    text = 'layer { name: "relu" type: "ReLU" bottom: "x" top: "x" }\n'
+    prototxt, caffemodel = _net(tmp_path, text)
+    with pytest.raises(InputError, match="declares no input: add an Input layer"):
+        caffe.to_onnx(prototxt, caffemodel)
+
+
+def test_caffemodel_layer_params_of_forks_are_ignored(tmp_path):
+    """Weights come by layer name; whatever a fork stored in a layer's other fields (here field 143,
+    BVLC's input_param, holding a varint, and 206 holding junk bytes) does not disturb them."""
+    prototxt, caffemodel, weights = nets.write("lenet", tmp_path)
+    odd = nets._varint(143 << 3) + nets._varint(7) + nets._varint(206 << 3 | 2) + nets._varint(3) + b"\xff\x00\x01"
+    types = nets._types(prototxt.read_text())
+    caffemodel.write_bytes(nets.caffemodel_bytes("lenet", weights, types, v1=False, extra={"conv1": odd}))
+    feeds = {"data": np.random.RandomState(3).randn(1, 1, 16, 16).astype(np.float32)}
+    _close(caffe.run_reference(prototxt, caffemodel, feeds), lenet_expected(feeds["data"].astype(np.float64), weights))
+
+
 def test_damaged_caffemodel(tmp_path):
     prototxt, caffemodel, _ = nets.write("lenet", tmp_path)
     caffemodel.write_bytes(caffemodel.read_bytes()[:-7])
