@@ -13,6 +13,23 @@ Rows are functions in ``ROWS`` (one per target; a target whose runtime is missin
 its error in the table instead of numbers). Add a runtime by adding a function.
 
 Run: ``python bench/runtimes.py [--models resnet18,mobilenet_v2] [--threads 2] [--iters 40]``
+
+Measured (``--iters 30``, 2026-12-03; mnn 3.6.1, 2 threads on a 2-core machine shared with
+five other jobs: absolute ms are inflated and noisy, compare within a model)::
+
+    model         target             ms      MB  convert s   max rel    cosine
+    --------------------------------------------------------------------------
+    resnet18      onnx (ORT)      92.70    44.7       2.22   0.0e+00  1.000000
+    resnet18      ncnn            54.03    44.7       0.82   2.1e-06  1.000000
+    resnet18      openvino        44.81    44.8       2.75   1.2e-06  1.000000
+    resnet18      mnn            124.20    44.7       4.35   1.2e-04  1.000000
+    mobilenet_v2  onnx (ORT)      36.08     8.9       0.25   0.0e+00  1.000000
+    mobilenet_v2  ncnn            18.33     8.9       0.27   1.1e-05  1.000000
+    mobilenet_v2  openvino        20.80     9.0       1.83   1.0e-05  1.000000
+    mobilenet_v2  mnn             47.58     8.9       1.88   6.3e-06  1.000000
+
+"convert s" is the whole ``mconv build`` without verification (passes included; for mnn also
+the converter's child process start-up).
 """
 
 from __future__ import annotations

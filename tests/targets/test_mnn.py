@@ -178,7 +178,7 @@ def test_fp16_halves_the_file_and_matches(tmp_path):
 @pytest.mark.parametrize("mode", ["weight", "full"])
 def test_int8_modes_quantize_and_stay_close(mode, tmp_path):
     model = light("squeezenet")
-    calib = image_feeds(model, 8, seed=3)
+    calib = image_feeds(model, 4, seed=3)
     fp32 = build(model, tmp_path / "fp32")
     art = build(model, tmp_path / mode, precision="int8", calib=calib, int8_mode=mode)
     assert art.main.stat().st_size < 0.4 * fp32.main.stat().st_size
@@ -203,13 +203,13 @@ def test_torch_cnn_every_precision_and_dynamic_batch(precision, tmp_path):
 
 
 def test_cli_build_verify_bench_inspect(cli, in_tmp):
-    src = in_tmp / "sq.onnx"
-    onnx.save(light("squeezenet"), src)
+    src = in_tmp / "cnn.onnx"
+    onnx.save(torch_cnn(), src)
     r = cli("build", src, "--target", "mnn", "--json")
     assert r.code == 0, r.err
     assert r.json["verification"]["passed"] and r.err == ""
     (main,) = [Path(p) for p in r.json["artifacts"]]
-    assert main == in_tmp / "sq_mnn" / "sq.mnn"
+    assert main == in_tmp / "cnn_mnn" / "cnn.mnn"
     r = cli("verify", src, main, "--json")
     assert r.code == 0, r.err
     assert r.json["results"][0]["target"] == "mnn" and r.json["results"][0]["passed"]
