@@ -17,11 +17,13 @@ not mconv), its output is captured and parsed, and success means "the file exist
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ import onnx
 from mconv.errors import ConversionError, UnsupportedOpsError
 from mconv.graphinfo import nodes_by_op
 from mconv.targets.base import Feeds
-from mconv.targets.mnn.files import BIZ_PREFIX
+from mconv.targets.mnn.files import BIZ_PREFIX, uuid_span
 
 _UNSUPPORTED = re.compile(r"These Op Not Support:\s*(.*)")
 # The converter's progress lines: not worth repeating in an error message.
@@ -73,6 +75,20 @@ def biz_code(precision: str, int8_mode: str | None) -> str:
     return BIZ_PREFIX + precision + (f"-{int8_mode}" if precision == "int8" and int8_mode else "")
 
 
+def stable_uuid(path: Path) -> None:
+    """Replace the random UUID MNN's tools write into every model (``mnn_uuid``) by one
+    derived from the rest of the file, so that the same input gives byte-identical files."""
+    data = bytearray(path.read_bytes())
+    span = uuid_span(data)
+    if span is None or span[1] != 36:
+        return
+    start, n = span
+    data[start : start + n] = bytes(n)
+    digest = hashlib.sha256(data).digest()[:16]
+    data[start : start + n] = str(uuid.UUID(bytes=digest, version=4)).encode()
+    path.write_bytes(bytes(data))
+
+
 def conversion_error(model: onnx.ModelProto, log: str, tool: str = "converter") -> ConversionError:
     """The converter's failure as op types + node names (exit 1), else its own last lines."""
     listed = {tok.split("::")[-1] for m in _UNSUPPORTED.finditer(log) for tok in m.group(1).split()}
@@ -102,6 +118,7 @@ def convert_onnx(model: onnx.ModelProto, dest: Path, *, precision: str, int8_mod
     if not dest.is_file() or "Converted Success" not in log:
         dest.unlink(missing_ok=True)
         raise conversion_error(model, log)
+    stable_uuid(dest)
     return log
 
 
@@ -143,4 +160,5 @@ def quantize_full(model: onnx.ModelProto, dest: Path, samples: list[Feeds], *, t
     if not dest.is_file() or "Quantize model done" not in log:
         dest.unlink(missing_ok=True)
         raise conversion_error(model, log, "quantizer")
+    stable_uuid(dest)
     return log

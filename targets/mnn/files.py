@@ -17,7 +17,7 @@ from mconv.errors import InputError
 from mconv.graphinfo import TensorInfo
 
 # Field slots (vtable indices) from MNN.fbs; a union takes two (type, value).
-_NET_BIZCODE, _NET_OPLISTS, _NET_OUTPUT_NAME, _NET_TENSOR_NAME = 0, 3, 4, 7
+_NET_BIZCODE, _NET_OPLISTS, _NET_OUTPUT_NAME, _NET_TENSOR_NAME, _NET_UUID = 0, 3, 4, 7, 11
 _OP_MAIN, _OP_NAME, _OP_OUTPUTS, _OP_TYPE = 2, 3, 4, 5
 _INPUT_DIMS, _INPUT_DTYPE = 0, 1
 _OPTYPE_INPUT = 34
@@ -125,6 +125,12 @@ def _parse(buf) -> MnnNet:
         dtype = _DTYPES.get(param.int32(_INPUT_DTYPE, 1) if param is not None else 1, "float32")
         inputs.append(TensorInfo(name, tuple(d if d > 0 else None for d in dims), dtype))
     return MnnNet(root.string(_NET_BIZCODE) or "", inputs, root.strings(_NET_OUTPUT_NAME), tensors)
+
+
+def uuid_span(buf) -> tuple[int, int] | None:
+    """(offset, length) of the model UUID string in ``buf`` (a valid model), if it has one."""
+    at = _Table(buf, struct.unpack_from("<I", buf, 0)[0])._deref(_NET_UUID)
+    return None if at is None else (at + 4, struct.unpack_from("<I", buf, at)[0])
 
 
 def read_net(path: str | Path) -> MnnNet:
