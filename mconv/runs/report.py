@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mconv.errors import EXIT_CONVERSION, EXIT_OK, EXIT_VERIFY
+from mconv.errors import EXIT_CONVERSION, EXIT_OK, exit_code_of
 from mconv.recipe import LoadedRecipe
 
 # Distributions every report records the version of; targets add their runtimes' (Target.runtime_packages).
@@ -30,14 +30,6 @@ def json_safe(o: Any) -> Any:
     if isinstance(o, float) and not math.isfinite(o):
         return str(o)
     return o
-
-
-def exit_code_of(codes) -> int:
-    """0 without failures, 3 when every failure is a verification failure, else 1."""
-    codes = [c for c in codes]
-    if not codes:
-        return EXIT_OK
-    return EXIT_VERIFY if all(c == EXIT_VERIFY for c in codes) else EXIT_CONVERSION
 
 
 def versioned_packages() -> list[str]:
