@@ -31,6 +31,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def ray_address():
     """A local Ray instance for the session; its address (and token, in os.environ)."""
+    saved = {k: os.environ.get(k) for k in ("RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
@@ -50,6 +51,11 @@ def ray_address():
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _run(*args, env=None) -> subprocess.CompletedProcess:
