@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: `import mconv` stays light
-    from mconv.results import BenchResult, BuildResult, ExportResult, OptimizeResult, VerifyResult
+    from mconv.results import BenchResult, BuildResult, ExportResult, MultiBuildResult, OptimizeResult, VerifyResult
 
 PathLike = str | Path
 Inputs = Mapping[str, Sequence[int]] | Sequence[str] | None
@@ -102,7 +102,7 @@ def optimize(model: PathLike, output: PathLike | None = None, *, passes: Sequenc
 
 def build(
     model: PathLike,
-    target: str,
+    target: str | Sequence[str],
     output: PathLike | None = None,
     *,
     precision: str = "fp32",
@@ -123,19 +123,26 @@ def build(
     keep_failed: bool = False,
     timeout: float | None = None,
     image: Any = None,
-) -> BuildResult:
+) -> BuildResult | MultiBuildResult:
     """ONNX or PyTorch -> passes -> ``target``'s artifact in ``output`` (default
     ``./<stem>_<target>/``), verified against onnxruntime unless ``verify=False``.
+
+    ``target`` a list (``["ncnn", "openvino"]``): one export and one pass pipeline, then
+    each target into ``output/<target>/`` (default ``./<stem>_<target>/``); returns a
+    :class:`mconv.results.MultiBuildResult` that records a failed target (``failures``,
+    worst ``exit_code``) instead of raising, the other targets still built. ``options``
+    then go to the listed targets that declare them (a key none declares: UsageError).
 
     ``options`` are the target's own (``mconv targets NAME`` lists them), e.g.
     ``{"calib_method": "minmax"}``; ``image`` is a :class:`mconv.data.ImageOptions` for
     image calibration/verification files.
     """
-    from mconv.pipeline import BuildRequest, VerifyOptions, build_model
+    from mconv.pipeline import BuildRequest, VerifyOptions, build_model, build_models
 
+    names = [target] if isinstance(target, str) else list(target)
     req = BuildRequest(
         path=Path(model),
-        target=target,
+        target=names[0] if names else "",
         out_dir=Path(output) if output else None,
         precision=precision,
         calib=str(calib) if calib else None,
@@ -153,7 +160,7 @@ def build(
         batch=batch,
         target_options=dict(options or {}),
     )
-    return build_model(req)
+    return build_model(req) if isinstance(target, str) else build_models(req, names)
 
 
 def verify(

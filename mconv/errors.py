@@ -12,6 +12,15 @@ EXIT_USAGE = 2
 EXIT_VERIFY = 3
 
 
+def exit_code_of(codes) -> int:
+    """The exit code of several failures' codes: 0 without failures, 3 when every failure
+    is a verification failure, else 1."""
+    codes = list(codes)
+    if not codes:
+        return EXIT_OK
+    return EXIT_VERIFY if all(c == EXIT_VERIFY for c in codes) else EXIT_CONVERSION
+
+
 class MconvError(Exception):
     """Base error: one actionable line of text and the exit code it maps to."""
 

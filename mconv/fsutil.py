@@ -44,13 +44,28 @@ def cleanup_temporaries() -> None:
 
 
 _ending = threading.Lock()
+_on_terminate: list = []
+
+
+def on_terminate(fn) -> None:
+    """Call ``fn()`` first when SIGINT/SIGTERM ends the process (e.g. to cancel remote tasks)."""
+    _on_terminate.append(fn)
+
+
+def remove_on_terminate(fn) -> None:
+    with contextlib.suppress(ValueError):
+        _on_terminate.remove(fn)
 
 
 def _terminate(signum: int) -> None:
-    """Kill runner children, remove temporaries, exit 128 + ``signum`` (once)."""
+    """Run the on_terminate hooks, kill runner children, remove temporaries, exit 128 + ``signum`` (once)."""
     if not _ending.acquire(blocking=False):
         return  # the other path is already ending the process
     import multiprocessing
+
+    for fn in list(_on_terminate):
+        with contextlib.suppress(Exception):
+            fn()
 
     for child in multiprocessing.active_children():  # runners in child processes
         with contextlib.suppress(Exception):

@@ -20,7 +20,15 @@ from mconv.graphinfo import graph_inputs, graph_outputs, op_histogram, opset, pa
 from mconv.limits import BIG_MODEL_BYTES
 from mconv.metrics import Comparison, Tolerance, compare_outputs, default_tolerance
 from mconv.modelio import load_onnx, model_nbytes, save_onnx
-from mconv.results import BuildResult, ExportResult, OptimizeResult, Verification, json_safe
+from mconv.results import (
+    BuildResult,
+    ExportResult,
+    MultiBuildResult,
+    OptimizeResult,
+    TargetFailure,
+    Verification,
+    json_safe,
+)
 from mconv.selection import selected_outputs
 from mconv.sources import ExportOptions, export_source, is_onnx_artifact, load_model_any, source_kind, stem_of
 from mconv.targets.base import BuildOptions
@@ -178,6 +186,19 @@ class _Checks:
     timeout: float = 0.0
 
 
+@dataclass
+class _Source:
+    """A build's source, loaded once (for every target of a multi-target build)."""
+
+    model: onnx.ModelProto
+    info: dict
+    shapes: dict
+    calib: list | None
+    warnings: list[str]
+    big: bool
+    checks: _Checks
+
+
 def build_model(req: BuildRequest) -> BuildResult:
     """Source -> ONNX -> passes -> target writer -> verification against onnxruntime.
 
@@ -188,6 +209,14 @@ def build_model(req: BuildRequest) -> BuildResult:
     """
     t0 = time.perf_counter()
     target, target_options = _check_request(req)
+    src = _load_source(req)
+    model, pass_reports = _run_passes(src.model, req, target, src.big)
+    return _write_target(req, src, target, target_options, model, pass_reports, req.out_dir, t0)
+
+
+def _load_source(req: BuildRequest) -> _Source:
+    """The source as ONNX with the requested shapes, its calibration data and what
+    verification needs (samples, reference, floor), prepared before any pass runs."""
     source, info = load_model_any(req.path, req.export)
     shapes = {s.name: s.shape for s in req.export.inputs} if info["kind"] == "onnx" else {}
     if info["kind"] == "onnx":
@@ -199,29 +228,35 @@ def build_model(req: BuildRequest) -> BuildResult:
         warnings += calibration_warnings(len(calib), req.calib_count)
     big = model_nbytes(source) >= BIG_MODEL_BYTES
     checks = _prepare_checks(source, req, info, shapes, calib, big)
-    model, pass_reports = _run_passes(source, req, target, big)
+    return _Source(source, info, shapes, calib, warnings, big, checks)
+
+
+def _write_target(
+    req: BuildRequest, src: _Source, target, target_options, model, pass_reports, out_dir: Path | None, t0: float
+) -> BuildResult:
+    """The target's artifact from the passed ``model``, verified, promoted into ``out_dir``."""
     options = BuildOptions(
         precision=req.precision,
-        calib=calib,
+        calib=src.calib,
         target=target_options,
-        input_shapes=shapes,
+        input_shapes=src.shapes,
         batch=req.batch,
         calib_count_requested=req.calib_count,
     )
-    warnings += target.preflight(model, options)
+    warnings = list(src.warnings) + target.preflight(model, options)
     missing_rt = target.missing_runtime_message()
     if missing_rt:
         raise ConversionError(f"target '{target.name}' cannot run here: {missing_rt}")
     stem = stem_of(req.path)
-    out_dir = req.out_dir or Path.cwd() / f"{stem}_{target.name}"
+    out_dir = out_dir or Path.cwd() / f"{stem}_{target.name}"
     result = BuildResult(
-        req.path, info["kind"], target.name, req.precision, None, pass_reports, options=target_options.to_json()
+        req.path, src.info["kind"], target.name, req.precision, None, pass_reports, options=target_options.to_json()
     )
     with StagingDir(out_dir) as staging:
         artifact = target.write(model, staging.path, stem, options)
         warnings += list(artifact.meta.pop("warnings", []) or [])
-        if checks.samples is not None:
-            result.verification = _verify_build(artifact, source, checks, req, target)
+        if src.checks.samples is not None:
+            result.verification = _verify_build(artifact, src.model, src.checks, req, target)
         if not result.passed and not req.verify.keep_failed:
             raise _refused(result, None)
         staging.promote()
@@ -231,6 +266,84 @@ def build_model(req: BuildRequest) -> BuildResult:
     if not result.passed:
         raise _refused(result, out_dir)
     return result
+
+
+def split_target_options(targets: list, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target's share of ``options`` (the keys it declares); a key no listed target
+    declares is a usage error."""
+    from mconv.targets import declared_options
+
+    declared = {t.name: {s.name for s in t.Options.specs()} for t in targets}
+    for key in options:
+        if not any(key in names for names in declared.values()):
+            owners = [name for name, _ in declared_options().get(key, [])]
+            hint = f"; it is an option of {', '.join(owners)}" if owners else ""
+            raise UsageError(
+                f"--option {key}: none of the targets {', '.join(declared)} declares it{hint} "
+                "(`mconv targets NAME` lists a target's options)"
+            )
+    return {name: {k: v for k, v in options.items() if k in names} for name, names in declared.items()}
+
+
+def build_models(req: BuildRequest, names: list[str]) -> MultiBuildResult:
+    """One source, one pass pipeline, then each target of ``names`` into ``req.out_dir/<target>``
+    (default ``./<stem>_<target>``), each verified. A target that fails is recorded and the
+    others still built; usage errors (any target) come before any work."""
+    from dataclasses import replace
+
+    from mconv.errors import MconvError
+    from mconv.targets import get_target
+
+    t0 = time.perf_counter()
+    targets = [get_target(n) for n in names]
+    seen = [t.name for t in targets]
+    if not targets or len(set(seen)) != len(seen):
+        raise UsageError(f"--target {','.join(names)}: give each target once, separated by commas")
+    per = split_target_options(targets, req.target_options)
+    subs = [replace(req, target=t.name, target_options=per[t.name]) for t in targets]
+    checked = [_check_request(sub) for sub in subs]
+    src = _load_source(req)
+    base, base_reports = _run_passes(src.model, replace(req, target=seen[0]), _NoTarget(), src.big)
+    result = MultiBuildResult(req.path, req.precision)
+    for sub, (target, target_options) in zip(subs, checked):
+        t1 = time.perf_counter()
+        out = req.out_dir / target.name if req.out_dir else None
+        try:
+            model, extra = _target_passes(base, target, req.passes)
+            built = _write_target(sub, src, target, target_options, model, base_reports + extra, out, t1)
+            result.outcomes.append(built)
+        except MconvError as e:
+            result.outcomes.append(TargetFailure(target.name, e.message, e.exit_code, e.report))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+class _NoTarget:
+    """The default pipeline alone (a multi-target build's shared passes): no required
+    passes, nothing unsupported."""
+
+    required_passes: tuple[str, ...] = ()
+
+    def unsupported(self, model: onnx.ModelProto) -> dict:
+        return {}
+
+
+def _target_passes(base: onnx.ModelProto, target, applied: list[str] | None) -> tuple[onnx.ModelProto, list]:
+    """A copy of the shared passes' result (``applied``: None for the default pipeline) with
+    the passes ``target`` requires on top."""
+    from mconv.passes import DEFAULT_PIPELINE, optimize
+
+    model = onnx.ModelProto()
+    model.CopyFrom(base)
+    done = list(applied) if applied is not None else list(DEFAULT_PIPELINE)
+    extra = [p for p in target.required_passes if p not in done]
+    reports: list = []
+    if extra:
+        model, reports = optimize(model, extra)
+    missing = target.unsupported(model)
+    if missing:
+        raise UnsupportedOpsError(target.name, missing)
+    return model, reports
 
 
 def _refused(result: BuildResult, kept_in: Path | None) -> VerificationError:

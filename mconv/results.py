@@ -165,6 +165,67 @@ class BuildResult:
         return json_safe(out)
 
 
+@dataclass
+class TargetFailure:
+    """A target of a multi-target build that failed (its message and exit code)."""
+
+    target: str
+    error: str
+    exit_code: int
+    report: dict[str, Any] | None = None  # what the failed build reported (its verification)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.report or {})
+        out.update(target=self.target, status="failed", error=self.error, exit_code=self.exit_code)
+        return json_safe(out)
+
+
+@dataclass
+class MultiBuildResult:
+    """``mconv.build`` with several targets: one export and one pass pipeline, then each
+    target in order (a result or a failure each); ``exit_code`` is the worst."""
+
+    source: Path
+    precision: str
+    outcomes: list[BuildResult | TargetFailure] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def results(self) -> list[BuildResult]:
+        return [o for o in self.outcomes if isinstance(o, BuildResult)]
+
+    @property
+    def failures(self) -> list[TargetFailure]:
+        return [o for o in self.outcomes if isinstance(o, TargetFailure)]
+
+    @property
+    def exit_code(self) -> int:
+        from mconv.errors import exit_code_of
+
+        return exit_code_of(f.exit_code for f in self.failures)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        targets = [
+            {**o.to_json(), "status": "ok"} if isinstance(o, BuildResult) else o.to_json() for o in self.outcomes
+        ]
+        return json_safe(
+            {
+                "command": "build",
+                "source": str(self.source),
+                "precision": self.precision,
+                "ok": self.passed,
+                "exit_code": self.exit_code,
+                "targets": targets,
+                "artifacts": [a for t in targets for a in t.get("artifacts", [])],
+                "seconds": round(self.seconds, 3),
+            }
+        )
+
+
 class _Row:
     """A report row: the declared fields, plus what else the row carries (``extra``)."""
 

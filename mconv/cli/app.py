@@ -113,10 +113,12 @@ def _handle_error(e: Exception, as_json: bool) -> int:
 
 
 def _click_exceptions():
+    """The click that typer raises from: its vendored copy (typer >= 0.20) first, since a
+    separately installed click (a dependency of Ray, for one) has other exception classes."""
     try:
-        import click.exceptions as cx
-    except ImportError:  # typer >= 0.20 vendors click
         from typer._click import exceptions as cx
+    except ImportError:
+        import click.exceptions as cx
     return cx
 
 

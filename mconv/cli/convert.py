@@ -134,7 +134,15 @@ TimeoutOpt = Annotated[
 @app.command()
 def build(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX or any PyTorch source.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="A registered target (see `mconv targets`).")],
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target",
+            "-t",
+            help="A registered target (see `mconv targets`), or several separated by commas "
+            "(one export and pass pipeline, then each target into -o DIR/<target>/).",
+        ),
+    ],
     output: OutputDirOpt = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 weights.")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="INT8 quantization (needs --calib).")] = False,
@@ -169,8 +177,9 @@ def build(
 
     precision = _build_precision(fp16, int8, calib_count, batch, timeout)
     set_fold_limit(fold_limit)
+    names = [t.strip() for t in target.split(",")] if "," in target else target
     result = api.build(
-        model_path, target, output, precision=precision, calib=calib, calib_count=calib_count,
+        model_path, names, output, precision=precision, calib=calib, calib_count=calib_count,
         options=parse_assignments(option), inputs=input, dynamic=dynamic, batch=batch,
         passes=parse_pass_list(passes), opset=opset, exporter=exporter, model_spec=model, trust_pickle=trust_pickle,
         verify=not no_verify, verify_inputs=inputs_data, tolerance=tolerance_of(rtol, atol, min_cos),
@@ -183,7 +192,49 @@ def build(
         print_verification(con, r)
         print_artifacts(con, r)
 
+    if not isinstance(names, str):
+        return _multi_build_done(result, as_json)
     emit(result.to_json(), as_json, render)
+
+
+def _multi_build_done(result, as_json: bool) -> None:
+    """Render a multi-target build; failed targets make it an error with the worst exit code."""
+    from mconv.errors import MconvError
+
+    report = result.to_json()
+    if not as_json:
+        _print_multi(report)
+    if result.failures:
+        bad = "; ".join(f"{f.target}: {f.error}" for f in result.failures)
+        raise MconvError(f"{len(result.failures)} of {len(result.outcomes)} target(s) failed: {bad}",
+                         exit_code=result.exit_code, report=report)  # fmt: skip
+    if as_json:
+        emit(report, as_json, None)
+
+
+def _print_multi(r) -> None:
+    """One line per target, one verification table for all of them, the artifacts."""
+    from rich.table import Table
+
+    con = console()
+    t = Table(title=f"verification vs onnxruntime ({r['precision']})", title_justify="left")
+    for col in ("target", "output", "max abs", "rel", "cosine", "tolerance", "ok"):
+        t.add_column(col)
+    for tr in r["targets"]:
+        v = tr.get("verification") or {}
+        for o in v.get("outputs", []):
+            ok = "yes" if o["passed"] else f"NO: {o.get('reason', '')}"
+            t.add_row(tr["target"], o["name"], f"{float(o['max_abs']):.3g}", f"{float(o['rel']):.3g}",
+                      f"{float(o['cosine']):.6f}", v.get("tolerance"), ok)  # fmt: skip
+    for tr in r["targets"]:
+        if tr["status"] == "ok":
+            con.print(f"built {tr['target']} ({r['precision']}) from {r['source']} in {tr['seconds']:.1f} s")
+        else:
+            con.print(f"[red]failed[/red] {tr['target']}: {tr['error']}")
+    if t.row_count:
+        con.print(t)
+    for tr in r["targets"]:
+        print_artifacts(con, tr)
 
 
 def _build_precision(fp16: bool, int8: bool, calib_count: int, batch: int | None, timeout: float | None) -> str:

@@ -16,6 +16,8 @@ recipe_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(recipe_app, name="recipe")
+report_app = typer.Typer(help="Run reports: merge the shards of a batch.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(report_app, name="report")
 
 RecipesArg = Annotated[list[Path], typer.Argument(metavar="RECIPE", help="YAML recipe files.")]
 SetOpt = Annotated[
@@ -31,7 +33,26 @@ def run(
         "mconv_out"
     ),
     set_: SetOpt = None,
-    jobs: Annotated[int, typer.Option("-j", "--jobs", help="Recipes run in parallel processes.")] = 1,
+    jobs: Annotated[int, typer.Option("-j", "--jobs", help="Recipes run in parallel processes (local executor).")] = 1,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="I/N",
+            help="Run only shard I of N (1 <= I <= N) of the batch's jobs (one job: a target of a recipe); "
+            "the split depends on the jobs only, not on the order of the files. "
+            "`mconv report merge` combines the N output folders.",
+        ),
+    ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            metavar="local|ray[:ADDRESS]",
+            help="local: -j processes on this machine; ray: each recipe a Ray task (a private local Ray "
+            "instance, or the cluster at ADDRESS; the output folder must be shared by its nodes).",
+        ),
+    ] = "local",
     as_json: JsonOpt = False,
 ):
     """Run recipes: export, passes, build and verify each target, bench; reports per recipe and a summary.
@@ -39,15 +60,28 @@ def run(
     Exit 0 when every step passed (or was skipped for a missing runtime), 3 when only verification
     failed, 1 otherwise; an invalid recipe is exit 2 before anything runs.
     """
-    from mconv.errors import MconvError, UsageError
+    from mconv.errors import UsageError
     from mconv.recipe import load_recipes, parse_override
-    from mconv.runs import RunOptions, failure_message, run_batch
+    from mconv.runs import RunOptions, run_batch
+    from mconv.runs.scheduler import parse_executor
+    from mconv.runs.shard import parse_shard
 
     if jobs < 1:
         raise UsageError("-j/--jobs must be >= 1")
+    parse_executor(executor)
+    split = parse_shard(shard) if shard is not None else None
     overrides = [parse_override(s) for s in set_ or []]
     loaded = load_recipes([str(r) for r in recipes], overrides)
-    summary = run_batch(loaded, RunOptions(out_dir=output, jobs=jobs, as_json=as_json))
+    opts = RunOptions(out_dir=output, jobs=jobs, as_json=as_json, shard=split, executor=executor)
+    summary = run_batch(loaded, opts)
+    _finish(summary, as_json)
+
+
+def _finish(summary, as_json: bool) -> None:
+    """Print the summary; a failed batch is an MconvError with the batch's exit code."""
+    from mconv.errors import MconvError
+    from mconv.runs import failure_message
+
     if not summary["ok"]:
         if not as_json:
             _print_summary(summary)
@@ -76,6 +110,19 @@ def _print_summary(s) -> None:
     con = console()
     con.print(t)
     con.print(f"summary: {Path(s['out_dir']) / 'summary.md'}")
+
+
+@report_app.command("merge")
+def merge(
+    dirs: Annotated[list[Path], typer.Argument(metavar="DIR", help="The output folders of the N shards.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The merged output folder.")] = Path("mconv_out"),
+    as_json: JsonOpt = False,
+):
+    """Merge the output folders of `mconv run --shard I/N` (all N shards) into the reports and
+    exit code a single run would give."""
+    from mconv.runs.merge import merge_runs
+
+    _finish(merge_runs(list(dirs), output), as_json)
 
 
 @recipe_app.command("schema")

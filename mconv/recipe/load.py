@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from mconv.errors import UsageError
 from mconv.recipe.checks import check_names, resolve_paths
 from mconv.recipe.errors import RecipeError
-from mconv.recipe.schema import ALL_KEYS, RECIPE_VERSION, Recipe
+from mconv.recipe.schema import ALL_KEYS, RECIPE_VERSION, Recipe, TargetSpec
 from mconv.recipe.yaml_io import MAX_BYTES, KeyLocator, Override, apply_override, parse_yaml
 
 
@@ -25,6 +25,12 @@ class LoadedRecipe:
     name: str
     spec: Recipe
     overrides: list[str] = field(default_factory=list)
+    # The target labels this run builds (``mconv run --shard``); None: every target.
+    only: list[str] | None = None
+
+    def targets(self) -> list[TargetSpec]:
+        """The target entries this run builds, in the recipe's order."""
+        return [t for t in self.spec.targets if self.only is None or t.label in self.only]
 
 
 def _pydantic_problem(err: dict[str, Any]) -> str:

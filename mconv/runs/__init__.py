@@ -21,7 +21,9 @@ failures are verification failures, 1 otherwise.
 Modules: :mod:`.plan` (the steps a recipe will run), :mod:`.steps` (one recipe's steps,
 RecipeRun), :mod:`.data` (synthetic samples), :mod:`.report` (reports, summary, exit
 codes, versions), :mod:`.display` (progress), :mod:`.worker` (a recipe's child process:
-run.log, events) and :mod:`.scheduler` (run_batch).
+run.log, events), :mod:`.scheduler` (run_batch, the local executor), :mod:`.shard`
+(``--shard I/N``: jobs, the deterministic split), :mod:`.merge` (``mconv report merge``)
+and :mod:`.ray_executor` (``--executor ray[:ADDRESS]``).
 """
 
 from mconv.runs.data import SYNTHETIC_COUNT, synthetic_samples

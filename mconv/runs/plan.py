@@ -14,7 +14,7 @@ def plan(recipe: LoadedRecipe) -> list[str]:
     steps += ["export", "passes"]
     if synthetic_specs(recipe):
         steps.append("data")
-    for t in spec.targets:
+    for t in recipe.targets():
         steps.append(f"build {t.label}")
         if spec.verify.enabled:
             steps.append(f"verify {t.label}")

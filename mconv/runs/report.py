@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mconv.errors import EXIT_CONVERSION, EXIT_OK, EXIT_VERIFY
+from mconv.errors import EXIT_CONVERSION, EXIT_OK, exit_code_of
 from mconv.recipe import LoadedRecipe
 
 # Distributions every report records the version of; targets add their runtimes' (Target.runtime_packages).
@@ -30,14 +30,6 @@ def json_safe(o: Any) -> Any:
     if isinstance(o, float) and not math.isfinite(o):
         return str(o)
     return o
-
-
-def exit_code_of(codes) -> int:
-    """0 without failures, 3 when every failure is a verification failure, else 1."""
-    codes = [c for c in codes]
-    if not codes:
-        return EXIT_OK
-    return EXIT_VERIFY if all(c == EXIT_VERIFY for c in codes) else EXIT_CONVERSION
 
 
 def versioned_packages() -> list[str]:
@@ -171,15 +163,15 @@ def render_summary_md(s: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def summary_row(recipe: LoadedRecipe, report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def summary_row(name: str, file: str, report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     steps = report.get("steps", [])
     failures = [f"{s['step']}: {s.get('error', '')}" for s in steps if s["status"] == "failed"]
     if report.get("error"):
         failures.append(report["error"])
-    rdir = out_dir / recipe.name
+    rdir = out_dir / name
     return {
-        "name": recipe.name,
-        "recipe": recipe.file,
+        "name": name,
+        "recipe": file,
         "status": report["status"],
         "exit_code": report["exit_code"],
         "seconds": report.get("seconds", 0.0),
@@ -187,39 +179,73 @@ def summary_row(recipe: LoadedRecipe, report: dict[str, Any], out_dir: Path) -> 
         "failures": failures,
         "skipped": [f"{s['step']}: {s.get('reason', '')}" for s in steps if s["status"] == "skipped"],
         "report": str(rdir / "report.json") if (rdir / "report.json").is_file() else None,
-        "report_md": f"{recipe.name}/report.md" if (rdir / "report.md").is_file() else None,
+        "report_md": f"{name}/report.md" if (rdir / "report.md").is_file() else None,
     }
 
 
-def write_summary(
-    recipes: list[LoadedRecipe], reports: dict[str, dict[str, Any]], out_dir: Path, t0: float
+def build_summary(
+    entries: list[tuple[str, str]], reports: dict[str, dict[str, Any]], out_dir: Path, seconds: float
 ) -> dict[str, Any]:
-    """The batch summary (recipes in the given order), written as summary.json and summary.md."""
-    import json
-
-    from mconv.fsutil import write_text_atomic
-
-    rows = [summary_row(r, reports[r.name], out_dir) for r in recipes]
+    """The batch summary of ``entries`` ((name, recipe file), in order) and their reports."""
+    rows = [summary_row(name, file, reports[name], out_dir) for name, file in entries]
     code = exit_code_of(row["exit_code"] for row in rows if row["exit_code"] != EXIT_OK)
-    summary = {
+    return {
         "command": "run",
         "ok": code == EXIT_OK,
         "exit_code": code,
         "out_dir": str(out_dir),
-        "seconds": round(time.perf_counter() - t0, 3),
+        "seconds": round(seconds, 3),
         "recipes": rows,
         "artifacts": [str(out_dir / "summary.json"), str(out_dir / "summary.md")],
     }
+
+
+def save_summary(summary: dict[str, Any], out_dir: Path) -> None:
+    """summary.json and summary.md into ``out_dir``."""
+    import json
+
+    from mconv.fsutil import write_text_atomic
+
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out_dir / "summary.md", render_summary_md(summary))
+
+
+def write_summary(
+    recipes: list[LoadedRecipe],
+    reports: dict[str, dict[str, Any]],
+    out_dir: Path,
+    t0: float,
+    shard: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The batch summary (recipes in the given order), written as summary.json and summary.md;
+    a shard's summary also records the whole batch (``shard``) for ``mconv report merge``."""
+    summary = build_summary([(r.name, r.file) for r in recipes], reports, out_dir, time.perf_counter() - t0)
+    if shard is not None:
+        summary["shard"] = shard
+    save_summary(summary, out_dir)
     return summary
+
+
+def write_report(report: dict[str, Any], rdir: Path) -> None:
+    """A recipe's report.json and report.md into its folder."""
+    import json
+
+    from mconv.fsutil import write_text_atomic
+
+    write_text_atomic(rdir / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(rdir / "report.md", render_report_md(report))
 
 
 def failed_report(recipe: LoadedRecipe, error: str) -> dict[str, Any]:
     """The report of a recipe that failed outside its steps."""
+    return failed_report_of(recipe.name, recipe.file, error)
+
+
+def failed_report_of(name: str, file: str, error: str) -> dict[str, Any]:
+    """The report of recipe ``name`` (from ``file``) that failed outside its steps."""
     return {
-        "recipe": recipe.file,
-        "name": recipe.name,
+        "recipe": file,
+        "name": name,
         "status": "failed",
         "exit_code": EXIT_CONVERSION,
         "seconds": 0.0,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mconv.errors import UsageError
 from mconv.recipe import LoadedRecipe
 from mconv.runs.display import PlainDisplay, RichDisplay
 from mconv.runs.plan import plan
@@ -27,16 +28,41 @@ class RunOptions:
     jobs: int = 1
     as_json: bool = False
     progress: bool | None = None  # None: rich bars when stdout is a terminal and not --json
+    shard: tuple[int, int] | None = None  # (I, N), 1 <= I <= N: run only shard I's jobs
+    executor: str = "local"  # "local" or "ray[:ADDRESS]"
+
+
+def parse_executor(text: str) -> tuple[str, str | None]:
+    """``local`` / ``ray`` / ``ray:ADDRESS`` -> (kind, address); else a usage error (exit 2)."""
+    kind, _, address = (text or "").partition(":")
+    if kind == "local" and not address:
+        return "local", None
+    if kind == "ray":
+        return "ray", address or None
+    raise UsageError(f"--executor {text}: expected local, ray or ray:ADDRESS (e.g. ray:10.0.0.5:6379)")
 
 
 def run_batch(recipes: list[LoadedRecipe], opts: RunOptions) -> dict[str, Any]:
-    """Run every recipe (``opts.jobs`` processes at a time); write and return the summary."""
+    """Run every recipe (or shard ``opts.shard``'s part of the batch) with the chosen
+    executor; write and return the summary."""
+    from mconv.runs.shard import select, shard_record
+
+    kind, address = parse_executor(opts.executor)
+    record = None
+    if opts.shard is not None:
+        record = shard_record(recipes, *opts.shard)
+        recipes = select(recipes, *opts.shard)
     out_dir = opts.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     display = _display_for(opts)
     t0 = time.perf_counter()
-    reports = _run_recipes(recipes, out_dir, max(1, opts.jobs), display)
-    return write_summary(recipes, reports, out_dir, t0)
+    if kind == "ray":
+        from mconv.runs.ray_executor import run_recipes_ray
+
+        reports = run_recipes_ray(recipes, out_dir, address, display)
+    else:
+        reports = _run_recipes(recipes, out_dir, max(1, opts.jobs), display)
+    return write_summary(recipes, reports, out_dir, t0, record)
 
 
 def _display_for(opts: RunOptions) -> RichDisplay | PlainDisplay:

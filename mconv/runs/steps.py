@@ -14,7 +14,7 @@ from mconv.errors import EXIT_CONVERSION, EXIT_OK, ConversionError, MconvError, 
 from mconv.recipe import DataSpec, LoadedRecipe, TargetSpec, ToleranceSpec
 from mconv.runs.data import SYNTHETIC_COUNT, save_samples, synthetic_samples
 from mconv.runs.plan import calib_spec, synthetic_specs
-from mconv.runs.report import exit_code_of, json_safe, render_report_md, versions
+from mconv.runs.report import exit_code_of, json_safe, versions, write_report
 
 if TYPE_CHECKING:
     from mconv.targets.base import Artifact
@@ -90,7 +90,7 @@ class RecipeRun:
         onnx_path = self._export()
         opt_path = self._passes(onnx_path) if onnx_path else None
         if opt_path is not None and self._data(opt_path):
-            for t in self.spec.targets:
+            for t in self.recipe.targets():
                 self._target(t, onnx_path, opt_path)
         return self._finish(time.perf_counter() - t0)
 
@@ -341,8 +341,6 @@ class RecipeRun:
                 raise MconvError(f"bench {t.label}: {row['error']}", exit_code=row.get("exit_code") or 1)
 
     def _finish(self, seconds: float) -> dict[str, Any]:
-        from mconv.fsutil import write_text_atomic
-
         code = exit_code_of(s.get("exit_code", EXIT_OK) for s in self.steps if s["status"] == "failed")
         report = {
             "recipe": self.recipe.file,
@@ -356,10 +354,7 @@ class RecipeRun:
             "versions": versions(),
         }
         report = json_safe(report)
-        import json
-
-        write_text_atomic(self.dir / "report.json", json.dumps(report, indent=2) + "\n")
-        write_text_atomic(self.dir / "report.md", render_report_md(report))
+        write_report(report, self.dir)
         return report
 
 

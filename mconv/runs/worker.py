@@ -57,3 +57,57 @@ def _redirect_output(log: Path) -> None:
     os.close(fd)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+
+
+def run_isolated(recipe: LoadedRecipe, out_root: str, threads: int | None, forward) -> dict[str, Any]:
+    """One recipe in a spawned child process (for an executor's task): its events go to
+    ``forward``, its report is returned (a crash report when it died without one).
+
+    When interrupted (a cancelled task), the child is terminated and the recipe's
+    unfinished folder removed: no partial artifacts stay behind.
+    """
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    from mconv.runs.report import crashed_report
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=run_recipe_process, args=(recipe, out_root, q, threads), name=f"mconv-run-{recipe.name}")
+    p.start()
+    try:
+        while True:
+            try:
+                ev = q.get(timeout=0.2)
+            except queue_mod.Empty:
+                if p.is_alive():
+                    continue
+                try:
+                    ev = q.get(timeout=0.5)
+                except queue_mod.Empty:
+                    p.join(5)
+                    return crashed_report(recipe, p.exitcode, Path(out_root))
+            if ev[0] == "done":
+                p.join(30)
+                return ev[2]
+            forward(ev)
+    except BaseException:
+        stop_and_clean(p, Path(out_root) / recipe.name)
+        raise
+
+
+def stop_and_clean(p, rdir: Path) -> None:
+    """Terminate the recipe process ``p`` and remove its folder unless it finished (report.json)."""
+    if p.is_alive():
+        p.terminate()  # SIGTERM: the child removes its temporaries
+        p.join(10)
+    if p.is_alive():
+        p.kill()
+        p.join(5)
+    remove_unfinished(rdir)
+
+
+def remove_unfinished(rdir: Path) -> None:
+    """Remove a recipe folder whose run did not finish (no report.json)."""
+    if rdir.is_dir() and not (rdir / "report.json").is_file():
+        shutil.rmtree(rdir, ignore_errors=True)
