@@ -16,11 +16,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mconv.errors import UsageError
+from mconv.errors import ConversionError, UsageError
 from mconv.specs import DynamicAxis, InputSpec
 
 Feeds = dict[str, np.ndarray]
 LAYOUTS = ("nchw", "nhwc")
+DEFAULT_OPSET = 17
 
 
 @dataclass
@@ -105,3 +106,25 @@ def sample_feeds(model: Any, opts: ExportOptions, *, seed: int = 0) -> Feeds:
 
     shapes = {s.name: s.shape for s in opts.inputs}
     return random_feeds(graph_inputs(model), seed=seed, count=1, shapes=shapes)[0]
+
+
+def export_isolated(func_path: str, path: Path, opts: ExportOptions, what: str, /, **kwargs: Any) -> dict[str, Any]:
+    """Run a framework's exporter, ``func_path(opset=, shapes=, **kwargs)``, in a child process.
+
+    A child keeps the framework's import (threads, loggers, its environment changes) out of
+    mconv's process; it returns ``{"model": ONNX bytes, "feeds": ..., "reference": [...]}``,
+    and the model comes back parsed.
+    """
+    import onnx
+
+    from mconv.isolate import IsolatedFailure, call_isolated
+
+    kwargs.update(opset=opts.opset or DEFAULT_OPSET, shapes={s.name: list(s.shape) for s in opts.inputs})
+    try:
+        out = call_isolated(func_path, kwargs, what=what)
+    except IsolatedFailure as e:
+        if e.kind == "error" and getattr(e, "traceback", None) is None:
+            raise  # an mconv error raised in the child: its message and exit code as they are
+        raise ConversionError(f"{path}: {e.message}") from None
+    out["model"] = onnx.load_from_string(out["model"])
+    return out

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mconv.convert.base import ExportOptions, Source, SourceExport, sample_feeds
-
-DEFAULT_OPSET = 17
+from mconv.convert.base import DEFAULT_OPSET, ExportOptions, Source, SourceExport, sample_feeds
 
 
 def _reader():

@@ -19,10 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mconv.convert.base import ExportOptions, Source, SourceExport
+from mconv.convert.base import ExportOptions, Source, SourceExport, export_isolated
 from mconv.errors import ConversionError, InputError, MissingDependencyError
 
-DEFAULT_OPSET = 17
 PADDLE2ONNX_PIN = "paddle2onnx==2.1.0"
 PADDLE2ONNX_INSTALL = f"pip install --no-deps {PADDLE2ONNX_PIN}"
 MODEL_SUFFIXES = (".json", ".pdmodel")
@@ -123,26 +122,17 @@ class PaddleSource(Source):
         return _prefix(model).name or "model"
 
     def export(self, path: Path, opts: ExportOptions) -> SourceExport:
-        import onnx
-
-        from mconv.isolate import IsolatedFailure, call_isolated
-
         model_file, params_file = find_pair(path)
-        kwargs = {
-            "model_file": str(model_file),
-            "params_file": str(params_file),
-            "opset": opts.opset or DEFAULT_OPSET,
-            "shapes": {s.name: list(s.shape) for s in opts.inputs},
-        }
-        try:
-            out = call_isolated("mconv.convert.paddle:export_in_child", kwargs, what="the Paddle exporter")
-        except IsolatedFailure as e:
-            if e.kind == "error" and getattr(e, "traceback", None) is None:
-                raise  # an mconv error raised in the child: its message and exit code as they are
-            raise ConversionError(f"{path}: {e.message}") from None
-        model = onnx.load_from_string(out["model"])
+        out = export_isolated(
+            "mconv.convert.paddle:export_in_child",
+            path,
+            opts,
+            "the Paddle exporter",
+            model_file=str(model_file),
+            params_file=str(params_file),
+        )
         fmt = "pir" if model_file.suffix.lower() == ".json" else "pdmodel"
-        return SourceExport(model, "paddle2onnx", out["reference"], out["feeds"], facts={"format": fmt})
+        return SourceExport(out["model"], "paddle2onnx", out["reference"], out["feeds"], facts={"format": fmt})
 
 
 def _import_frameworks() -> tuple[Any, Any]:

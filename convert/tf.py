@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from mconv.convert.base import ExportOptions, Source, SourceExport
+from mconv.convert.base import ExportOptions, Source, SourceExport, export_isolated
 from mconv.errors import ConversionError, InputError, MissingDependencyError, UsageError
 
-DEFAULT_OPSET = 17
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 TO_NHWC = (0, 2, 3, 1)
 
@@ -67,29 +66,15 @@ class TensorFlowSource(Source):
         return super().stem(path)
 
     def export(self, path: Path, opts: ExportOptions) -> SourceExport:
-        import onnx
-
-        from mconv.isolate import IsolatedFailure, call_isolated
-
         layout = self.check_layout(opts) or self.layouts[0]
-        kwargs = {
-            "path": str(path),
-            "kind": source_kind(path),
-            "opset": opts.opset or DEFAULT_OPSET,
-            "shapes": {s.name: list(s.shape) for s in opts.inputs},
-        }
-        try:
-            out = call_isolated("mconv.convert.tf:export_in_child", kwargs, what="the TensorFlow exporter")
-        except IsolatedFailure as e:
-            if e.kind == "error" and getattr(e, "traceback", None) is None:
-                raise  # an mconv error raised in the child: its message and exit code as they are
-            raise ConversionError(f"{path}: {e.message}") from None
-        model = onnx.load_from_string(out["model"])
+        kind = source_kind(path)
+        what = "the TensorFlow exporter"
+        out = export_isolated("mconv.convert.tf:export_in_child", path, opts, what, path=str(path), kind=kind)
         feeds = out["feeds"]
         if layout == "nchw":
-            feeds = inputs_to_nchw(model, feeds)
-        facts = {"format": kwargs["kind"], "layout": layout}
-        return SourceExport(model, "tf2onnx", out["reference"], feeds, facts=facts)
+            feeds = inputs_to_nchw(out["model"], feeds)
+        facts = {"format": kind, "layout": layout}
+        return SourceExport(out["model"], "tf2onnx", out["reference"], feeds, facts=facts)
 
 
 def inputs_to_nchw(model: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
