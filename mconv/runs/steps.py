@@ -123,6 +123,8 @@ class RecipeRun:
                     opset=self.spec.export.opset,
                     exporter=self.spec.export.exporter,
                     trust_pickle=src.trust_pickle,
+                    weights=Path(src.weights) if src.weights else None,
+                    layout=self.spec.export.layout,
                 )
                 verify = VerifyOptions(enabled=self.spec.verify.enabled, tolerance=self._fp32_tolerance())
                 result = export_model(path, dest, opts, verify)

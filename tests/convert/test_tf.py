@@ -4,6 +4,7 @@ exported and built, verified; NHWC by default, --layout nchw; bad inputs; TF abs
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -103,3 +104,18 @@ def test_tensorflow_absent_names_the_extra(mconv_proc, tmp_path, models):
     env = block_imports(tmp_path / "block", "tensorflow", "tf2onnx", "keras")
     r = mconv_proc("export", models / "net.keras", cwd=tmp_path, env=env)
     assert_clean_error(r, 1, "TensorFlow is not installed", "mconv[tf]")
+
+
+def test_recipe_with_layout(cli, tmp_path, models):
+    rdir = tmp_path / "recipes"
+    rdir.mkdir()
+    shutil.copy(models / "net.keras", rdir / "net.keras")
+    recipe = rdir / "keras.yaml"
+    recipe.write_text(
+        "version: 1\nsource:\n  path: net.keras\nexport:\n  layout: nchw\n"
+        "targets:\n  - target: onnx\n    precision: fp32\nverify:\n  samples: 1\n"
+    )
+    r = cli("run", recipe, "-o", tmp_path / "out", "--json")
+    assert r.code == 0, r.out + r.err
+    exported = next((tmp_path / "out").rglob("export/keras.onnx"))
+    _check_onnx(exported, models, nchw=True)
