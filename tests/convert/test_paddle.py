@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import ROOT, assert_clean_error
+from tests.conftest import ROOT, assert_clean_error, block_imports
 from tests.models import run_ort
 
 pytest.importorskip("paddle")
@@ -138,24 +138,6 @@ def test_export_leaves_the_environment_unchanged(mconv_proc, tmp_path, pir):
     assert after["onnx"] == before["onnx"]
     assert after["distributions"] == before["distributions"]
     assert after["site-packages"] == before["site-packages"]
-
-
-BLOCKER = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {blocked!r}:
-            raise ImportError("No module named " + repr(name))
-        return None
-sys.meta_path.insert(0, _Block())
-"""
-
-
-def block_imports(folder: Path, *names: str) -> dict:
-    """An environment in which ``names`` cannot be imported (as if not installed), for children too."""
-    folder.mkdir(exist_ok=True)
-    (folder / "sitecustomize.py").write_text(BLOCKER.format(blocked=set(names)))
-    return {"PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)])}
 
 
 def test_paddle_absent_names_the_extra(mconv_proc, tmp_path, pir):

@@ -14,8 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import ROOT, assert_clean_error
-from tests.convert.test_paddle import block_imports
+from tests.conftest import ROOT, assert_clean_error, block_imports
 from tests.models import run_ort
 
 pytest.importorskip("tensorflow")
