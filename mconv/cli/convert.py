@@ -226,6 +226,8 @@ def inspect(
     input: InputOpt = None,
     model: ModelOpt = None,
     trust_pickle: TrustOpt = False,
+    weights: WeightsOpt = None,
+    layout: LayoutOpt = None,
     fold_limit: FoldLimitOpt = None,
     as_json: JsonOpt = False,
 ):
@@ -233,7 +235,8 @@ def inspect(
     from mconv.pipeline import inspect_model
 
     set_fold_limit(fold_limit)
-    report = inspect_model(model_path, target, export_options(input, None, None, "auto", model, trust_pickle))
+    opts = export_options(input, None, None, "auto", model, trust_pickle, weights, layout)
+    report = inspect_model(model_path, target, opts)
 
     def render(r):
         from rich.table import Table

@@ -91,7 +91,10 @@ def test_build(cli, in_tmp, pir, target):
     assert rep["source_kind"] == "paddle"
     assert rep["verification"]["passed"] is True
     assert all(float(o["rel"]) <= 1e-4 for o in rep["verification"]["outputs"])
-    assert (in_tmp / f"net_{target}").is_dir()
+    (main,) = (in_tmp / f"net_{target}").glob("*.param" if target == "ncnn" else "*.xml")
+    r = cli("verify", f"{pir}.json", main, "--json")  # the Paddle model as verify's source
+    assert r.code == 0, r.err
+    assert r.json["source_kind"] == "paddle" and r.json["passed"] is True
 
 
 def test_missing_halves(cli, in_tmp, pir):
