@@ -354,6 +354,42 @@ def _target_detail(entry, as_json: bool) -> None:
     emit(report, as_json, render)
 
 
+@app.command("sources")
+def sources_cmd(as_json: JsonOpt = False):
+    """List registered sources (built-in and plugins) in detection order, with the pip extra
+    each framework comes from; a plugin that fails to load is listed with its error."""
+    from mconv.convert import all_sources
+
+    rows = []
+    for e in all_sources():
+        row = {"name": e.name, "source": e.origin, "error": e.error}
+        if not e.error:
+            try:
+                src = e.load()
+                row.update(framework=src.framework, extra=src.extra, description=src.description)
+            except Exception as ex:  # a plugin that breaks at load shows here, not as a crash
+                row["error"] = f"{type(ex).__name__}: {ex}"
+        rows.append(row)
+    report = {"command": "sources", "sources": rows}
+
+    def render(r):
+        from rich.markup import escape
+        from rich.table import Table
+
+        t = Table()
+        for col in ("source", "from", "framework", "extra", "description"):
+            t.add_column(col)
+        for row in r["sources"]:
+            if row.get("error"):
+                t.add_row(row["name"], row["source"], f"[red]failed to load: {escape(row['error'])}[/red]", "", "")
+            else:
+                extra = f"mconv[{row['extra']}]" if row["extra"] else ""
+                t.add_row(row["name"], row["source"], row["framework"], escape(extra), escape(row["description"]))
+        console().print(t)
+
+    emit(report, as_json, render)
+
+
 @app.command("passes")
 def passes_cmd(as_json: JsonOpt = False):
     """List registered passes and the default pipeline."""

@@ -180,3 +180,17 @@ def test_export_verification_fails_beyond_tolerance(cli, in_tmp, plugins):
     r = cli("export", src, "-o", in_tmp / "fc.onnx")
     assert_clean_error(r, 3, "ONNX export differs from Linear", "nothing written")
     assert not (in_tmp / "fc.onnx").exists()
+
+
+def test_sources_command_lists_plugins_and_their_errors(cli, plugins, tmp_path):
+    (tmp_path / "x.linear.npz").write_bytes(b"PK")  # any file: the broken plugin's detect() raises
+    detect(tmp_path / "x.linear.npz")
+    r = cli("sources", "--json")
+    assert r.code == 0, r.err
+    rows = {row["name"]: row for row in r.json["sources"]}
+    assert [row["name"] for row in r.json["sources"]][-1] == "onnx"
+    assert rows["paddle"]["extra"] == "paddle" and rows["tf"]["extra"] == "tf"
+    assert rows["linear-test"]["framework"] == "Linear" and rows["linear-test"]["source"] == "plugin tests"
+    assert "RuntimeError: boom" in rows["broken-test"]["error"]
+    r = cli("sources")
+    assert r.code == 0 and all(name in r.out for name in ("paddle", "caffe", "broken-test")), r.out
