@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
+PADDLE2ONNX ?= paddle2onnx==2.1.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.mconv-setup-$(TORCH_VERSION)
@@ -19,6 +20,8 @@ $(STAMP): pyproject.toml
 	# Pin torch first: an unpinned torch pulls a multi-GB CUDA build.
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
 	$(PIP) install -q -e ".[dev]" "torch==$(TORCH_VERSION)"
+	# paddle2onnx without its dependencies: they would downgrade onnx (see README).
+	$(PIP) install -q --no-deps "$(PADDLE2ONNX)"
 	@touch $(STAMP)
 
 demo: setup

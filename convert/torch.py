@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from mconv.convert.base import ExportOptions, Source, SourceExport
 from mconv.errors import ConversionError, InputError, MconvError, MissingDependencyError, UsageError
 from mconv.quiet import quiet
 from mconv.specs import DynamicAxis, InputSpec
@@ -38,6 +37,48 @@ def _torch():
     except ImportError as e:
         raise MissingDependencyError("PyTorch", "torch", "needed to read .pt/.pt2 sources") from e
     return torch
+
+
+class TorchSource(Source):
+    name = "torch"
+    framework = "PyTorch"
+    extra = "torch"
+    description = "TorchScript, ExportedProgram (.pt2), state_dict with --model, pickle with --trust-pickle"
+    suffixes = (".pt2", ".pt", ".pth", ".ckpt", ".bin", ".torchscript")
+
+    def detect(self, path: Path) -> bool:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] == b"\x80":
+            return True
+        if head != b"PK":
+            return False
+        # Other formats are zips too (Keras, numpy's .npz): a zip is PyTorch's by its entries,
+        # or by its name (then a damaged or foreign archive gets PyTorch's own message).
+        if path.name.lower().endswith(self.suffixes):
+            return True
+        try:
+            with zipfile.ZipFile(path) as z:
+                tails = {n.split("/", 1)[-1] for n in z.namelist()}
+        except zipfile.BadZipFile:
+            return False
+        return bool(tails & {"data.pkl", "constants.pkl", "archive_format"}) or any(
+            t.startswith("models/") for t in tails
+        )
+
+    def export(self, path: Path, opts: ExportOptions) -> SourceExport:
+        self.check_layout(opts)
+        return export(
+            path,
+            model_spec=opts.model_spec,
+            inputs=opts.inputs,
+            dynamic=opts.dynamic,
+            opset=opts.opset,
+            exporter=opts.exporter,
+            trust_pickle=opts.trust_pickle,
+        )
 
 
 def detect_kind(path: Path) -> str:
@@ -254,15 +295,6 @@ def _example_inputs(src: LoadedSource, specs: list[InputSpec], path: Path) -> tu
     )
 
 
-@dataclass
-class ExportResult:
-    model: Any  # onnx.ModelProto
-    exporter: str
-    torch_outputs: list[np.ndarray]
-    feeds: dict[str, np.ndarray]
-    warnings: list[str]
-
-
 def _flatten(out: Any) -> list[Any]:
     torch = _torch()
     if isinstance(out, torch.Tensor):
@@ -283,7 +315,7 @@ def export(
     opset: int | None = None,
     exporter: str = "auto",
     trust_pickle: bool = False,
-) -> ExportResult:
+) -> SourceExport:
     """Load a PyTorch source and export it to an in-memory ONNX ModelProto."""
     torch = _torch()
     if exporter not in EXPORTERS:
@@ -317,7 +349,7 @@ def export(
         try:
             model = _run_exporter(which, src, args, names, len(ref), dynamic, opset)
             feeds = {n: a.detach().numpy() for n, a in zip(names, args)}
-            return ExportResult(model, which, [t.detach().numpy() for t in ref], feeds, [f"{w}" for w in errors])
+            return SourceExport(model, which, [t.detach().numpy() for t in ref], feeds, [f"{w}" for w in errors])
         except MconvError:
             raise
         except Exception as e:

@@ -40,7 +40,7 @@ def _inputs(inputs: Inputs) -> list:
     return [s if isinstance(s, InputSpec) else parse_input_spec(str(s)) for s in inputs]
 
 
-def _export_options(inputs: Inputs, dynamic, opset, exporter, model_spec, trust_pickle):
+def _export_options(inputs: Inputs, dynamic, opset, exporter, model_spec, trust_pickle, weights=None, layout=None):
     from mconv.sources import ExportOptions
     from mconv.specs import parse_dynamic
 
@@ -51,6 +51,8 @@ def _export_options(inputs: Inputs, dynamic, opset, exporter, model_spec, trust_
         opset=opset,
         exporter=exporter,
         trust_pickle=trust_pickle,
+        weights=Path(weights) if weights else None,
+        layout=layout,
     )
 
 
@@ -79,15 +81,23 @@ def export(
     exporter: str = "auto",
     model_spec: str | None = None,
     trust_pickle: bool = False,
+    weights: PathLike | None = None,
+    layout: str | None = None,
     verify: bool = True,
     tolerance: ToleranceLike = None,
     keep_failed: bool = False,
 ) -> ExportResult:
-    """A PyTorch file (TorchScript, ExportedProgram, state_dict with ``model_spec``) -> ONNX,
-    checked and verified against PyTorch; ``output`` defaults to ``./<stem>.onnx``."""
+    """A framework's model file -> ONNX, checked and verified against that framework;
+    ``output`` defaults to ``./<stem>.onnx``.
+
+    Sources (detected by content): PyTorch (TorchScript, ExportedProgram, state_dict with
+    ``model_spec``), PaddlePaddle (``paddle.jit.save`` files or their folder), TensorFlow/Keras
+    (SavedModel folder, ``.keras``, ``.h5``; ``layout="nchw"`` for NCHW ONNX inputs), Caffe
+    (``.prototxt`` with ``weights`` the ``.caffemodel``, or the pair found by name).
+    """
     from mconv.pipeline import VerifyOptions, export_model
 
-    opts = _export_options(inputs, dynamic, opset, exporter, model_spec, trust_pickle)
+    opts = _export_options(inputs, dynamic, opset, exporter, model_spec, trust_pickle, weights, layout)
     checks = VerifyOptions(enabled=verify, tolerance=_tolerance(tolerance), keep_failed=keep_failed)
     return export_model(Path(source), Path(output) if output else None, opts, checks)
 
@@ -117,6 +127,8 @@ def build(
     exporter: str = "auto",
     model_spec: str | None = None,
     trust_pickle: bool = False,
+    weights: PathLike | None = None,
+    layout: str | None = None,
     verify: bool = True,
     verify_inputs: PathLike | None = None,
     tolerance: ToleranceLike = None,
@@ -124,7 +136,7 @@ def build(
     timeout: float | None = None,
     image: Any = None,
 ) -> BuildResult | MultiBuildResult:
-    """ONNX or PyTorch -> passes -> ``target``'s artifact in ``output`` (default
+    """ONNX or any source :func:`export` reads -> passes -> ``target``'s artifact in ``output`` (default
     ``./<stem>_<target>/``), verified against onnxruntime unless ``verify=False``.
 
     ``target`` a list (``["ncnn", "openvino"]``): one export and one pass pipeline, then
@@ -149,7 +161,7 @@ def build(
         calib_count=calib_count,
         image=image,
         passes=list(passes) if passes is not None else None,
-        export=_export_options(inputs, dynamic, opset, exporter, model_spec, trust_pickle),
+        export=_export_options(inputs, dynamic, opset, exporter, model_spec, trust_pickle, weights, layout),
         verify=VerifyOptions(
             enabled=verify,
             inputs=str(verify_inputs) if verify_inputs else None,

@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 
 from mconv.data import ImageOptions, calibration_warnings, load_samples, random_feeds
-from mconv.errors import ConversionError, InputError, UnsupportedOpsError, UsageError, VerificationError
+from mconv.errors import ConversionError, UnsupportedOpsError, UsageError, VerificationError
 from mconv.fsutil import StagingDir
 from mconv.graphinfo import graph_inputs, graph_outputs, op_histogram, opset, parameter_stats
 from mconv.limits import BIG_MODEL_BYTES
@@ -30,7 +30,7 @@ from mconv.results import (
     json_safe,
 )
 from mconv.selection import selected_outputs
-from mconv.sources import ExportOptions, export_source, is_onnx_artifact, load_model_any, source_kind, stem_of
+from mconv.sources import ExportOptions, export_source, load_model_any, source_of, stem_of
 from mconv.targets.base import BuildOptions
 
 VERIFY_SAMPLES = 2
@@ -48,41 +48,46 @@ class VerifyOptions:
 
 
 def _verify_export(result, tol: Tolerance) -> Comparison:
+    """onnxruntime on the exported model vs the source framework's own outputs on the same feeds."""
     from mconv.runner import reference_outputs
 
     outs, names = reference_outputs(result.model, [result.feeds])
-    ref = [dict(zip(names, result.torch_outputs))]
+    if len(names) != len(result.reference):
+        raise ConversionError(
+            f"the exported ONNX has {len(names)} output(s), the source model {len(result.reference)}; "
+            "export verification cannot pair them"
+        )
+    ref = [dict(zip(names, result.reference))]
     return compare_outputs(ref, outs, tol, names)
 
 
 def export_model(path: Path, out: Path | None, opts: ExportOptions, verify: VerifyOptions) -> ExportResult:
-    """PyTorch source -> checked, verified ONNX file."""
-    if source_kind(path) != "torch":
-        if is_onnx_artifact(path):
-            raise InputError(f"{path}: already ONNX; use `mconv optimize` or `mconv build` on it")
-        raise InputError(f"{path}: not a PyTorch file (TorchScript, ExportedProgram or torch.save checkpoint)")
+    """A framework's source (PyTorch, PaddlePaddle, TensorFlow/Keras, Caffe, ...) -> checked,
+    verified ONNX file."""
+    source = source_of(path)
     t0 = time.perf_counter()
-    result = export_source(path, opts)
+    result = export_source(path, opts, source)
     model = result.model
     from mconv.modelio import check_model
 
     check_model(model, f"{path} (exported)")
     done = ExportResult(path, [], result.exporter, opset(model), len(model.graph.node), list(result.warnings))
+    done.source_kind = source.name
     if verify.enabled:
         tol = verify.tolerance or default_tolerance("fp32")
-        done.verification = Verification("torch", tol.describe(), _verify_export(result, tol))
+        done.verification = Verification(source.name, tol.describe(), _verify_export(result, tol))
         if not done.verification.passed and not verify.keep_failed:
             raise VerificationError(
-                f"{path}: ONNX export differs from PyTorch beyond {tol.describe()}: "
+                f"{path}: ONNX export differs from {source.framework} beyond {tol.describe()}: "
                 f"{done.verification.comparison.summary()}; nothing written",
                 _without_files(done.to_json()),
             )
-    dest = out or Path.cwd() / f"{stem_of(path)}.onnx"
+    dest = out or Path.cwd() / f"{source.stem(path)}.onnx"
     done.files = save_onnx(model, dest)
     done.seconds = time.perf_counter() - t0
     if done.verification is not None and not done.verification.passed:
         raise VerificationError(
-            f"{path}: ONNX export differs from PyTorch: {done.verification.comparison.summary()} "
+            f"{path}: ONNX export differs from {source.framework}: {done.verification.comparison.summary()} "
             f"(kept {dest} as --keep-failed asked)",
             done.to_json(),
         )

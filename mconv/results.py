@@ -60,7 +60,7 @@ class Verification:
 
 @dataclass
 class ExportResult:
-    """``mconv.export``: a PyTorch source written as a checked ONNX file."""
+    """``mconv.export``: a framework's source written as a checked ONNX file."""
 
     source: Path
     files: list[Path]
@@ -70,6 +70,7 @@ class ExportResult:
     warnings: list[str] = field(default_factory=list)
     verification: Verification | None = None
     seconds: float = 0.0
+    source_kind: str = "torch"  # the source registry's name for the framework
 
     @property
     def onnx(self) -> Path:
@@ -79,6 +80,7 @@ class ExportResult:
         out: dict[str, Any] = {
             "command": "export",
             "source": str(self.source),
+            "source_kind": self.source_kind,
             "exporter": self.exporter,
             "opset": self.opset,
             "nodes": self.nodes,

@@ -76,3 +76,21 @@ def assert_clean_error(result: CliResult, code: int, *needles: str) -> None:
     assert lines[0].startswith("mconv: error: ")
     for n in needles:
         assert n in lines[0], (n, lines[0])
+
+
+BLOCKER = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError("No module named " + repr(name))
+        return None
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def block_imports(folder: Path, *names: str) -> dict:
+    """An environment in which ``names`` cannot be imported (as if not installed), for children too."""
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(BLOCKER.format(blocked=set(names)))
+    return {"PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)])}

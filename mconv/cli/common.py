@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -25,6 +26,14 @@ ModelOpt = Annotated[
 ]
 TrustOpt = Annotated[
     bool, typer.Option("--trust-pickle", help="Allow unpickling a full pickle (runs code from the file).")
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--weights", help="The weights of a two-file source (Caffe's .caffemodel beside MODEL.prototxt)."),
+]
+LayoutOpt = Annotated[
+    str | None,
+    typer.Option("--layout", help="ONNX input layout of an NHWC source (TensorFlow/Keras): nhwc (default) or nchw."),
 ]
 MeanOpt = Annotated[str | None, typer.Option("--mean", help="Image mean, e.g. 0.485,0.456,0.406.")]
 StdOpt = Annotated[str | None, typer.Option("--std", help="Image std, e.g. 0.229,0.224,0.225.")]
@@ -54,7 +63,7 @@ def set_fold_limit(text: str | None) -> None:
         parse_size(os.environ[FOLD_ENV], f"{FOLD_ENV} (or --fold-limit)")
 
 
-def export_options(inputs, dynamic, opset, exporter, model, trust_pickle):
+def export_options(inputs, dynamic, opset, exporter, model, trust_pickle, weights=None, layout=None):
     from mconv.pipeline import ExportOptions
     from mconv.specs import parse_dynamic, parse_input_spec
 
@@ -65,6 +74,8 @@ def export_options(inputs, dynamic, opset, exporter, model, trust_pickle):
         opset=opset,
         exporter=exporter,
         trust_pickle=trust_pickle,
+        weights=weights,
+        layout=layout,
     )
 
 

@@ -14,6 +14,7 @@ from mconv.cli.common import (
     FoldLimitOpt,
     InputOpt,
     JsonOpt,
+    LayoutOpt,
     MeanOpt,
     ModelOpt,
     OpsetOpt,
@@ -21,6 +22,7 @@ from mconv.cli.common import (
     SizeOpt,
     StdOpt,
     TrustOpt,
+    WeightsOpt,
     console,
     emit,
     export_options,
@@ -34,7 +36,14 @@ from mconv.cli.common import (
 
 @app.command()
 def export(
-    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="TorchScript, .pt2, state_dict or pickle.")],
+    model_path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MODEL",
+            help="PyTorch (TorchScript, .pt2, state_dict, pickle), Paddle (.json/.pdmodel + .pdiparams), "
+            "Keras (.keras, .h5), a SavedModel folder, or a Caffe .prototxt.",
+        ),
+    ],
     to: Annotated[str, typer.Option("--to", help="Output format (onnx).")] = "onnx",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Output .onnx path.")] = None,
     input: InputOpt = None,
@@ -43,12 +52,17 @@ def export(
     exporter: ExporterOpt = "auto",
     model: ModelOpt = None,
     trust_pickle: TrustOpt = False,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the onnxruntime vs PyTorch check.")] = False,
+    weights: WeightsOpt = None,
+    layout: LayoutOpt = None,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip the onnxruntime vs source framework check.")
+    ] = False,
     rtol: Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (default 1e-4).")] = None,
     keep_failed: Annotated[bool, typer.Option("--keep-failed", help="Write the ONNX even if it fails.")] = False,
     as_json: JsonOpt = False,
 ):
-    """Export a PyTorch model to ONNX and verify it against PyTorch with onnxruntime."""
+    """Export a PyTorch, PaddlePaddle, TensorFlow/Keras or Caffe model to ONNX and verify it
+    against its own framework with onnxruntime."""
     from mconv import api
     from mconv.errors import UsageError
 
@@ -56,8 +70,8 @@ def export(
         raise UsageError(f"--to {to}: only 'onnx' is supported; use `mconv build --target ...` for backends")
     result = api.export(
         model_path, output, inputs=input, dynamic=dynamic, opset=opset, exporter=exporter, model_spec=model,
-        trust_pickle=trust_pickle, verify=not no_verify, tolerance=tolerance_of(rtol, None, None),
-        keep_failed=keep_failed,
+        trust_pickle=trust_pickle, weights=weights, layout=layout, verify=not no_verify,
+        tolerance=tolerance_of(rtol, None, None), keep_failed=keep_failed,
     )  # fmt: skip
     report = result.to_json()
 
@@ -133,7 +147,7 @@ TimeoutOpt = Annotated[
 
 @app.command()
 def build(
-    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX or any PyTorch source.")],
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX or any source `mconv export` reads.")],
     target: Annotated[
         str,
         typer.Option(
@@ -161,6 +175,8 @@ def build(
     exporter: ExporterOpt = "auto",
     model: ModelOpt = None,
     trust_pickle: TrustOpt = False,
+    weights: WeightsOpt = None,
+    layout: LayoutOpt = None,
     no_verify: NoVerifyOpt = False,
     rtol: RtolOpt = None,
     atol: AtolOpt = None,
@@ -170,7 +186,8 @@ def build(
     timeout: TimeoutOpt = None,
     as_json: JsonOpt = False,
 ):
-    """Build a target artifact from ONNX or PyTorch, then verify it against onnxruntime."""
+    """Build a target artifact from ONNX or any source `mconv export` reads, then verify it
+    against onnxruntime."""
     from mconv import api
     from mconv.passes import parse_pass_list
     from mconv.targets.options import parse_assignments
@@ -182,8 +199,9 @@ def build(
         model_path, names, output, precision=precision, calib=calib, calib_count=calib_count,
         options=parse_assignments(option), inputs=input, dynamic=dynamic, batch=batch,
         passes=parse_pass_list(passes), opset=opset, exporter=exporter, model_spec=model, trust_pickle=trust_pickle,
-        verify=not no_verify, verify_inputs=inputs_data, tolerance=tolerance_of(rtol, atol, min_cos),
-        keep_failed=keep_failed, timeout=timeout, image=image_options(mean, std, size),
+        weights=weights, layout=layout, verify=not no_verify, verify_inputs=inputs_data,
+        tolerance=tolerance_of(rtol, atol, min_cos), keep_failed=keep_failed, timeout=timeout,
+        image=image_options(mean, std, size),
     )  # fmt: skip
 
     def render(r):
@@ -259,6 +277,8 @@ def inspect(
     input: InputOpt = None,
     model: ModelOpt = None,
     trust_pickle: TrustOpt = False,
+    weights: WeightsOpt = None,
+    layout: LayoutOpt = None,
     fold_limit: FoldLimitOpt = None,
     as_json: JsonOpt = False,
 ):
@@ -266,7 +286,8 @@ def inspect(
     from mconv.pipeline import inspect_model
 
     set_fold_limit(fold_limit)
-    report = inspect_model(model_path, target, export_options(input, None, None, "auto", model, trust_pickle))
+    opts = export_options(input, None, None, "auto", model, trust_pickle, weights, layout)
+    report = inspect_model(model_path, target, opts)
 
     def render(r):
         from rich.table import Table
@@ -380,6 +401,42 @@ def _target_detail(entry, as_json: bool) -> None:
             con.print(f"  {o['name']}{flag} ({o['type']}, default {o['default']!r}{only})", markup=False)
             choices = f" Choices: {', '.join(o['choices'])}." if o["choices"] else ""
             con.print(f"      {o['help']}{choices}", markup=False)
+
+    emit(report, as_json, render)
+
+
+@app.command("sources")
+def sources_cmd(as_json: JsonOpt = False):
+    """List registered sources (built-in and plugins) in detection order, with the pip extra
+    each framework comes from; a plugin that fails to load is listed with its error."""
+    from mconv.convert import all_sources
+
+    rows = []
+    for e in all_sources():
+        row = {"name": e.name, "source": e.origin, "error": e.error}
+        if not e.error:
+            try:
+                src = e.load()
+                row.update(framework=src.framework, extra=src.extra, description=src.description)
+            except Exception as ex:  # a plugin that breaks at load shows here, not as a crash
+                row["error"] = f"{type(ex).__name__}: {ex}"
+        rows.append(row)
+    report = {"command": "sources", "sources": rows}
+
+    def render(r):
+        from rich.markup import escape
+        from rich.table import Table
+
+        t = Table()
+        for col in ("source", "from", "framework", "extra", "description"):
+            t.add_column(col)
+        for row in r["sources"]:
+            if row.get("error"):
+                t.add_row(row["name"], row["source"], f"[red]failed to load: {escape(row['error'])}[/red]", "", "")
+            else:
+                extra = f"mconv[{row['extra']}]" if row["extra"] else ""
+                t.add_row(row["name"], row["source"], row["framework"], escape(extra), escape(row["description"]))
+        console().print(t)
 
     emit(report, as_json, render)
 

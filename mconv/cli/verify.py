@@ -11,11 +11,13 @@ from mconv.cli.app import app
 from mconv.cli.common import (
     InputOpt,
     JsonOpt,
+    LayoutOpt,
     MeanOpt,
     ModelOpt,
     SizeOpt,
     StdOpt,
     TrustOpt,
+    WeightsOpt,
     console,
     emit,
     export_options,
@@ -85,6 +87,8 @@ def verify(
     input: InputOpt = None,
     model: ModelOpt = None,
     trust_pickle: TrustOpt = False,
+    weights: WeightsOpt = None,
+    layout: LayoutOpt = None,
     as_json: JsonOpt = False,
 ):
     """Check that each artifact computes what SOURCE computes (onnxruntime), each runtime in a child process.
@@ -99,7 +103,7 @@ def verify(
     from mconv.verification import VerifyRequest, raise_for_report
     from mconv.verification import verify as run_verify
 
-    export = export_options(input, None, None, "auto", model, trust_pickle)
+    export = export_options(input, None, None, "auto", model, trust_pickle, weights, layout)
     req = VerifyRequest(
         source=source,
         artifacts=list(artifacts),

@@ -154,6 +154,8 @@ def resolve_paths(spec: Recipe, base: Path, ctx: KeyLocator) -> None:
     src = spec.source
     if src.path:
         src.path = str(_inside(base, src.path, ("source", "path"), ctx))
+    if src.weights:
+        src.weights = str(_inside(base, src.weights, ("source", "weights"), ctx))
     if src.resource:
         src.resource = _resource(src.resource, ("source", "resource"), ctx)
     if src.factory:

@@ -25,7 +25,14 @@ class _Strict(BaseModel):
 class SourceSpec(_Strict):
     """Where the model comes from: exactly one of ``path``, ``resource`` or ``factory``."""
 
-    path: str | None = Field(None, description="ONNX or PyTorch file, relative to the recipe file.")
+    path: str | None = Field(
+        None,
+        description="ONNX, PyTorch, Paddle, TensorFlow/Keras (file or SavedModel folder) or Caffe model, "
+        "relative to the recipe file.",
+    )
+    weights: str | None = Field(
+        None, description="The weights of a two-file source (Caffe's .caffemodel), relative to the recipe file."
+    )
     resource: str | None = Field(
         None,
         description="A file shipped inside an installed package, 'package:relative/path', "
@@ -51,6 +58,8 @@ class SourceSpec(_Strict):
             raise ValueError("give exactly one of path, resource or factory" + (f" (got {', '.join(given)})"))
         if (self.checkpoint or self.make_checkpoint) and not self.factory:
             raise ValueError("checkpoint and make_checkpoint go with factory")
+        if self.weights and not self.path:
+            raise ValueError("weights goes with path")
         if self.checkpoint and self.make_checkpoint:
             raise ValueError("give checkpoint or make_checkpoint, not both")
         return self
@@ -66,6 +75,9 @@ class InputSpecModel(_Strict):
 class ExportSpec(_Strict):
     opset: int | None = Field(None, ge=7, le=25)
     exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
+    layout: Literal["nhwc", "nchw"] | None = Field(
+        None, description="ONNX input layout of an NHWC source (TensorFlow/Keras); default: the framework's own."
+    )
 
 
 class PassSpec(_Strict):

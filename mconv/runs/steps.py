@@ -96,7 +96,8 @@ class RecipeRun:
 
     def _export(self) -> Path | None:
         from mconv.modelio import load_onnx, save_onnx
-        from mconv.pipeline import ExportOptions, VerifyOptions, apply_input_shapes, export_model, source_kind
+        from mconv.pipeline import ExportOptions, VerifyOptions, apply_input_shapes, export_model
+        from mconv.sources import source_kind
         from mconv.specs import DynamicAxis, InputSpec
 
         src = self.spec.source
@@ -122,11 +123,13 @@ class RecipeRun:
                     opset=self.spec.export.opset,
                     exporter=self.spec.export.exporter,
                     trust_pickle=src.trust_pickle,
+                    weights=Path(src.weights) if src.weights else None,
+                    layout=self.spec.export.layout,
                 )
                 verify = VerifyOptions(enabled=self.spec.verify.enabled, tolerance=self._fp32_tolerance())
                 result = export_model(path, dest, opts, verify)
                 files = result.files
-                rec.update(kind="torch", exporter=result.exporter, opset=result.opset, nodes=result.nodes)
+                rec.update(kind=result.source_kind, exporter=result.exporter, opset=result.opset, nodes=result.nodes)
                 if result.verification is not None:
                     rec["verification"] = result.to_json()["verification"]
             rec["artifacts"] = self._artifacts([str(f) for f in files])
