@@ -30,6 +30,7 @@ _BUILTIN = {
     "ncnn": "mconv.targets.ncnn:NcnnTarget",
     "openvino": "mconv.targets.openvino:OpenVinoTarget",
     "trt": "mconv.targets.tensorrt:TensorRTTarget",
+    "litert": "mconv.targets.litert:LiteRtTarget",
 }
 
 
@@ -52,7 +53,7 @@ class TargetEntry:
 
 
 _registry: dict[str, TargetEntry] = {}
-_aliases: dict[str, str] = {"tensorrt": "trt", "ov": "openvino"}
+_aliases: dict[str, str] = {"tensorrt": "trt", "ov": "openvino", "tflite": "litert"}
 _loaded_plugins = False
 
 
