@@ -26,6 +26,29 @@ class LiteRtOptions(TargetOptions):
         choices=("nchw", "nhwc"),
         metavar="LAYOUT",
     )
+    metadata: str = option(
+        "none",
+        help="Write TFLite model metadata: image_classifier adds what MediaPipe's ImageClassifier "
+        "reads (RGB image input with normalization, labels); implies io_layout=nhwc.",
+        choices=("none", "image_classifier"),
+        metavar="KIND",
+    )
+    mean: str = option(
+        "0,0,0",
+        help="Per-channel mean for the metadata's normalization, in the units of --mean (pixels / 255).",
+        metavar="R,G,B",
+    )
+    std: str = option(
+        "1,1,1",
+        help="Per-channel std for the metadata's normalization, in the units of --std (pixels / 255).",
+        metavar="R,G,B",
+    )
+    labels: str = option(
+        "",
+        help="Text file with one class label per line, packed into the model as its labels file.",
+        path=True,
+        metavar="FILE",
+    )
 
 
 class LiteRtTarget(Target):
@@ -76,6 +99,10 @@ class LiteRtTarget(Target):
 
         self._check_precision(options)
         lowered = lower_model(model, input_shapes=options.input_shapes, io_layout=self._layout(options))
+        if self.options_of(options).metadata != "none":
+            from mconv.targets.litert.classifier import classifier_metadata
+
+            classifier_metadata(lowered.meta, self.options_of(options), model.graph.name or "model")
         dyn = lowered.meta.get("dyn_batch_inputs")
         return [f"TFLite tensors are static here: dynamic batch of {', '.join(dyn)} fixed to 1"] if dyn else []
 
@@ -84,7 +111,8 @@ class LiteRtTarget(Target):
             raise UnsupportedOpsError("litert", {f"precision {options.precision}": []})
 
     def _layout(self, options: BuildOptions) -> str:
-        return "nhwc" if self.options_of(options).io_layout == "nhwc" else "onnx"
+        opts = self.options_of(options)
+        return "nhwc" if opts.io_layout == "nhwc" or opts.metadata != "none" else "onnx"
 
     def write(self, model: onnx.ModelProto, out_dir: Path, stem: str, options: BuildOptions) -> Artifact:
         from mconv.fsutil import write_bytes_atomic, write_text_atomic
@@ -101,7 +129,18 @@ class LiteRtTarget(Target):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         main = out_dir / f"{stem}.tflite"
-        write_bytes_atomic(main, serialise(lowered.graph))
+        extra, files = {}, {}
+        if options.target.metadata != "none":
+            from mconv.targets.litert.classifier import classifier_metadata
+
+            extra, files = classifier_metadata(lowered.meta, options.target, stem)
+            meta["metadata"] = {"kind": options.target.metadata, "files": sorted(files)}
+        data = serialise(lowered.graph, extra)
+        if files:
+            from mconv.targets.litert.metadata import append_files
+
+            data = append_files(data, files)
+        write_bytes_atomic(main, data)
         side = out_dir / f"{stem}.mconv.json"
         write_text_atomic(side, json.dumps(meta, indent=1, sort_keys=True) + "\n")
         return Artifact(self.name, main, [main, side], options.precision, meta)

@@ -350,3 +350,40 @@ def test_cli_build_verify_and_recognise(cli, tmp_path):
     bad = cli("build", src, "-t", "litert", "--option", "io_layout=chw", "-o", tmp_path / "bad")
     assert_clean_error(bad, EXIT_USAGE, "io_layout")
     assert_clean_error(cli("build", src, "-t", "litert", "--int8", "-o", tmp_path / "i8"), EXIT_USAGE, "fp32, fp16")
+
+
+# ---------------------------------------------------------------------------
+# MediaPipe metadata
+
+
+def test_mediapipe_image_classifier_matches_onnxruntime(tmp_path):
+    mp = pytest.importorskip("mediapipe")
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    model = onnx.load_from_string(_torch_cnn())
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"class{i}\n" for i in range(10)))
+    art = build(model, tmp_path, metadata="image_classifier", mean="0.5", std="0.25", labels=str(labels))
+    assert art.meta["inputs"][0]["shape"] == [1, 32, 32, 3]
+    img = np.random.default_rng(3).uniform(0, 255, (32, 32, 3)).astype(np.uint8)
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(art.main)), max_results=5)
+    with vision.ImageClassifier.create_from_options(options) as clf:
+        res = clf.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=img))
+    got = [(c.index, c.category_name, c.score) for c in res.classifications[0].categories]
+    x = ((img.astype(np.float32) / 255 - 0.5) / 0.25).transpose(2, 0, 1)[None]
+    ref = ort_run(model, [{"image": x}])[0]["logits"][0]
+    top = np.argsort(-ref)[:5]
+    assert [g[0] for g in got] == [int(i) for i in top]
+    assert [g[1] for g in got] == [f"class{i}" for i in top]
+    np.testing.assert_allclose([g[2] for g in got], ref[top], rtol=1e-4, atol=1e-5)
+
+
+def test_metadata_refuses_per_channel_normalization_and_wrong_labels(cli, tmp_path):
+    src = tmp_path / "cnn.onnx"
+    src.write_bytes(_torch_cnn())
+    r = cli("build", src, "-t", "litert", "--option", "metadata=image_classifier", "--option", "mean=0.4,0.5,0.6")
+    assert_clean_error(r, EXIT_USAGE, "mean")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\n")
+    r = cli("build", src, "-t", "litert", "--option", "metadata=image_classifier", "--option", f"labels={labels}")
+    assert_clean_error(r, EXIT_USAGE, "labels.txt", "10 classes")
