@@ -168,7 +168,8 @@ def _subgraph(b: flatbuffers.Builder, g: Graph, codes: dict[str, int]) -> tuple[
 
 
 def serialise(g: Graph, metadata: dict[str, bytes] | None = None, description: str = "mconv") -> bytes:
-    """The ``.tflite`` bytes of ``g``."""
+    """The ``.tflite`` bytes of ``g`` (compacted first: see :meth:`Graph.compact`)."""
+    g.compact()
     builtin = tfl("BuiltinOperator").BuiltinOperator
     size = sum(t.data.nbytes for t in g.tensors if t.data is not None)
     b = flatbuffers.Builder(size + (1 << 16))

@@ -94,6 +94,22 @@ class Graph:
         self.op(code, [x], [y], options, **fields)
         return y
 
+    def compact(self) -> None:
+        """Drop tensors no op or graph I/O refers to (weights replaced by their int8 or
+        float16 copies, outputs of fused activations), renumbering the rest."""
+        used = set(self.inputs) | set(self.outputs)
+        for o in self.ops:
+            used.update(i for i in o.inputs if i >= 0)
+            used.update(o.outputs)
+        keep = sorted(used)
+        index = {old: new for new, old in enumerate(keep)}
+        self.tensors = [self.tensors[i] for i in keep]
+        for o in self.ops:
+            o.inputs = [index[i] if i >= 0 else i for i in o.inputs]
+            o.outputs = [index[i] for i in o.outputs]
+        self.inputs = [index[i] for i in self.inputs]
+        self.outputs = [index[i] for i in self.outputs]
+
     def consumers(self) -> dict[int, list[Op]]:
         out: dict[int, list[Op]] = {}
         for o in self.ops:

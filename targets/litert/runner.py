@@ -80,7 +80,7 @@ class LiteRtRunner(Runner):
             interp.allocate_tensors()
             self._ins = {d["name"]: d for d in interp.get_input_details()}
         for name, d in self._ins.items():
-            interp.set_tensor(d["index"], np.ascontiguousarray(feeds[name], dtype=d["dtype"]))
+            interp.set_tensor(d["index"], _to_input(feeds[name], d))
         try:
             interp.invoke()
         except (ValueError, RuntimeError) as e:
@@ -90,5 +90,16 @@ class LiteRtRunner(Runner):
         out: Feeds = {}
         for name, d in self._outs.items():
             y = np.array(interp.get_tensor(d["index"]), copy=True)
+            if y.dtype == np.int8 and np.dtype(want.get(name) or "int8").kind == "f":
+                scale, zp = d["quantization"]
+                y = (y.astype(np.float32) - zp) * scale
             out[name] = y.astype(want[name]) if want.get(name) else y
         return out
+
+
+def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """``x`` as the input tensor's dtype; float feeds of an int8 input are quantized."""
+    if detail["dtype"] == np.int8 and np.asarray(x).dtype.kind == "f":
+        scale, zp = detail["quantization"]
+        return np.clip(np.round(np.asarray(x) / scale) + zp, -128, 127).astype(np.int8)
+    return np.ascontiguousarray(x, dtype=detail["dtype"])

@@ -26,6 +26,12 @@ class LiteRtOptions(TargetOptions):
         choices=("nchw", "nhwc"),
         metavar="LAYOUT",
     )
+    int8_io: bool = option(
+        False,
+        help="INT8 only: the model's inputs and outputs are int8 too (default: float32, with "
+        "QUANTIZE/DEQUANTIZE inside the model).",
+        precisions=("int8",),
+    )
     metadata: str = option(
         "none",
         help="Write TFLite model metadata: image_classifier adds what MediaPipe's ImageClassifier "
@@ -58,8 +64,8 @@ class LiteRtTarget(Target):
     # The registry maps "tflite" -> "litert" (targets/__init__.py); declaring it here would be a duplicate.
     aliases: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = "litert"
-    description: ClassVar[str] = "LiteRT / TFLite .tflite (pure-Python writer, NHWC inside; fp32, fp16)"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
+    description: ClassVar[str] = "LiteRT / TFLite .tflite (pure-Python writer, NHWC inside; fp32, fp16, int8)"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
     isolate: ClassVar[bool] = True
     artifact_kind: ClassVar[str] = "LiteRT .tflite"
     runtime_packages: ClassVar[tuple[str, ...]] = ("ai-edge-litert", "tflite", "flatbuffers")
@@ -125,6 +131,8 @@ class LiteRtTarget(Target):
         meta = dict(lowered.meta)
         if options.precision == "fp16":
             meta["fp16_constants"] = to_fp16(lowered.graph)
+        elif options.precision == "int8":
+            meta["int8"] = _int8(lowered, options)
         meta["precision"] = options.precision
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,6 +182,21 @@ class LiteRtTarget(Target):
             except ValueError:
                 meta = {}
         return Artifact(cls.name, path, files, meta.get("precision", "fp32"), meta)
+
+
+def _int8(lowered, options: BuildOptions) -> dict:
+    """Calibrate the FP32 graph on ``options.calib`` and rewrite it to INT8."""
+    from mconv.errors import UsageError
+    from mconv.targets.litert.flatbuf import serialise
+    from mconv.targets.litert.quantize import calibrate, quantize_int8
+
+    if not options.calib:
+        raise UsageError("--int8 for litert needs calibration data: give --calib DIR (images or .npy/.npz)")
+    nhwc = {m["name"] for m in lowered.meta["inputs"] if m["layout"] == "nhwc"}
+    samples = [{k: v.transpose(0, 2, 3, 1) if k in nhwc else v for k, v in f.items()} for f in options.calib]
+    ranges = calibrate(serialise(lowered.graph), lowered.graph, samples)
+    summary = quantize_int8(lowered.graph, ranges, int8_io=options.target.int8_io)
+    return {**summary, "calib_samples": len(samples), "int8_io": options.target.int8_io}
 
 
 def tflite_inputs(path: Path) -> list[TensorInfo] | None:

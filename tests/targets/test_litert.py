@@ -132,7 +132,8 @@ def ort_run(model: onnx.ModelProto, feeds) -> list[dict[str, np.ndarray]]:
 
 def build(model: onnx.ModelProto, tmp_path: Path, precision: str = "fp32", **values):
     target = get_target("litert")
-    opts = BuildOptions(precision=precision, target=target.make_options(values, precision=precision))
+    calib = feeds_for(model, 8, seed=5) if precision == "int8" else None
+    opts = BuildOptions(precision=precision, calib=calib, target=target.make_options(values, precision=precision))
     return target.write(onnx.load_from_string(model.SerializeToString()), tmp_path, "model", opts)
 
 
@@ -301,6 +302,50 @@ def test_fp16_weights_dequantized(which, tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# INT8
+
+
+@pytest.mark.parametrize("which", ["squeezenet", "torch_cnn", "yolo_head"])
+def test_int8_full_integer(which, tmp_path):
+    import tflite
+
+    model = {"squeezenet": lambda: light("squeezenet"), "torch_cnn": lambda: onnx.load_from_string(_torch_cnn())}.get(
+        which, lambda: onnx.load_from_string(_yolo_head())
+    )()
+    art, _, _ = check(model, tmp_path, "int8", count=3)
+    assert art.meta["int8"]["int8_ops"] > 0
+    m = tflite.Model.GetRootAsModel(art.main.read_bytes(), 0)
+    sub = m.Subgraphs(0)
+    types = {}
+    for i in range(sub.OperatorsLength()):
+        op = sub.Operators(i)
+        code = m.OperatorCodes(op.OpcodeIndex()).BuiltinCode()
+        if code == tflite.BuiltinOperator.CONV_2D:
+            w = sub.Tensors(op.Inputs(1))
+            b = sub.Tensors(op.Inputs(2))
+            x = sub.Tensors(op.Inputs(0))
+            types["conv"] = (w.Type(), b.Type(), w.Quantization().ScaleLength(), w.Quantization().ZeroPoint(0))
+            # bias scale = input scale * weight scale, per output channel
+            np.testing.assert_allclose(
+                b.Quantization().ScaleAsNumpy(), x.Quantization().Scale(0) * w.Quantization().ScaleAsNumpy(), rtol=1e-6
+            )
+        if code in (tflite.BuiltinOperator.LOGISTIC, tflite.BuiltinOperator.SOFTMAX):
+            q = sub.Tensors(op.Outputs(0)).Quantization()
+            assert (q.Scale(0), q.ZeroPoint(0)) == (1 / 256, -128)
+    tt = tflite.TensorType
+    assert types["conv"][:2] == (tt.INT8, tt.INT32) and types["conv"][2] > 1 and types["conv"][3] == 0
+
+
+def test_int8_io_takes_int8_tensors(tmp_path):
+    model = onnx.load_from_string(_torch_cnn())
+    art, _, _ = check(model, tmp_path, "int8", int8_io=True)  # the runner (de)quantizes at the edges
+    runner = get_target("litert").runner(art)
+    runner.load()
+    assert {d["dtype"] for d in runner.interp.get_input_details()} == {np.int8}
+    assert {d["dtype"] for d in runner.interp.get_output_details()} == {np.int8}
+
+
+# ---------------------------------------------------------------------------
 # Refusals, CLI, recognition
 
 
@@ -349,7 +394,13 @@ def test_cli_build_verify_and_recognise(cli, tmp_path):
     assert r.code == 0, r.out + r.err
     bad = cli("build", src, "-t", "litert", "--option", "io_layout=chw", "-o", tmp_path / "bad")
     assert_clean_error(bad, EXIT_USAGE, "io_layout")
-    assert_clean_error(cli("build", src, "-t", "litert", "--int8", "-o", tmp_path / "i8"), EXIT_USAGE, "fp32, fp16")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for k, f in enumerate(feeds_for(onnx.load_from_string(_torch_cnn()), 4, seed=2)):
+        np.save(calib / f"{k}.npy", f["image"])
+    r = cli("build", src, "-t", "litert", "--int8", "--calib", calib, "-o", tmp_path / "i8")
+    assert r.code == 0, r.out + r.err
+    assert (tmp_path / "i8" / "cnn.tflite").is_file()
 
 
 # ---------------------------------------------------------------------------
