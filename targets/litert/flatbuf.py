@@ -30,7 +30,8 @@ def tfl(module: str):
         raise MissingDependencyError("tflite", "litert", str(e)) from e
 
 
-def _bytes_vector(b: flatbuffers.Builder, data: bytes, align: int = _ALIGN) -> int:
+def _bytes_vector(b: flatbuffers.Builder, data, align: int = _ALIGN) -> int:
+    data = memoryview(data).cast("B")
     b.StartVector(1, len(data), align)
     b.head = b.head - len(data)
     b.Bytes[b.head : b.head + len(data)] = data
@@ -109,9 +110,9 @@ def _opcode(b: flatbuffers.Builder, code: int) -> int:
     return m.OperatorCodeEnd(b)
 
 
-def _buffer(b: flatbuffers.Builder, data: bytes | None) -> int:
+def _buffer(b: flatbuffers.Builder, data) -> int:
     m = tfl("Buffer")
-    vec = _bytes_vector(b, data) if data else None
+    vec = _bytes_vector(b, data) if data is not None and memoryview(data).nbytes else None
     m.BufferStart(b)
     if vec is not None:
         m.BufferAddData(b, vec)
@@ -143,14 +144,14 @@ def _signature(b: flatbuffers.Builder, g: Graph) -> int:
     return m.SignatureDefEnd(b)
 
 
-def _subgraph(b: flatbuffers.Builder, g: Graph, codes: dict[str, int]) -> tuple[int, list[bytes | None]]:
+def _subgraph(b: flatbuffers.Builder, g: Graph, codes: dict[str, int]) -> tuple[int, list]:
     m = tfl("SubGraph")
-    buffers: list[bytes | None] = [None]
+    buffers: list = [None]
     tensors = []
     for t in g.tensors:
         index = 0
         if t.data is not None:
-            buffers.append(np.ascontiguousarray(t.data).tobytes())
+            buffers.append(np.ascontiguousarray(t.data))  # read in place by _bytes_vector
             index = len(buffers) - 1
         tensors.append(_tensor(b, t, index))
     ops = [_operator(b, op, codes[op.code]) for op in g.ops]
@@ -167,8 +168,9 @@ def _subgraph(b: flatbuffers.Builder, g: Graph, codes: dict[str, int]) -> tuple[
     return m.SubGraphEnd(b), buffers
 
 
-def serialise(g: Graph, metadata: dict[str, bytes] | None = None, description: str = "mconv") -> bytes:
-    """The ``.tflite`` bytes of ``g`` (compacted first: see :meth:`Graph.compact`)."""
+def serialise(g: Graph, metadata: dict[str, bytes] | None = None, description: str = "mconv") -> memoryview:
+    """The ``.tflite`` bytes of ``g`` (compacted first: see :meth:`Graph.compact`), a view
+    into the builder's buffer (no copy of the weights)."""
     g.compact()
     builtin = tfl("BuiltinOperator").BuiltinOperator
     size = sum(t.data.nbytes for t in g.tensors if t.data is not None)
@@ -201,4 +203,4 @@ def serialise(g: Graph, metadata: dict[str, bytes] | None = None, description: s
         m.ModelAddMetadata(b, v_meta)
     m.ModelAddSignatureDefs(b, v_sigs)
     b.Finish(m.ModelEnd(b), file_identifier=FILE_IDENTIFIER)
-    return bytes(b.Output())
+    return memoryview(b.Bytes)[b.Head() :]

@@ -147,7 +147,7 @@ class LiteRtTarget(Target):
         if files:
             from mconv.targets.litert.metadata import append_files
 
-            data = append_files(data, files)
+            data = append_files(bytes(data), files)
         write_bytes_atomic(main, data)
         side = out_dir / f"{stem}.mconv.json"
         write_text_atomic(side, json.dumps(meta, indent=1, sort_keys=True) + "\n")
@@ -194,7 +194,7 @@ def _int8(lowered, options: BuildOptions) -> dict:
         raise UsageError("--int8 for litert needs calibration data: give --calib DIR (images or .npy/.npz)")
     nhwc = {m["name"] for m in lowered.meta["inputs"] if m["layout"] == "nhwc"}
     samples = [{k: v.transpose(0, 2, 3, 1) if k in nhwc else v for k, v in f.items()} for f in options.calib]
-    ranges = calibrate(serialise(lowered.graph), lowered.graph, samples)
+    ranges = calibrate(bytes(serialise(lowered.graph)), lowered.graph, samples)
     summary = quantize_int8(lowered.graph, ranges, int8_io=options.target.int8_io)
     return {**summary, "calib_samples": len(samples), "int8_io": options.target.int8_io}
 
