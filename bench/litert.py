@@ -15,7 +15,7 @@ mconv's rows are printed. onnx2tf gets ``-k INPUT`` so its model keeps the NCHW 
 mconv's passes replace) is NOT used: both run their default pipelines.
 
 Usage: .venv/bin/python bench/litert.py resnet18 mobilenetv2 [--onnx2tf-python /work/venv-onnx2tf/bin/python]
-       [--threads 2] [--runs 30] [--json bench/results/litert.json]
+       [--threads 2] [--runs 30] [--json bench/results/litert.json] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -232,11 +232,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--json", default="")
+    ap.add_argument(
+        "--workdir", default="", help="keep the ONNX files and artifacts here (default: a temporary folder)"
+    )
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for name in args.models:
-            rows += bench_model(name, args, Path(tmp))
+            rows += bench_model(name, args, work)
     print("| model | converter | convert s | peak MiB | size MB | latency ms | rel err | cosine |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -53,6 +53,7 @@ class Lowering:
     # ONNX name -> layout -> tensor index
     values: dict[str, dict[str, int]] = field(default_factory=dict)
     home: dict[str, str] = field(default_factory=dict)  # the layout a value was produced in
+    producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
 
     # -- queries
     def shape(self, name: str) -> tuple[int, ...]:
@@ -68,6 +69,21 @@ class Lowering:
         if not name or name not in self.prep.consts:
             return None
         return np.asarray(self.prep.consts[name])
+
+    def non_negative(self, name: str) -> bool:
+        """True when ONNX value ``name`` cannot be negative (a ReLU-like producer)."""
+        n = self.producers.get(name)
+        if n is None:
+            return False
+        if n.op_type in ("Relu", "Sigmoid", "Softmax", "Abs", "Exp"):
+            return True
+        if n.op_type == "Clip":
+            lo = attrs(n).get("min")
+            if len(n.input) > 1 and n.input[1]:
+                v = self.const(n.input[1])
+                lo = None if v is None else float(v)
+            return lo is not None and lo >= 0
+        return False
 
     def layout(self, name: str) -> str:
         """The layout ``name`` is cheapest in (constants: onnx)."""
@@ -158,6 +174,7 @@ def lower_nodes(low: Lowering, nodes: list[onnx.NodeProto], rules: dict) -> None
             missing.setdefault(key, []).append(n.name or f"{n.op_type}_{i}")
     if missing:
         raise UnsupportedOpsError("litert", missing)
+    low.producers = {o: n for n in nodes for o in n.output}
     for n in nodes:
         if all(o in low.prep.consts for o in n.output if o):
             continue

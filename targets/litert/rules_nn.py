@@ -143,7 +143,10 @@ def pool(low: Lowering, n: onnx.NodeProto) -> None:
     if not is_max and not exclude and padding == SAME:
         padding = VALID  # TFLite's SAME average leaves the padding out of the count
     if padding == VALID:
-        x = pad_nhwc(low, x, pads, n.output[0], _LOWEST if is_max else 0.0)
+        # Max pools pad with the lowest float (PADV2, which XNNPACK does not run: ~20% of
+        # a ResNet-18); after a ReLU-like op zero padding is the same and stays delegated.
+        low_pad = 0.0 if not is_max or low.non_negative(n.input[0]) else _LOWEST
+        x = pad_nhwc(low, x, pads, n.output[0], low_pad)
     opts = {"Padding": padding, "StrideH": s[0], "StrideW": s[1], "FilterHeight": k[0], "FilterWidth": k[1]}
     code = "MAX_POOL_2D" if is_max else "AVERAGE_POOL_2D"
     if not (exclude and padding == VALID and any(pads)):

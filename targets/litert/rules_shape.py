@@ -37,10 +37,18 @@ def concat(low: Lowering, n: onnx.NodeProto) -> None:
     low.emit("CONCATENATION", ins, n.output[0], layout, "ConcatenationOptions", **opts)
 
 
-def reshape(low: Lowering, n: onnx.NodeProto) -> None:
-    x = low.get(n.input[0])
-    shape = low.shape(n.output[0])
-    low.emit("RESHAPE", [x, low.graph.i32(f"{n.output[0]}__shape", shape)], n.output[0], "onnx")
+def to_static_shape(code: str):
+    """A rule: ``code(x, output's static shape)`` in ONNX layout (RESHAPE, BROADCAST_TO)."""
+
+    def rule(low: Lowering, n: onnx.NodeProto) -> None:
+        x = low.get(n.input[0])
+        shape = low.graph.i32(f"{n.output[0]}__shape", low.shape(n.output[0]))
+        low.emit(code, [x, shape], n.output[0], "onnx")
+
+    return rule
+
+
+reshape = to_static_shape("RESHAPE")
 
 
 def transpose(low: Lowering, n: onnx.NodeProto) -> None:
@@ -215,12 +223,6 @@ def pad(low: Lowering, n: onnx.NodeProto) -> None:
         low.emit("PADV2", [x, p, g.const(f"{n.output[0]}__value", np.float32(value))], n.output[0], layout)
 
 
-def expand(low: Lowering, n: onnx.NodeProto) -> None:
-    x = low.get(n.input[0])
-    shape = low.shape(n.output[0])
-    low.emit("BROADCAST_TO", [x, low.graph.i32(f"{n.output[0]}__shape", shape)], n.output[0], "onnx")
-
-
 def tile(low: Lowering, n: onnx.NodeProto) -> None:
     reps = low.const(n.input[1])
     if reps is None:
@@ -242,6 +244,6 @@ RULES = {op: reduce for op in _REDUCE} | {
     "Slice": slice_,
     "Gather": gather,
     "Pad": pad,
-    "Expand": expand,
+    "Expand": to_static_shape("BROADCAST_TO"),
     "Tile": tile,
 }
