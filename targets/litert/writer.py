@@ -82,6 +82,7 @@ def lower_model(model: onnx.ModelProto, *, input_shapes: dict | None = None, io_
         low.graph.outputs.append(t)
         outs.append(_io_meta(low, name, layout))
     fuse_activations(low.graph)
+    fold_reshapes(low.graph)
     meta = {"inputs": io, "outputs": outs, "io_layout": io_layout, "dyn_batch_inputs": sorted(prep.dyn_batch)}
     return Lowered(low.graph, meta)
 
@@ -124,6 +125,25 @@ def fuse_activations(g: Graph) -> None:
         prod.outputs = [act.outputs[0]]
         producer[act.outputs[0]] = prod
         dropped.add(id(act))
+    g.ops = [op for op in g.ops if id(op) not in dropped]
+
+
+def fold_reshapes(g: Graph) -> None:
+    """RESHAPE of a RESHAPE whose result nothing else reads (and is no graph output)
+    reshapes the first one's input directly (e.g. the layout RESHAPE before a Flatten)."""
+    consumers = g.consumers()
+    producer = {o: op for op in g.ops for o in op.outputs}
+    dropped = set()
+    for op in g.ops:
+        if op.code != "RESHAPE":
+            continue
+        first = producer.get(op.inputs[0])
+        while first is not None and first.code == "RESHAPE" and len(consumers.get(first.outputs[0], [])) == 1:
+            if first.outputs[0] in g.outputs:
+                break
+            dropped.add(id(first))
+            op.inputs[0] = first.inputs[0]
+            first = producer.get(op.inputs[0])
     g.ops = [op for op in g.ops if id(op) not in dropped]
 
 
