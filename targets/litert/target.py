@@ -81,7 +81,7 @@ class LiteRtTarget(Target):
         from mconv.targets.litert.writer import prepare
 
         try:
-            _, nodes = prepare(model)
+            _, nodes = prepare(model, mode="lazy")
         except Exception:
             return super().unsupported(model)
         ops = self.supported_ops()

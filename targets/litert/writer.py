@@ -32,13 +32,14 @@ class Lowered:
     meta: dict
 
 
-def prepare(model: onnx.ModelProto, input_shapes: dict | None = None):
-    """Folded, pattern-fused nodes (the ncnn writer's folding and fusions, shared)."""
+def prepare(model: onnx.ModelProto, input_shapes: dict | None = None, mode: str = "eager"):
+    """Folded, pattern-fused nodes (the ncnn writer's folding and fusions, shared).
+    ``mode="lazy"`` leaves large weights unread (for listing ops)."""
     from mconv.targets.ncnn.fold import fold_graph
     from mconv.targets.ncnn.fuse import _Graph, _match_gelu, _match_simple
 
     try:
-        prep = fold_graph(model, input_shapes)
+        prep = fold_graph(model, input_shapes, mode=mode)
     except ConversionError as e:
         raise ConversionError(e.message.replace("ncnn params", "TFLite tensors")) from e
     g = _Graph(prep, list(prep.nodes))
