@@ -5,8 +5,9 @@ process, peak RSS from ``wait4``), artifact size, latency in LiteRT's interprete
 (same threads, runs interleaved A/B so load on a shared machine hits both alike)
 and the error against onnxruntime (max abs / max |ref|, cosine).
 
-Models: ``resnet18`` and ``mobilenetv2`` (torch definitions below, seeded random
-weights, exported at opset 17; no torchvision needed), or paths to .onnx files.
+Models: the architectures of bench/openvino.py (``resnet18``, ``mobilenet_v2``,
+``efficientnet_b0``, ``vit_ti16``; seeded random weights, opset 17, no torchvision), or
+paths to .onnx files.
 
 onnx2tf needs TensorFlow; it must live in a separate venv (its pins replace numpy,
 onnx, onnxruntime and protobuf), given with ``--onnx2tf-python``; without it only
@@ -14,7 +15,7 @@ mconv's rows are printed. onnx2tf gets ``-k INPUT`` so its model keeps the NCHW 
 (the same feeds as onnxruntime), and ``-n`` (no optimisation pass with onnxsim, which
 mconv's passes replace) is NOT used: both run their default pipelines.
 
-Usage: .venv/bin/python bench/litert.py resnet18 mobilenetv2 [--onnx2tf-python /work/venv-onnx2tf/bin/python]
+Usage: .venv/bin/python bench/litert.py resnet18 mobilenet_v2 [--onnx2tf-python /work/venv-onnx2tf/bin/python]
        [--threads 2] [--runs 30] [--json bench/results/litert.json] [--workdir DIR]
 """
 
@@ -33,92 +34,25 @@ import numpy as np
 import onnx
 
 
-def resnet18():
-    import torch
-    from torch import nn
+def _architectures():
+    """bench/openvino.py's torch definitions (loaded by path: its name would shadow the
+    openvino package)."""
+    import importlib.util
 
-    class Basic(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.b1 = nn.BatchNorm2d(cout)
-            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.b2 = nn.BatchNorm2d(cout)
-            self.down = None
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            y = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
-            return torch.relu(y + (x if self.down is None else self.down(x)))
-
-    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
-    cin = 64
-    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-        layers += [Basic(cin, cout, stride), Basic(cout, cout, 1)]
-        cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000)]
-    return nn.Sequential(*layers)
-
-
-def mobilenetv2():
-    from torch import nn
-
-    def cbr(cin, cout, k=3, s=1, g=1):
-        return [nn.Conv2d(cin, cout, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(cout), nn.ReLU6()]
-
-    class Inverted(nn.Module):
-        def __init__(self, cin, cout, s, t):
-            super().__init__()
-            hid = cin * t
-            body = (cbr(cin, hid, 1) if t != 1 else []) + cbr(hid, hid, 3, s, hid)
-            self.body = nn.Sequential(*body, nn.Conv2d(hid, cout, 1, bias=False), nn.BatchNorm2d(cout))
-            self.res = s == 1 and cin == cout
-
-        def forward(self, x):
-            return x + self.body(x) if self.res else self.body(x)
-
-    layers = cbr(3, 32, 3, 2)
-    cin = 32
-    for t, c, n, s in (
-        (1, 16, 1, 1),
-        (6, 24, 2, 2),
-        (6, 32, 3, 2),
-        (6, 64, 4, 2),
-        (6, 96, 3, 1),
-        (6, 160, 3, 2),
-        (6, 320, 1, 1),
-    ):
-        for i in range(n):
-            layers.append(Inverted(cin, c, s if i == 0 else 1, t))
-            cin = c
-    layers += [*cbr(cin, 1280, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000)]
-    return nn.Sequential(*layers)
+    spec = importlib.util.spec_from_file_location("bench_openvino", Path(__file__).with_name("openvino.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def export(name: str, path: Path) -> Path:
-    import warnings
-
-    import torch
-
-    torch.manual_seed(0)
-    net = {"resnet18": resnet18, "mobilenetv2": mobilenetv2}[name]().eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (torch.randn(1, 3, 224, 224),),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            opset_version=17,
-            dynamo=False,
-        )
+    """One of bench/openvino.py's architectures (seeded random weights, BatchNorm
+    statistics measured, no training) as ONNX with input ``image``."""
+    arch = _architectures()
+    if name not in arch.MODELS:
+        raise SystemExit(f"unknown model {name!r}: give one of {', '.join(arch.MODELS)} or an .onnx path")
+    net, _ = arch.build_torch(name, steps=0)
+    onnx.save(arch.export_onnx(net), path)
     return path
 
 
