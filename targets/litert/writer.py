@@ -118,9 +118,9 @@ def fuse_activations(g: Graph) -> None:
             continue
         if g.tensors[src].dtype != "float32" or id(prod) in dropped:
             continue
-        table, fields = prod.options or ({"CONV_2D": "Conv2DOptions"}.get(prod.code, ""), {})
-        if prod.options is None or fields.get("FusedActivationFunction", 0):
-            continue
+        if prod.options is None or prod.options[1].get("FusedActivationFunction", 0):
+            continue  # every rule writes options for these ops; one activation per op
+        table, fields = prod.options
         fields["FusedActivationFunction"] = _ACTS[act.code]
         prod.options = (table, fields)
         prod.outputs = [act.outputs[0]]
