@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import onnx
 
-from mconv.errors import ConversionError, UnsupportedOpsError
+from mconv.errors import InputError, UnsupportedOpsError
 from mconv.graphinfo import TensorInfo
 from mconv.targets.base import Artifact, BuildOptions, Runner, Target, TargetOptions, option
 
@@ -200,20 +200,28 @@ def _int8(lowered, options: BuildOptions) -> dict:
 
 
 def tflite_inputs(path: Path) -> list[TensorInfo] | None:
-    """The subgraph's inputs (name, shape, dtype) read from the flatbuffer."""
+    """The subgraph's inputs (name, shape, dtype) read from the flatbuffer.
+
+    Raises:
+        InputError: the file is truncated or not a TFLite flatbuffer.
+    """
+    from mconv.targets.litert.graph import TENSOR_TYPES
+
+    names = {v: k for k, v in TENSOR_TYPES.items()}
     try:
         import tflite
 
         model = tflite.Model.GetRootAsModel(Path(path).read_bytes(), 0)
-    except Exception as e:  # not readable: the runner reports it
-        raise ConversionError(f"{path}: not a readable .tflite file ({e})") from e
-    from mconv.targets.litert.graph import TENSOR_TYPES
-
-    names = {v: k for k, v in TENSOR_TYPES.items()}
-    sub = model.Subgraphs(0)
-    out = []
-    for k in range(sub.InputsLength()):
-        t = sub.Tensors(sub.Inputs(k))
-        shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
-        out.append(TensorInfo(t.Name().decode(), shape, names.get(t.Type(), "float32")))
+        sub = model.Subgraphs(0)
+        out = []
+        for k in range(sub.InputsLength()):
+            t = sub.Tensors(sub.Inputs(k))
+            shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+            out.append(TensorInfo(t.Name().decode(), shape, names.get(t.Type(), "float32")))
+    except ImportError:
+        return None
+    except Exception as e:  # flatbuffers reads past the end of a truncated file
+        raise InputError(
+            f"{path}: not a readable .tflite file ({type(e).__name__}: {e}); re-build or re-copy it"
+        ) from e
     return out

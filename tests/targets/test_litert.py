@@ -438,3 +438,12 @@ def test_metadata_refuses_per_channel_normalization_and_wrong_labels(cli, tmp_pa
     labels.write_text("a\nb\n")
     r = cli("build", src, "-t", "litert", "--option", "metadata=image_classifier", "--option", f"labels={labels}")
     assert_clean_error(r, EXIT_USAGE, "labels.txt", "10 classes")
+
+
+def test_truncated_tflite_is_a_clean_input_error(cli, tmp_path):
+    src = tmp_path / "cnn.onnx"
+    src.write_bytes(_torch_cnn())
+    art = build(onnx.load_from_string(_torch_cnn()), tmp_path / "a")
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(art.main.read_bytes()[:3000])
+    assert_clean_error(cli("verify", src, bad), EXIT_USAGE, "bad.tflite", "not a readable .tflite")
