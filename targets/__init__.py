@@ -31,6 +31,7 @@ _BUILTIN = {
     "openvino": "mconv.targets.openvino:OpenVinoTarget",
     "trt": "mconv.targets.tensorrt:TensorRTTarget",
     "mnn": "mconv.targets.mnn:MnnTarget",
+    "litert": "mconv.targets.litert:LiteRtTarget",
 }
 
 
@@ -53,7 +54,7 @@ class TargetEntry:
 
 
 _registry: dict[str, TargetEntry] = {}
-_aliases: dict[str, str] = {"tensorrt": "trt", "ov": "openvino"}
+_aliases: dict[str, str] = {"tensorrt": "trt", "ov": "openvino", "tflite": "litert"}
 _loaded_plugins = False
 
 
