@@ -58,7 +58,11 @@ class EliminateNoOpsPass(Pass):
             kind = None
             if node.op_type == "Identity":
                 kind = "Identity"
-            elif node.op_type == "Dropout" and (len(node.output) < 2 or not users.get(node.output[1])):
+            elif (
+                node.op_type == "Dropout"
+                and (len(node.output) < 2 or not users.get(node.output[1]))
+                and _inference_dropout(node, inits)
+            ):
                 kind = "Dropout"
             elif node.op_type == "Cast" and src in types and types[src] == attr(node, "to") and types[src]:
                 kind = "Cast"
@@ -86,6 +90,17 @@ class EliminateNoOpsPass(Pass):
         g.node.extend(keep)
         apply_renames(g, renames)
         return PassResult(model, True, [f"{k}: {v}" for k, v in sorted(counts.items())])
+
+
+def _inference_dropout(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
+    """Dropout is the identity unless ``training_mode`` is (or may be) true with a ratio above 0."""
+    training = node.input[2] if len(node.input) > 2 else ""
+    if not training:
+        return True
+    if training not in inits or not bool(numpy_helper.to_array(inits[training]).any()):
+        return training in inits  # a run-time flag: keep the node; a constant false: identity
+    ratio = node.input[1] if len(node.input) > 1 else ""
+    return bool(ratio) and ratio in inits and not numpy_helper.to_array(inits[ratio]).any()
 
 
 def _non_zero_shape(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:

@@ -104,6 +104,11 @@ for _op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
 def identity(ctx: Ctx, node: Node) -> None:
     x = node.inputs[0]
     assert x is not None
+    if node.op == "Dropout":
+        training = node.const(2, "training_mode")
+        ratio = node.const(1, "ratio")
+        if training is not None and bool(np.asarray(training)) and (ratio is None or float(np.asarray(ratio)) != 0):
+            raise NotLowerable("training-mode Dropout (random masks) has no inference lowering")
     ctx.alias(node.outputs[0], x)
     if len(node.outputs) > 1 and node.outputs[1]:
         # Inference-mode Dropout keeps everything: the mask is constant True.

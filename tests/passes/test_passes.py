@@ -98,6 +98,27 @@ def test_eliminate_identity_dropout_and_noop_cast():
     _assert_same_outputs(m, m2)
 
 
+@pytest.mark.parametrize(
+    ("training", "ratio", "dropped"),
+    [(False, 0.5, True), (True, 0.0, True), (True, 0.5, False), (None, 0.5, False)],
+)
+def test_eliminate_dropout_only_in_inference_mode(training, ratio, dropped):
+    """A Dropout with training_mode true (random masks) is kept; None: a run-time flag."""
+    inits = [numpy_helper.from_array(np.array(ratio, np.float32), "r")]
+    inputs = [_vi("x", [2, 2])]
+    if training is None:
+        inputs.append(helper.make_tensor_value_info("t", TensorProto.BOOL, []))
+    else:
+        inits.append(numpy_helper.from_array(np.array(training), "t"))
+    nodes = [
+        helper.make_node("Dropout", ["x", "r", "t"], ["a"], name="drop"),
+        helper.make_node("Relu", ["a"], ["y"], name="relu"),
+    ]
+    m = make_graph_model(nodes, inputs, [_vi("y", [2, 2])], inits)
+    res, _ = get_pass("eliminate_identity")(_copy(m))
+    assert ("Dropout" not in [n.op_type for n in res.model.graph.node]) == dropped
+
+
 def test_eliminate_identity_keeps_graph_output_names():
     m = make_graph_model([helper.make_node("Identity", ["x"], ["y"], name="id")], [_vi("x", [2])], [_vi("y", [2])])
     res, _ = get_pass("eliminate_identity")(_copy(m))

@@ -324,3 +324,16 @@ def test_recurrent(check, make_model, rng, op, direction):
     )  # fmt: skip
     check(m)
     assert op in check.param_text()
+
+
+def test_training_mode_dropout_is_refused(make_model, tmp_path):
+    from mconv.errors import UnsupportedOpsError
+    from mconv.targets import get_target
+    from mconv.targets.base import BuildOptions
+
+    m = make_model(
+        [H("Dropout", ["x", "r", "t"], ["y"], name="drop")], {"x": (1, 4, 3, 3)}, ["y"],
+        {"r": np.array(0.5, np.float32), "t": np.array(True)},
+    )  # fmt: skip
+    with pytest.raises(UnsupportedOpsError, match="training-mode Dropout"):
+        get_target("ncnn").write(m, tmp_path, "m", BuildOptions())
