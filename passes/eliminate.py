@@ -6,6 +6,9 @@ Cases rewritten:
 3. ``Cast`` to the type its input already has -> its input.
 4. ``Reshape`` of a ``Reshape`` output read by nothing else -> one Reshape.
 5. ``Reshape`` to the shape its input already has -> its input.
+6. ``CastLike(x, like)`` -> ``Cast(x, to=<like's type>)`` where that type is known (the
+   exported forms of functions such as Gelu, HardSigmoid or Softplus use it on constants,
+   which then fold), and dropped like any Cast when it changes nothing.
 A node whose output is a graph output is kept (the output name must survive).
 """
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from mconv.passes.base import Pass, PassResult
 from mconv.passes.graph import (
@@ -50,6 +53,7 @@ class EliminateNoOpsPass(Pass):
         renames: dict[str, str] = {}
         drop: set[int] = set()
         counts: dict[str, int] = {}
+        _cast_like_to_cast(g, types, counts)
         for node in g.node:
             if not is_default_domain(node) or not node.output:
                 continue
@@ -90,6 +94,21 @@ class EliminateNoOpsPass(Pass):
         g.node.extend(keep)
         apply_renames(g, renames)
         return PassResult(model, True, [f"{k}: {v}" for k, v in sorted(counts.items())])
+
+
+def _cast_like_to_cast(g: onnx.GraphProto, types: dict[str, int], counts: dict[str, int]) -> None:
+    for node in g.node:
+        if node.op_type != "CastLike" or not is_default_domain(node) or len(node.input) != 2:
+            continue
+        to = types.get(node.input[1])
+        if not to:
+            continue
+        saturate = [a for a in node.attribute if a.name == "saturate"]  # Cast has it from opset 19, as CastLike
+        node.op_type = "Cast"
+        del node.input[1]
+        del node.attribute[:]
+        node.attribute.extend([helper.make_attribute("to", to), *saturate])
+        counts["CastLike -> Cast"] = counts.get("CastLike -> Cast", 0) + 1
 
 
 def _inference_dropout(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:

@@ -475,6 +475,9 @@ def _fold_node(node: onnx.NodeProto, prep: Prepared) -> list[np.ndarray | None] 
         if size is None or size > prep.fold_limit:
             prep.too_big[node.output[0]] = size
             return None
+    # CastLike of a constant needs only the type of its second input
+    if node.op_type == "CastLike" and node.input[0] in prep.consts and node.input[1] in prep.dtypes:
+        return [np.asarray(value_of(prep.consts[node.input[0]])).astype(prep.dtypes[node.input[1]])]
     vals = _foldable(node, prep.consts, prep.shapes)
     if vals is None:
         return None

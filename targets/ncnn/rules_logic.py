@@ -167,7 +167,7 @@ def is_nan(ctx: Ctx, node: Node) -> None:
     ctx.bind_const(node.outputs[0], np.zeros(ctx.out_shape(), bool))
 
 
-@rule("Cast")
+@rule("Cast", "CastLike")
 def cast(ctx: Ctx, node: Node) -> None:
     x = _dynamic(node, 0)
     to = ctx.prep.dtypes.get(node.outputs[0])

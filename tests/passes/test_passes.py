@@ -119,6 +119,19 @@ def test_eliminate_dropout_only_in_inference_mode(training, ratio, dropped):
     assert ("Dropout" not in [n.op_type for n in res.model.graph.node]) == dropped
 
 
+def test_castlike_becomes_cast_and_folds():
+    """CastLike(constant, x) needs only x's type: a Cast, which fold_constants then folds."""
+    nodes = [
+        helper.make_node("CastLike", ["two", "x"], ["t"], name="like"),
+        helper.make_node("Mul", ["x", "t"], ["y"], name="mul"),
+    ]
+    inits = [numpy_helper.from_array(np.array(2, np.int64), "two")]
+    m = make_graph_model(nodes, [_vi("x", [2, 2])], [_vi("y", [2, 2])], inits)
+    m2, _ = optimize(_copy(m), ["infer_shapes", "eliminate_identity", "fold_constants"])
+    assert [n.op_type for n in m2.graph.node] == ["Mul"]
+    _assert_same_outputs(m, m2)
+
+
 def test_eliminate_identity_keeps_graph_output_names():
     m = make_graph_model([helper.make_node("Identity", ["x"], ["y"], name="id")], [_vi("x", [2])], [_vi("y", [2])])
     res, _ = get_pass("eliminate_identity")(_copy(m))
