@@ -30,6 +30,7 @@ _BUILTIN = {
     "ncnn": "mconv.targets.ncnn:NcnnTarget",
     "openvino": "mconv.targets.openvino:OpenVinoTarget",
     "trt": "mconv.targets.tensorrt:TensorRTTarget",
+    "tvm": "mconv.targets.tvm:TvmTarget",
 }
 
 
