@@ -11,6 +11,25 @@ library's, measured in interleaved rounds in this process, with the max relative
 Run: ``python bench/tvm.py [--model small_cnn|resnet18] [--budget-s 600] [--step 32]
 [--threads 2] [--iters 20]``
 
+Measured (``--model small_cnn --budget-s 120 --step 16 --iters 40``, apache-tvm 0.27.0.post1,
+cost model ``random`` (xgboost not installed), 2 threads on a 2-core machine shared with five
+other jobs: absolute ms are inflated, the ratios come from interleaved rounds)::
+
+    small_cnn, 2 threads, tuning budget 120 s (spent 127 s)
+                   runtime  trials  build s        ms   x ort  max rel err
+               onnxruntime                       0.14    1.00
+                       tvm       0      1.9      5.81   40.50     1.26e-07
+                       tvm      16     48.3      5.79   40.35     1.26e-07
+                       tvm      32     12.8      8.83   61.59     1.26e-07
+                       tvm      64     13.5      5.70   39.73     1.26e-07
+                       tvm     128     11.7      5.72   39.88     1.26e-07
+
+(rounds 48-112 omitted: 5.6-7.6 ms). Untuned is ~40x onnxruntime, as the issue measured on
+ResNet-18 (~45x); 128 trials of the random-cost-model search did not beat the untuned
+library here (the tuned schedules are applied: their functions are parallel and
+vectorized). The first round includes ~30 s of CPU importing MetaSchedule's tensor
+intrinsics.
+
 ``tvm_row(onnx_path, ...)`` gives one row (latency, size, conversion time, error) for a
 table of several runtimes side by side (bench/runtimes.py).
 """

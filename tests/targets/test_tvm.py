@@ -264,7 +264,15 @@ def test_tuning_records_are_cached_and_reused(cli, in_tmp):
     assert "reused 2 cached tuning trials" in " ".join((second.out + second.err).split())
     again = json.loads((in_tmp / "b/tiny.tvm.json").read_text())["tuning"]
     assert again["reused"] and again["trials_run"] == 0 and again["key"] == tuning["key"]
-    # Another precision is another program: its own key.
-    fp16 = cli("build", src, "--target", "tvm", "--fp16", "--tune", "1", "-o", "c")
-    assert fp16.code == 0, fp16.err
-    assert json.loads((in_tmp / "c/tiny.tvm.json").read_text())["tuning"]["key"] != tuning["key"]
+    # Another precision, CPU model or model is another program: another key.
+    from mconv.targets.tvm.compile import llvm_target
+    from mconv.targets.tvm.tuning import cache_key
+
+    onnx_bytes, target = b"model", llvm_target()
+    keys = {
+        cache_key(onnx_bytes, target, "fp32"),
+        cache_key(onnx_bytes, target, "fp16"),
+        cache_key(onnx_bytes, llvm_target("x86-64"), "fp32"),
+        cache_key(b"other model", target, "fp32"),
+    }
+    assert len(keys) == 4
