@@ -32,6 +32,7 @@ _BUILTIN = {
     "trt": "mconv.targets.tensorrt:TensorRTTarget",
     "mnn": "mconv.targets.mnn:MnnTarget",
     "litert": "mconv.targets.litert:LiteRtTarget",
+    "tvm": "mconv.targets.tvm:TvmTarget",
 }
 
 

@@ -274,3 +274,19 @@ def tied_detector_inputs(seed: int = 0, jitter: float = 1e-6) -> dict[str, np.nd
         r, q = divmod(c, 8)
         x[0, 0, 4 * r : 4 * r + 4, 4 * q : 4 * q + 4] = patches[c // 2] + jitter * rng.standard_normal((4, 4))
     return {"x": x}
+
+
+def custom_op_model() -> onnx.ModelProto:
+    """Relu -> com.example::FancyOp -> Relu: no runtime has a rule for the middle op."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["y"], name="relu_in"),
+        helper.make_node("FancyOp", ["y"], ["z"], name="fancy_node", domain="com.example"),
+        helper.make_node("Relu", ["z"], ["out"], name="relu_out"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])

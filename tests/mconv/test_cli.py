@@ -25,7 +25,7 @@ def test_help_does_not_import_heavy_frameworks():
         "import sys, mconv, mconv.cli\n"
         "from mconv.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "names = ('torch', 'openvino', 'ncnn', 'tensorrt', 'nncf', 'onnxruntime', 'ray')\n"
+        "names = ('torch', 'openvino', 'ncnn', 'tensorrt', 'nncf', 'onnxruntime', 'ray', 'tvm')\n"
         "heavy = [m for m in names if m in sys.modules]\n"
         "print(heavy)\n"
     )

@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from mconv.errors import EXIT_CONVERSION, EXIT_USAGE, InputError, UsageError
 from mconv.metrics import compare_outputs, default_tolerance
 from mconv.targets import BuildOptions, get_target
 from mconv.targets.base import Artifact
+from tests.models import custom_op_model
 
 pytest.importorskip("openvino")
 ort = pytest.importorskip("onnxruntime")
@@ -154,22 +155,6 @@ def _torch_cnn_bytes() -> bytes:
 
 def torch_cnn() -> onnx.ModelProto:
     return onnx.load_from_string(_torch_cnn_bytes())
-
-
-def custom_op_model() -> onnx.ModelProto:
-    """Relu -> com.example::FancyOp -> Relu: the middle op has no OpenVINO frontend rule."""
-    nodes = [
-        helper.make_node("Relu", ["x"], ["y"], name="relu_in"),
-        helper.make_node("FancyOp", ["y"], ["z"], name="fancy_node", domain="com.example"),
-        helper.make_node("Relu", ["z"], ["out"], name="relu_out"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "custom",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
 
 
 # ---------------------------------------------------------------------------
