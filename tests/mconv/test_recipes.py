@@ -79,8 +79,8 @@ def test_wrong_precision_value(cli, rdir):
 
 
 def test_unknown_target(cli, rdir):
-    p = write(rdir, GOOD.replace("target: onnx", "target: tflite"))
-    check_invalid(cli, p, 5, "targets.0.target", "unknown target", "tflite")
+    p = write(rdir, GOOD.replace("target: onnx", "target: coreml"))
+    check_invalid(cli, p, 5, "targets.0.target", "unknown target", "coreml")
 
 
 def test_unknown_pass(cli, rdir):
