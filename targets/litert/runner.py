@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mconv.errors import InputError, MissingDependencyError
+from mconv.quiet import quiet
 from mconv.targets.base import Artifact, Feeds, Runner
 
 
@@ -36,8 +37,9 @@ class LiteRtRunner(Runner):
             return
         Interpreter = import_interpreter()
         try:
-            interp = Interpreter(model_path=str(self.artifact.main), num_threads=self.threads or None)
-            interp.allocate_tensors()
+            with quiet():  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" from C++
+                interp = Interpreter(model_path=str(self.artifact.main), num_threads=self.threads or None)
+                interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise InputError(f"{self.artifact.main}: LiteRT cannot load this model: {e}") from e
         self.interp = interp

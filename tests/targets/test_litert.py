@@ -447,3 +447,16 @@ def test_truncated_tflite_is_a_clean_input_error(cli, tmp_path):
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(art.main.read_bytes()[:3000])
     assert_clean_error(cli("verify", src, bad), EXIT_USAGE, "bad.tflite", "not a readable .tflite")
+
+
+def test_bench_keeps_litert_log_lines_off_stderr(mconv_proc, tmp_path):
+    """LiteRT prints an XNNPACK INFO line from C++ when a model loads: not mconv's output
+    (--verbose shows it)."""
+    src = tmp_path / "cnn.onnx"
+    src.write_bytes(_torch_cnn())
+    r = mconv_proc("build", src, "-t", "litert", "-o", tmp_path / "out")
+    assert r.code == 0 and r.err == "", r.err
+    r = mconv_proc("bench", tmp_path / "out" / "cnn.tflite", "--iters", "3")
+    assert r.code == 0 and r.err == "", r.err
+    loud = mconv_proc("bench", tmp_path / "out" / "cnn.tflite", "--iters", "3", env={"MCONV_VERBOSE": "1"})
+    assert loud.code == 0 and "XNNPACK" in loud.err
