@@ -14,19 +14,23 @@ its error in the table instead of numbers). Add a runtime by adding a function.
 
 Run: ``python bench/runtimes.py [--models resnet18,mobilenet_v2] [--threads 2] [--iters 40]``
 
-Measured (``--iters 30``, 2026-12-03; mnn 3.6.1, 2 threads on a 2-core machine shared with
-five other jobs: absolute ms are inflated and noisy, compare within a model)::
+Measured (``--iters 20 --warmup 3``, 2026-12-03, nothing else running; mnn 3.6.1, ai-edge-litert
+2.3.0, apache-tvm 0.27 untuned, 2 threads on a 2-core machine)::
 
     model         target             ms      MB  convert s   max rel    cosine
     --------------------------------------------------------------------------
-    resnet18      onnx (ORT)      92.70    44.7       2.22   0.0e+00  1.000000
-    resnet18      ncnn            54.03    44.7       0.82   2.1e-06  1.000000
-    resnet18      openvino        44.81    44.8       2.75   1.2e-06  1.000000
-    resnet18      mnn            124.20    44.7       4.35   1.2e-04  1.000000
-    mobilenet_v2  onnx (ORT)      36.08     8.9       0.25   0.0e+00  1.000000
-    mobilenet_v2  ncnn            18.33     8.9       0.27   1.1e-05  1.000000
-    mobilenet_v2  openvino        20.80     9.0       1.83   1.0e-05  1.000000
-    mobilenet_v2  mnn             47.58     8.9       1.88   6.3e-06  1.000000
+    resnet18      onnx (ORT)      10.74    44.7       0.79   0.0e+00  1.000000
+    resnet18      ncnn            31.27    44.7       0.32   2.1e-06  1.000000
+    resnet18      openvino        11.37    44.8       0.73   1.2e-06  1.000000
+    resnet18      mnn             21.23    44.7       1.66   1.2e-04  1.000000
+    resnet18      litert          16.97    44.7       0.56   1.2e-06  1.000000
+    resnet18      tvm           1618.55    45.0       2.74   1.2e-06  1.000000
+    mobilenet_v2  onnx (ORT)       3.85     8.9       0.06   0.0e+00  1.000000
+    mobilenet_v2  ncnn             9.95     8.9       0.11   1.1e-05  1.000000
+    mobilenet_v2  openvino         6.04     9.0       0.42   1.0e-05  1.000000
+    mobilenet_v2  mnn             10.08     8.9       0.90   6.3e-06  1.000000
+    mobilenet_v2  litert           4.70     8.9       0.11   5.8e-06  1.000000
+    mobilenet_v2  tvm            157.81     9.8       3.08   1.0e-05  1.000000
 
 "convert s" is the whole ``mconv build`` without verification (passes included; for mnn also
 the converter's child process start-up).
@@ -115,6 +119,16 @@ def openvino_row(src: Path, out: Path) -> tuple[Path, float]:
 @row("mnn")
 def mnn_row(src: Path, out: Path) -> tuple[Path, float]:
     return _build(src, "mnn", out)
+
+
+@row("litert")
+def litert_row(src: Path, out: Path) -> tuple[Path, float]:
+    return _build(src, "litert", out)
+
+
+@row("tvm")
+def tvm_row(src: Path, out: Path) -> tuple[Path, float]:
+    return _build(src, "tvm", out)  # untuned (tune=0): bench/tvm.py measures tuning
 
 
 def _size_mb(main: Path) -> float:
