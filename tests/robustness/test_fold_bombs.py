@@ -10,7 +10,6 @@ and its peak RSS is read from the kernel.
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 
@@ -50,28 +49,42 @@ def bomb_model(kind: str) -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def _limit() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_LIMIT, ADDRESS_LIMIT))
+# A small launcher process starts mconv and reads its peak RSS: a child forked straight from
+# the pytest worker inherits the worker's resident pages until exec, and Linux keeps that
+# high-water mark in ru_maxrss (a worker that imported TensorFlow made every bomb "1.3 GB").
+_LAUNCHER = """
+import os, resource, subprocess, sys
+limit, fd, args = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+def cap():
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+p = subprocess.Popen([sys.executable, "-m", "mconv", *args], preexec_fn=cap)
+_, status, usage = os.wait4(p.pid, 0)
+sys.stderr.flush()
+os.write(fd, f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss * 1024}".encode())
+"""
 
 
 def run_bounded(args: list[str], cwd, env: dict | None = None) -> tuple[int, str, str, int]:
     """``mconv ARGS`` as a process under RLIMIT_AS: exit code, stdout, stderr, peak RSS bytes."""
     out, err = cwd / ".stdout", cwd / ".stderr"
+    read_end, write_end = os.pipe()
     with open(out, "w") as fo, open(err, "w") as fe:
         p = subprocess.Popen(
-            [sys.executable, "-m", "mconv", *map(str, args)],
+            [sys.executable, "-c", _LAUNCHER, str(ADDRESS_LIMIT), str(write_end), *map(str, args)],
             cwd=cwd,
             stdout=fo,
             stderr=fe,
-            preexec_fn=_limit,
+            pass_fds=(write_end,),
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         )
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
+        os.close(write_end)
+        p.wait()
+    with os.fdopen(read_end) as r:
+        code, peak = (int(v) for v in r.read().split())
     texts = out.read_text(), err.read_text()
     out.unlink()
     err.unlink()
-    return p.returncode, texts[0], texts[1], usage.ru_maxrss * 1024
+    return code, texts[0], texts[1], peak
 
 
 BOMBS = [("Expand", "13.4 GiB"), ("ConstantOfShape", "37.3 GiB"), ("Tile", "13.4 GiB")]
