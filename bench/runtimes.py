@@ -101,34 +101,16 @@ def row(name: str):
     return register
 
 
-@row("onnx (ORT)")
-def onnx_row(src: Path, out: Path) -> tuple[Path, float]:
-    return _build(src, "onnx", out)
-
-
-@row("ncnn")
-def ncnn_row(src: Path, out: Path) -> tuple[Path, float]:
-    return _build(src, "ncnn", out)
-
-
-@row("openvino")
-def openvino_row(src: Path, out: Path) -> tuple[Path, float]:
-    return _build(src, "openvino", out)
-
-
-@row("mnn")
-def mnn_row(src: Path, out: Path) -> tuple[Path, float]:
-    return _build(src, "mnn", out)
-
-
-@row("litert")
-def litert_row(src: Path, out: Path) -> tuple[Path, float]:
-    return _build(src, "litert", out)
-
-
-@row("tvm")
-def tvm_row(src: Path, out: Path) -> tuple[Path, float]:
-    return _build(src, "tvm", out)  # untuned (tune=0): bench/tvm.py measures tuning
+# A row needing more than a default build (options, calibration) gets its own function.
+for _label, _target in [
+    ("onnx (ORT)", "onnx"),
+    ("ncnn", "ncnn"),
+    ("openvino", "openvino"),
+    ("mnn", "mnn"),
+    ("litert", "litert"),
+    ("tvm", "tvm"),  # untuned (tune=0): bench/tvm.py measures tuning
+]:
+    row(_label)(lambda src, out, _t=_target: _build(src, _t, out))
 
 
 def _size_mb(main: Path) -> float:

@@ -175,6 +175,8 @@ class Target(ABC):
     batchless: ClassVar[bool] = False
     # Distributions (pip names) whose installed versions run reports record, e.g. ("openvino", "nncf").
     runtime_packages: ClassVar[tuple[str, ...]] = ()
+    # Modules whose import proves the runtime is there (the default runtime_missing checks them).
+    runtime_modules: ClassVar[tuple[str, ...]] = ()
     # The target's own options (a TargetOptions dataclass; see mconv.targets.options).
     Options: ClassVar[type[TargetOptions]] = TargetOptions
 
@@ -210,7 +212,15 @@ class Target(ABC):
         }
 
     def runtime_missing(self) -> str | None:
-        """A one-line reason when the runtime (or hardware) is unavailable, else None."""
+        """A one-line reason when the runtime (or hardware) is unavailable, else None: by
+        default, the first of :attr:`runtime_modules` that does not import."""
+        import importlib
+
+        for module in self.runtime_modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                return f"the runtime module '{module}' is not importable ({e})"
         return None
 
     def install_hint(self) -> str:

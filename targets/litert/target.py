@@ -64,6 +64,7 @@ class LiteRtTarget(Target):
     # The registry maps "tflite" -> "litert" (targets/__init__.py); declaring it here would be a duplicate.
     aliases: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = "litert"
+    runtime_modules: ClassVar[tuple[str, ...]] = ("ai_edge_litert.interpreter",)
     description: ClassVar[str] = "LiteRT / TFLite .tflite (pure-Python writer, NHWC inside; fp32, fp16, int8)"
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
     isolate: ClassVar[bool] = True
@@ -91,13 +92,6 @@ class LiteRtTarget(Target):
             if key not in ops:
                 out.setdefault(key, []).append(n.name or f"{n.op_type}_{i}")
         return out
-
-    def runtime_missing(self) -> str | None:
-        try:
-            import ai_edge_litert.interpreter  # noqa: F401
-        except ImportError:
-            return "the ai-edge-litert package is not installed (pip install 'mconv[litert]')"
-        return None
 
     def preflight(self, model: onnx.ModelProto, options: BuildOptions) -> list[str]:
         """Lower in memory: raises UnsupportedOpsError / ConversionError on blockers."""

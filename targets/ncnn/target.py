@@ -38,6 +38,7 @@ class NcnnTarget(Target):
 
     name: ClassVar[str] = "ncnn"
     extra: ClassVar[str] = "ncnn"
+    runtime_modules: ClassVar[tuple[str, ...]] = ("ncnn",)
     description: ClassVar[str] = "Tencent ncnn .param/.bin (pure-Python writer; fp32, fp16, int8)"
     isolate: ClassVar[bool] = True
     artifact_kind: ClassVar[str] = "ncnn .param (+ .bin)"
@@ -75,13 +76,6 @@ class NcnnTarget(Target):
             elif key not in ops:
                 out.setdefault(key, []).append(name)
         return out
-
-    def runtime_missing(self) -> str | None:
-        try:
-            import ncnn  # noqa: F401
-        except ImportError:
-            return "the ncnn Python package is not installed (pip install 'mconv[ncnn]')"
-        return None
 
     def preflight(self, model: onnx.ModelProto, options: BuildOptions) -> list[str]:
         """Lower in memory: raises UnsupportedOpsError / ConversionError on blockers.

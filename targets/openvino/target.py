@@ -39,16 +39,10 @@ class OpenVinoTarget(Target):
     # The registry already maps "ov" -> "openvino"; declaring it again would be a duplicate.
     aliases: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = "openvino"
+    runtime_modules: ClassVar[tuple[str, ...]] = ("openvino",)
     description: ClassVar[str] = "OpenVINO IR (.xml + .bin); FP32, FP16 weights, INT8 via NNCF"
     artifact_kind: ClassVar[str] = "OpenVINO .xml (+ .bin)"
     runtime_packages: ClassVar[tuple[str, ...]] = ("openvino", "nncf")
-
-    def runtime_missing(self) -> str | None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError as e:
-            return f"openvino is not importable ({e}); install it with `pip install 'mconv[openvino]'`"
-        return None
 
     Options = OpenVinoOptions
 

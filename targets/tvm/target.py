@@ -47,6 +47,7 @@ class TvmTarget(Target):
 
     name: ClassVar[str] = "tvm"
     extra: ClassVar[str] = "tvm"
+    runtime_modules: ClassVar[tuple[str, ...]] = ("tvm",)
     description: ClassVar[str] = (
         "Apache TVM compiled library (.so + .tvm.json) for this CPU; fp32, fp16 (mixed precision); "
         "--tune N MetaSchedule trials, cached (int8: no integer kernels from ONNX in TVM 0.27)"
@@ -56,13 +57,6 @@ class TvmTarget(Target):
     runtime_packages: ClassVar[tuple[str, ...]] = ("apache-tvm", "apache-tvm-ffi")
     known_domains: ClassVar[tuple[str, ...]] = ()
     Options = TvmOptions
-
-    def runtime_missing(self) -> str | None:
-        try:
-            import tvm  # noqa: F401
-        except ImportError as e:
-            return f"apache-tvm is not importable ({e}); install it with `pip install 'mconv[tvm]'`"
-        return None
 
     def supported_ops(self) -> set[str] | None:
         if self.runtime_missing():
