@@ -1,12 +1,12 @@
 """Convolutions: Conv (1-D, 2-D, 3-D; grouped and depthwise) and ConvTranspose
-(1-D, 2-D; grouped).
+(1-D, 2-D, grouped; 3-D, ungrouped).
 
 Cases:
     Conv group=1 -> Convolution1D / Convolution / Convolution3D; group>1 ->
     ConvolutionDepthWise1D / ConvolutionDepthWise (7=group). auto_pad SAME_* and
     VALID become explicit pads from the static shapes. ConvTranspose ->
-    Deconvolution1D / Deconvolution / DeconvolutionDepthWise with pads as crops,
-    output_padding (or the difference to ``output_shape``) as 18/19. Weights
+    Deconvolution1D / Deconvolution / DeconvolutionDepthWise / Deconvolution3D with pads as crops,
+    output_padding (or the difference to ``output_shape``) as 18/19(/20). Weights
     (tagged) must be constant; the bias (raw) is optional. The activation that
     follows is fused into key 9 later by ``optimize``. A 1x1 convolution of a
     [1, C, 1, 1] vector -> InnerProduct on the 1-D Mat. A batch of N > 1 (windows
@@ -162,10 +162,10 @@ def conv_transpose(ctx: Ctx, node: Node) -> None:
     b = node.const(2, "bias")
     n, k, s, d = _spatial_attrs(node, w)
     group = int(node.attr("group", 1))
-    if n not in (1, 2):
+    if n not in (1, 2, 3):
         raise NotLowerable(f"{n}-D transposed convolution")
-    if n == 1 and group != 1:
-        raise NotLowerable("grouped 1-D transposed convolution")
+    if n != 2 and group != 1:
+        raise NotLowerable(f"grouped {n}-D transposed convolution")
     keep = tuple(range(1, x.rank))
     xb = ctx.blob_as(x, keep)
     out_shape = ctx.out_shape()
@@ -179,6 +179,16 @@ def conv_transpose(ctx: Ctx, node: Node) -> None:
     if n == 1:
         p.update({1: k[0], 2: d[0], 3: s[0], 4: begin[0], 15: end[0], 18: opad[0]})
         type_ = "Deconvolution1D"
+    elif n == 3:
+        # ONNX spatial axes are (d, h, w); ncnn keys come w first, then h, then d.
+        p.update(
+            {
+                1: k[2], 11: k[1], 21: k[0], 2: d[2], 12: d[1], 22: d[0], 3: s[2], 13: s[1], 23: s[0],
+                4: begin[2], 15: end[2], 14: begin[1], 16: end[1], 24: begin[0], 17: end[0],
+                18: opad[2], 19: opad[1], 20: opad[0],
+            }
+        )  # fmt: skip
+        type_ = "Deconvolution3D"
     else:
         p.update(
             {

@@ -105,11 +105,57 @@ def _binary_rule(op: int):
 
 
 for _op, _code in (
-    ("Add", ADD),
     ("Sub", SUB),
     ("Mul", MUL),
 ):
     rule(_op)(_binary_rule(_code))
+
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
+@rule("Add")
+def add(ctx: Ctx, node: Node) -> None:
+    """BinaryOp add; a constant additive mask with -inf entries whose sum only feeds a
+    Softmax gets -FLT_MAX there instead. A row with an unmasked entry comes out the
+    same (exp(-FLT_MAX - max) is 0 as exp(-inf) is), and a fully masked row is
+    uniform instead of NaN, so the `Where(row_all_masked, 0, softmax)` that
+    attention graphs add after it reads 0 rather than NaN (ncnn's Where is
+    arithmetic: 0 * NaN is NaN)."""
+    a, b = node.inputs[0], node.inputs[1]
+    assert a is not None and b is not None
+    out = node.outputs[0]
+    a2, b2 = _no_neg_inf(a), _no_neg_inf(b)
+    if (a2 is not a or b2 is not b) and _only_softmax(ctx, out):
+        a, b = a2, b2
+    blob, keep = binary_tensors(ctx, ADD, a, b, ctx.out_shape(), out)
+    ctx.bind(out, blob, keep)
+
+
+def _no_neg_inf(t: Tensor) -> Tensor:
+    if t.const is None or not np.issubdtype(np.asarray(t.const).dtype, np.floating):
+        return t
+    v = np.asarray(t.const, np.float32)
+    if not np.isneginf(v).any():
+        return t
+    return Tensor(t.name, t.shape, np.dtype("float32"), const=np.where(np.isneginf(v), np.float32(-_FLT_MAX), v))
+
+
+def _only_softmax(ctx: Ctx, name: str, depth: int = 0) -> bool:
+    """Whether tensor ``name`` is read only by Softmax nodes (through Cast / Identity)
+    and is not a graph output."""
+    if name in ctx.prep.outputs or depth > 4:
+        return False
+    readers = [n for n in ctx.prep.nodes if name in n.input]
+    if not readers:
+        return False
+    for n in readers:
+        if n.op_type in ("Cast", "Identity") and ctx.prep.dtypes.get(n.output[0], np.dtype("float32")).kind == "f":
+            if not _only_softmax(ctx, n.output[0], depth + 1):
+                return False
+        elif n.op_type != "Softmax" or list(n.input).index(name) != 0:
+            return False
+    return True
+
 
 UNARY_FLOOR, UNARY_TRUNC = 2, 19
 
@@ -175,13 +221,22 @@ def pow_(ctx: Ctx, node: Node) -> None:
     runtime). A constant exponent therefore becomes exact layers: 1 -> nothing, 2 /
     0.5 / -0.5 / -1 -> UnaryOp square / sqrt / rsqrt / reciprocal, other small
     integers -> products; any other exponent reads max(x, FLT_MIN) (0 ** y = 0 for
-    y > 0; a negative base with a fractional exponent is NaN in ONNX anyway)."""
+    y > 0; a negative base with a fractional exponent is NaN in ONNX anyway), and so
+    does an exponent tensor (0 ** y < 0 then comes out as a huge finite number, not inf)."""
     from mconv.targets.ncnn.rules_logic import binary, scalar, unary
 
     x, e = node.inputs[0], node.inputs[1]
     assert x is not None and e is not None
     out = node.outputs[0]
     ev = float(np.asarray(e.const).ravel()[0]) if e.const is not None and np.asarray(e.const).size == 1 else None
+    if ev is None and x.const is None:
+        # An exponent tensor: the same max(x, FLT_MIN) read gives 0 ** y = 0 for y > 0
+        # and 1 for y = 0 (the unclamped kernel returns ~2.4e38 at x = 0 for any y).
+        xc = Tensor(x.name, x.shape, x.dtype, blob=ctx.blob_as(x), keep=x.keep or default_keep(x.shape))
+        t = binary(ctx, POW, scalar(ctx, xc, MAX, float(np.finfo(np.float32).tiny)), e, tuple(ctx.out_shape()), out)
+        assert t.blob is not None and t.keep is not None
+        ctx.bind(out, t.blob, t.keep)
+        return
     if ev is None or x.const is not None or tuple(x.shape) != tuple(ctx.out_shape()):
         _binary_rule(POW)(ctx, node)
         return

@@ -1,4 +1,4 @@
-"""Pooling: MaxPool, AveragePool (1-D, 2-D; pads, ceil mode), GlobalAveragePool,
+"""Pooling: MaxPool, AveragePool (1-D, 2-D, 3-D; pads, ceil mode), GlobalAveragePool,
 GlobalMaxPool.
 
 Cases:
@@ -6,7 +6,8 @@ Cases:
     mode is an extra right/bottom pad computed from ONNX's output size (so the
     "last window starts inside" rule of onnxruntime holds; ncnn's own full mode
     lacks it). Average with count_include_pad=1 and a ceil tail is refused
-    (ncnn would count the tail). 1-D pools run as 2-D with height 1. Dilated or
+    (ncnn would count the tail). 1-D pools run as 2-D with height 1; 3-D pools
+    -> Pooling3D on the (C, D, H, W) Mat with the same pads. Dilated or
     index-returning MaxPool is refused. Global pools -> Pooling 4=1 on a
     (C, 1, S) Mat, giving a 1-D [C] blob.
 """
@@ -26,7 +27,7 @@ def _pool(ctx: Ctx, node: Node, kind: int) -> None:
     if len([o for o in node.outputs if o]) > 1:
         raise NotLowerable("MaxPool Indices output")
     n = x.rank - 2
-    if n not in (1, 2):
+    if n not in (1, 2, 3):
         raise NotLowerable(f"{n}-D pooling")
     k = list(node.attr("kernel_shape"))
     s = list(node.attr("strides", [1] * n))
@@ -49,6 +50,18 @@ def _pool(ctx: Ctx, node: Node, kind: int) -> None:
     if n == 1:
         k, s, begin, end, extra = [1, *k], [1, *s], [0, *begin], [0, *end], [0, *extra]
         xb = ctx.reshape(xb, (x.shape[1], 1, x.shape[2]), name_hint=x.name)
+    if n == 3:
+        p3 = {
+            0: kind,
+            1: k[2], 11: k[1], 21: k[0], 2: s[2], 12: s[1], 22: s[0],
+            3: begin[2], 13: begin[1], 23: begin[0],
+            14: end[2] + extra[2], 15: end[1] + extra[1], 16: end[0] + extra[0],
+            5: 1,
+            6: include,
+        }  # fmt: skip
+        out = ctx.emit("Pooling3D", [xb], tuple(out_shape[1:]), p3)
+        ctx.bind(node.outputs[0], out, keep)
+        return
     p = {
         0: kind,
         1: k[1], 11: k[0], 2: s[1], 12: s[0],

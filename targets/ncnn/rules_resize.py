@@ -84,8 +84,14 @@ def _interp(ctx: Ctx, node: Node, mode: str, scales: list[float] | None, ctm: st
             raise NotLowerable(f"{mode} with coordinate_transformation_mode={ctm}")
         if ctm == "pytorch_half_pixel" and any(o == 1 for o in outs):
             raise NotLowerable("pytorch_half_pixel to size 1")
-        if scales and any(abs(ins[i] * sc[i] - outs[i]) > 1e-6 for i in range(n)):
-            raise NotLowerable("scale that is not out/in (ncnn derives it from sizes)")
+        # A scale that is not out/in (0.6 of 4 -> 2) samples at (x + 0.5) / scale - 0.5:
+        # ncnn does so when Interp gets the scales and no sizes (then out = int(in *
+        # scale), checked against the runtime); with sizes it samples at in/out.
+        by_scale = bool(scales) and any(abs(ins[i] * sc[i] - outs[i]) > 1e-6 for i in range(n))
+        if by_scale and ctm == "align_corners":
+            raise NotLowerable("align_corners with a scale that is not out/in")
+        if by_scale and any(int(ins[i] * sc[i]) != outs[i] for i in range(n)):
+            raise NotLowerable("scale whose output size ncnn would round differently")
         if mode == "cubic":
             if float(node.attr("cubic_coeff_a", -0.75)) != -0.75:
                 raise NotLowerable("cubic_coeff_a != -0.75")
@@ -94,7 +100,11 @@ def _interp(ctx: Ctx, node: Node, mode: str, scales: list[float] | None, ctm: st
         if int(node.attr("antialias", 0)) and any(o < i for o, i in zip(outs, ins)):
             raise NotLowerable("antialiased downscale")
         p[0] = 2 if mode == "linear" else 3
-        p[3], p[4] = (outs[0] if n == 2 else 1), outs[-1]
+        if by_scale:
+            p[1] = float(sc[0]) if n == 2 else 1.0
+            p[2] = float(sc[-1])
+        else:
+            p[3], p[4] = (outs[0] if n == 2 else 1), outs[-1]
         p[6] = int(ctm == "align_corners")
     keep = tuple(range(1, x.rank))
     xb = ctx.blob_as(x, keep)
