@@ -62,8 +62,12 @@ def prepare(model: onnx.ModelProto, input_shapes: dict | None = None, mode: str 
     return prep, [n for n in out if id(n) not in drop]
 
 
-def lower_model(model: onnx.ModelProto, *, input_shapes: dict | None = None, io_layout: str = "onnx") -> Lowered:
-    prep, nodes = prepare(model, input_shapes, mode="lazy")
+def lower_model(
+    model: onnx.ModelProto, *, input_shapes: dict | None = None, io_layout: str = "onnx", mode: str = "lazy"
+) -> Lowered:
+    """The TFLite graph of ``model``; ``mode``: :func:`prepare`'s (``"eager"`` reads every
+    weight before lowering: same graph, more memory)."""
+    prep, nodes = prepare(model, input_shapes, mode=mode)
     low = Lowering(prep)
     io = []
     for name in prep.inputs:
