@@ -195,13 +195,24 @@ class _Checks:
 class _Source:
     """A build's source, loaded once (for every target of a multi-target build)."""
 
-    model: onnx.ModelProto
+    model: onnx.ModelProto | None  # None once the passes took it (see take_model)
     info: dict
     shapes: dict
     calib: list | None
     warnings: list[str]
     big: bool
     checks: _Checks
+
+    def take_model(self) -> onnx.ModelProto:
+        """The model for the passes to work on: the source itself, no longer held here,
+        where nothing reads it afterwards (verification off, or a big model whose
+        references were taken from the file before any pass ran); else a copy."""
+        if self.big or self.checks.samples is None:
+            model, self.model = self.model, None
+            return model
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        return model
 
 
 def build_model(req: BuildRequest) -> BuildResult:
@@ -215,7 +226,7 @@ def build_model(req: BuildRequest) -> BuildResult:
     t0 = time.perf_counter()
     target, target_options = _check_request(req)
     src = _load_source(req)
-    model, pass_reports = _run_passes(src.model, req, target, src.big)
+    model, pass_reports = _run_passes(src, req, target)
     return _write_target(req, src, target, target_options, model, pass_reports, req.out_dir, t0)
 
 
@@ -308,7 +319,7 @@ def build_models(req: BuildRequest, names: list[str]) -> MultiBuildResult:
     subs = [replace(req, target=t.name, target_options=per[t.name]) for t in targets]
     checked = [_check_request(sub) for sub in subs]
     src = _load_source(req)
-    base, base_reports = _run_passes(src.model, replace(req, target=seen[0]), _NoTarget(), src.big)
+    base, base_reports = _run_passes(src, replace(req, target=seen[0]), _NoTarget())
     result = MultiBuildResult(req.path, req.precision)
     for sub, (target, target_options) in zip(subs, checked):
         t1 = time.perf_counter()
@@ -398,19 +409,16 @@ def _prepare_checks(source, req: BuildRequest, info: dict, shapes: dict, calib, 
     return checks
 
 
-def _run_passes(source: onnx.ModelProto, req: BuildRequest, target, big: bool):
+def _run_passes(src: _Source, req: BuildRequest, target):
     """The passes asked for (default pipeline) plus what the target requires, on a copy
-    (big models: in place); unsupported ops left afterwards are an error."""
+    of the source, or on the source itself where nothing reads it afterwards (see
+    :meth:`_Source.take_model`); unsupported ops left afterwards are an error."""
     from mconv.passes import DEFAULT_PIPELINE, optimize
 
-    if big:
-        model = source
-    else:
-        model = onnx.ModelProto()
-        model.CopyFrom(source)
     passes = list(req.passes) if req.passes is not None else list(DEFAULT_PIPELINE)
     passes += [p for p in target.required_passes if p not in passes]
-    model, pass_reports = optimize(model, passes)
+    # No name here holds the passes' input: each pass's input is freed once it returns a new model.
+    model, pass_reports = optimize(src.take_model(), passes)
     missing = target.unsupported(model)
     if missing:
         raise UnsupportedOpsError(target.name, missing)

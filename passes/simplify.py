@@ -105,27 +105,183 @@ def _unsound(source: onnx.ModelProto, result: onnx.ModelProto) -> str | None:
     return None
 
 
-def _import_onnxsim():
-    """``import onnxsim`` without importing torch.
+# Optional dependencies of onnxsim that a simplification never uses: torch (3 s of its
+# 5.5 s import on 2 cores, for a PPQ integration) and sympy (about 35 MiB of the
+# process's peak, for printing symbolic shapes in its model tables).
+_UNUSED_BY_ONNXSIM = ("torch", "sympy")
 
-    onnxsim imports torch (3 s of its 5.5 s import on 2 cores) only for an optional
-    PPQ integration, inside ``try/except Exception``; a simplification needs none of
-    it. When this process has not imported torch, the import is refused for the
-    duration (``sys.modules["torch"] = None``) and allowed again afterwards.
+
+def _import_onnxsim():
+    """``import onnxsim`` without its optional dependencies that simplifying never uses.
+
+    onnxsim imports each of :data:`_UNUSED_BY_ONNXSIM` inside ``try/except ImportError``.
+    Those this process has not imported already are refused for the duration of the
+    import (``sys.modules[name] = None``) and allowed again afterwards.
     """
     import sys
 
-    if "onnxsim" in sys.modules or "torch" in sys.modules:
+    if "onnxsim" in sys.modules:
         import onnxsim
 
         return onnxsim
-    sys.modules["torch"] = None  # type: ignore[assignment]
+    refused = [m for m in _UNUSED_BY_ONNXSIM if m not in sys.modules]
+    for m in refused:
+        sys.modules[m] = None  # type: ignore[assignment]
     try:
         import onnxsim
     finally:
-        if sys.modules.get("torch", 0) is None:
-            del sys.modules["torch"]
+        for m in refused:
+            if sys.modules.get(m, 0) is None:
+                del sys.modules[m]
     return onnxsim
+
+
+def _onnxsim_simplify(model: onnx.ModelProto, threshold_mb: int) -> tuple[onnx.ModelProto, bool]:
+    """``onnxsim.simplify(model, perform_optimization=True, tensor_size_threshold=...)``,
+    through files and, where it can, through onnxsim's C++ core alone.
+
+    Given a ModelProto, onnxsim serialises it and its core returns the result as bytes:
+    the weights are held five times at once (the model, its bytes, the core's copy, the
+    result's bytes and their copy into Python). Given a path, the core reads and writes
+    files, so at most about three copies are alive (ResNet-18: 335 -> 250 MiB peak);
+    the result is the same model. Models that still reference external data files are
+    passed in memory (a copy in a temporary folder would not find them).
+    """
+    import os
+    import tempfile
+
+    from mconv.modelio import iter_tensors
+
+    kwargs = {"perform_optimization": True, "tensor_size_threshold": f"{threshold_mb}MB"}
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_tensors(model)):
+        return _import_onnxsim().simplify(model, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="mconv-simplify-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        onnx.save(model, path)
+        simplified = _simplify_with_core(model, path, os.path.join(tmp, "simplified.onnx"), threshold_mb << 20)
+        if simplified is not None:
+            return simplified, True
+        return _import_onnxsim().simplify(path, **kwargs)
+
+
+# onnxsim.simplify's fast path for a path and check_n=0 is its core's simplify_path with
+# these arguments (onnxsim 0.8), then onnx's checker on the result.
+_CORE_ARGS = {
+    "skip_optimizers": [],
+    "constant_folding": True,
+    "shape_inference": True,
+    "target_opset_version": None,
+    "rewriter": None,
+    "initializers_as_constants": True,
+    "include_inline_functions": False,
+    "mutable_initializer": False,
+    "overwrite_input_shapes": None,
+    "unused_output": None,
+    "extra_optimizers": None,
+}
+_CORE_MAX_THRESHOLD = 2**31 - 9999  # above it onnxsim.simplify leaves the fast path
+
+
+def _simplify_with_core(model: onnx.ModelProto, path: str, out: str, threshold: int) -> onnx.ModelProto | None:
+    """What ``onnxsim.simplify(path, ...)`` returns, computed by its C++ core without
+    importing the onnxsim package, or None where that is not known to be the same
+    (then the caller asks onnxsim itself).
+
+    ``import onnxsim`` imports ~500 modules (quantisers, exporters, onnxruntime):
+    40 MiB of a build's peak before any weight is read. Its core needs none of them;
+    onnxruntime only when it folds a node, and then the executor below imports the
+    package and runs the node as onnxsim would. The same model results: onnxsim's
+    fast path makes exactly this call. Not taken when onnxsim would first copy into
+    its registry a schema one of the model's ops uses (``import_onnx_schemas``), when
+    its threshold would take it off that path, or when anything fails (onnxsim then
+    retries as it would after its own fast path fails).
+    """
+    import os
+
+    core = _onnxsim_core()
+    if core is None or threshold > _CORE_MAX_THRESHOLD:
+        return None
+    try:
+        if _needs_schema_import(core, model):
+            return None
+        previous = os.environ.get("ONNXSIM_GEMM_FUSION_BACKEND")
+        os.environ["ONNXSIM_GEMM_FUSION_BACKEND"] = "ort_cpu"  # what simplify sets for its default
+        try:
+            core.simplify_path(
+                executor=_core_executor(core), in_path=path, out_path=out, tensor_size_threshold=threshold, **_CORE_ARGS
+            )
+        finally:
+            if previous is None:
+                os.environ.pop("ONNXSIM_GEMM_FUSION_BACKEND", None)
+            else:
+                os.environ["ONNXSIM_GEMM_FUSION_BACKEND"] = previous
+        onnx.checker.check_model(out)
+        return onnx.load(out)
+    except Exception:
+        return None
+
+
+def _onnxsim_core():
+    """onnxsim's compiled core, ``onnxsim.onnxsim_cpp2py_export``, loaded from its file
+    without running ``onnxsim/__init__`` (a later ``import onnxsim`` reuses it); None
+    where onnxsim is not installed or has no such module."""
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    name = "onnxsim.onnxsim_cpp2py_export"
+    if name in sys.modules:
+        return sys.modules[name]
+    try:
+        spec = importlib.util.find_spec("onnxsim")  # locates the package, runs nothing
+        folder = list(spec.submodule_search_locations or []) if spec else []
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            file = os.path.join(folder[0], "onnxsim_cpp2py_export" + suffix) if folder else ""
+            if file and os.path.isfile(file):
+                core_spec = importlib.util.spec_from_file_location(name, file)
+                core = importlib.util.module_from_spec(core_spec)
+                core_spec.loader.exec_module(core)
+                sys.modules[name] = core
+                return core
+    except Exception:
+        return None
+    return None
+
+
+def _needs_schema_import(core, model: onnx.ModelProto) -> bool:
+    """Whether onnxsim.simplify's ``import_onnx_schemas`` would give its core the schema
+    of an op ``model`` uses (an op onnx knows, e.g. registered with
+    ``onnx.defs.register_schema``, and the core does not)."""
+    from mconv.passes.graph import _subgraphs
+
+    ops: set[tuple[str, str]] = set()
+    graphs = [model.graph]
+    while graphs:
+        g = graphs.pop()
+        for n in g.node:
+            ops.add((n.domain or "", n.op_type))
+            graphs += [sub for a in n.attribute for sub in _subgraphs(a)]
+    ops.update((n.domain or "", n.op_type) for f in model.functions for n in f.node)
+    return any(not core._has_schema(op, domain) and onnx.defs.has(op, domain) for domain, op in ops)
+
+
+_EXECUTOR = None
+
+
+def _core_executor(core):
+    """The executor the core runs folded nodes through: onnxsim's own, made (with the
+    package and onnxruntime imported) only when the core first asks."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+
+        class _OnDemandExecutor(core.ModelExecutor):
+            def Run(self, model_str, inputs_str):
+                executor = _import_onnxsim().onnx_simplifier._get_model_executor(None)
+                return executor.Run(model_str, inputs_str)
+
+        _EXECUTOR = _OnDemandExecutor()
+    return _EXECUTOR
 
 
 class SimplifyPass(Pass):
@@ -156,11 +312,8 @@ class SimplifyPass(Pass):
             )
         notes: list[str] = []
         try:
-            onnxsim = _import_onnxsim()
             with _quiet():
-                simplified, ok = onnxsim.simplify(
-                    model, perform_optimization=True, tensor_size_threshold=f"{max(1, limit >> 20)}MB"
-                )
+                simplified, ok = _onnxsim_simplify(model, max(1, limit >> 20))
             why = "could not validate its result" if not ok else _unsound(model, simplified)
             if why is None:
                 return PassResult(simplified, True, ["onnxsim"])

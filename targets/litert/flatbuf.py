@@ -10,7 +10,9 @@ Builtin codes above 127 also set ``deprecated_builtin_code`` to 127
 
 from __future__ import annotations
 
+import functools
 import importlib
+import mmap
 
 import flatbuffers
 import numpy as np
@@ -28,6 +30,41 @@ def tfl(module: str):
         return importlib.import_module(f"tflite.{module}")
     except ImportError as e:
         raise MissingDependencyError("tflite", "litert", str(e)) from e
+
+
+# With ``release``, the C heap's free pages go back to the system after about this many
+# bytes of weights were dropped (see _return_free_heap).
+_TRIM_BYTES = 1 << 20
+
+
+@functools.cache
+def _malloc_trim():
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None
+
+
+def _return_free_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing
+    elsewhere). Arrays under glibc's mmap threshold live on the heap, whose freed pages
+    stay in the process for reuse by later allocations: released weights would still
+    count while the builder's pages fill up."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _builder(size: int) -> flatbuffers.Builder:
+    """A Builder of ``size`` bytes whose pages are taken only as they are written (an
+    anonymous mapping; a bytearray is zeroed whole up front): with ``serialise(...,
+    release=True)`` the weights are then not held twice while they are copied in."""
+    b = flatbuffers.Builder(0)
+    b.Bytes = mmap.mmap(-1, size)
+    b.head = size
+    return b
 
 
 def _bytes_vector(b: flatbuffers.Builder, data, align: int = _ALIGN) -> int:
@@ -146,12 +183,12 @@ def _signature(b: flatbuffers.Builder, g: Graph) -> int:
 
 def _subgraph(b: flatbuffers.Builder, g: Graph, codes: dict[str, int]) -> tuple[int, list]:
     m = tfl("SubGraph")
-    buffers: list = [None]
+    buffers: list = [None]  # the constants' Tensors, read when their buffer is written
     tensors = []
     for t in g.tensors:
         index = 0
         if t.data is not None:
-            buffers.append(np.ascontiguousarray(t.data))  # read in place by _bytes_vector
+            buffers.append(t)
             index = len(buffers) - 1
         tensors.append(_tensor(b, t, index))
     ops = [_operator(b, op, codes[op.code]) for op in g.ops]
@@ -168,13 +205,20 @@ def _subgraph(b: flatbuffers.Builder, g: Graph, codes: dict[str, int]) -> tuple[
     return m.SubGraphEnd(b), buffers
 
 
-def serialise(g: Graph, metadata: dict[str, bytes] | None = None, description: str = "mconv") -> memoryview:
+def serialise(
+    g: Graph, metadata: dict[str, bytes] | None = None, description: str = "mconv", *, release: bool = False
+) -> memoryview:
     """The ``.tflite`` bytes of ``g`` (compacted first: see :meth:`Graph.compact`), a view
-    into the builder's buffer (no copy of the weights)."""
+    into the builder's buffer (no copy of the weights).
+
+    ``release``: each constant's array is dropped from ``g`` once copied into the
+    builder (the caller is done with ``g``), so the weights are not held twice when
+    the file is complete.
+    """
     g.compact()
     builtin = tfl("BuiltinOperator").BuiltinOperator
     size = sum(t.data.nbytes for t in g.tensors if t.data is not None)
-    b = flatbuffers.Builder(size + (1 << 16))
+    b = _builder(size + (1 << 16))
     names = list(dict.fromkeys(op.code for op in g.ops))
     codes = {n: i for i, n in enumerate(names)}
     opcodes = [_opcode(b, getattr(builtin, n)) for n in names]
@@ -183,7 +227,21 @@ def serialise(g: Graph, metadata: dict[str, bytes] | None = None, description: s
     for key, blob in (metadata or {}).items():
         buffers.append(blob)
         meta_entries.append((key, len(buffers) - 1))
-    bufs = [_buffer(b, data) for data in buffers]
+    bufs, freed = [], 0
+    for i, item in enumerate(buffers):
+        if isinstance(item, Tensor):
+            data = np.ascontiguousarray(item.data)  # read in place by _bytes_vector
+            if release:
+                item.data = None
+                freed += data.nbytes
+        else:
+            data = item
+        buffers[i] = None
+        bufs.append(_buffer(b, data))
+        del data
+        if freed >= _TRIM_BYTES:
+            _return_free_heap()
+            freed = 0
     metas = [_named(b, "Metadata", k, i, "Buffer") for k, i in meta_entries]
     sig = _signature(b, g)
     m = tfl("Model")

@@ -137,7 +137,7 @@ class LiteRtTarget(Target):
 
             extra, files = classifier_metadata(lowered.meta, options.target, stem)
             meta["metadata"] = {"kind": options.target.metadata, "files": sorted(files)}
-        data = serialise(lowered.graph, extra)
+        data = serialise(lowered.graph, extra, release=True)
         if files:
             from mconv.targets.litert.metadata import append_files
 

@@ -34,7 +34,9 @@ class Lowered:
 
 def prepare(model: onnx.ModelProto, input_shapes: dict | None = None, mode: str = "eager"):
     """Folded, pattern-fused nodes (the ncnn writer's folding and fusions, shared).
-    ``mode="lazy"`` leaves large weights unread (for listing ops)."""
+    ``mode="lazy"`` leaves large weights unread until a rule reads them (listing ops
+    reads none; :func:`lower_model` converts each where it is lowered, so the arrays
+    are not all held beside the model's copies before the graph's own are made)."""
     from mconv.targets.ncnn.fold import fold_graph
     from mconv.targets.ncnn.fuse import _Graph, _match_gelu, _match_simple
 
@@ -60,8 +62,12 @@ def prepare(model: onnx.ModelProto, input_shapes: dict | None = None, mode: str 
     return prep, [n for n in out if id(n) not in drop]
 
 
-def lower_model(model: onnx.ModelProto, *, input_shapes: dict | None = None, io_layout: str = "onnx") -> Lowered:
-    prep, nodes = prepare(model, input_shapes)
+def lower_model(
+    model: onnx.ModelProto, *, input_shapes: dict | None = None, io_layout: str = "onnx", mode: str = "lazy"
+) -> Lowered:
+    """The TFLite graph of ``model``; ``mode``: :func:`prepare`'s (``"eager"`` reads every
+    weight before lowering: same graph, more memory)."""
+    prep, nodes = prepare(model, input_shapes, mode=mode)
     low = Lowering(prep)
     io = []
     for name in prep.inputs:

@@ -167,6 +167,19 @@ def test_light_model_fp32(name, tmp_path):
     assert art.main.read_bytes()[4:8] == b"TFL3"
 
 
+def test_lazy_weights_and_released_builder_write_the_same_bytes():
+    """What write() does to save memory (weights read where lowered, each dropped once
+    copied into the builder) against reading every weight first and keeping the graph."""
+    from mconv.targets.litert.flatbuf import serialise
+    from mconv.targets.litert.writer import lower_model
+
+    model = light("resnet50")  # weights above fold.LAZY_BYTES, so some are read lazily
+    eager = bytes(serialise(lower_model(model, mode="eager").graph))
+    lowered = lower_model(model)
+    assert bytes(serialise(lowered.graph, release=True)) == eager
+    assert all(t.data is None for t in lowered.graph.tensors)
+
+
 def test_torch_cnn_fp32_keeps_transposes_at_the_edges(tmp_path):
     model = onnx.load_from_string(_torch_cnn())
     art, _, _ = check(model, tmp_path)
