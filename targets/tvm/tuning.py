@@ -144,6 +144,19 @@ def _cost_model() -> str:
     return "xgb"
 
 
+def trials_per_iter(trials: int, tasks: int) -> int:
+    """Trials per task per scheduler iteration, so that one call's budget reaches every task.
+
+    MetaSchedule's task scheduler starts with a round robin over the tasks in extraction
+    order, giving each ``num_trials_per_iter`` trials, and stops once ``max_trials_global``
+    are spent. With ``num_trials_per_iter = trials`` (or 64) the whole budget went to the
+    first task or two, which extraction puts first: the classifier's matmul, a reshape, a
+    mean. The convolutions were never measured, so "tuned" libraries were untuned where the
+    time goes (small_cnn: 128 trials, 6 tasks, 2 of them tuned).
+    """
+    return max(1, min(64, trials // max(1, tasks)))
+
+
 def _run_search(mod: Any, target: Any, folder: Path, trials: int, cost_model: str) -> None:
     from tvm.s_tir import meta_schedule as ms
 
@@ -162,7 +175,7 @@ def _run_search(mod: Any, target: Any, folder: Path, trials: int, cost_model: st
                 task_weights=weights,
                 work_dir=str(folder),
                 max_trials_global=trials,
-                num_trials_per_iter=max(1, min(64, trials)),
+                num_trials_per_iter=trials_per_iter(trials, len(contexts)),
                 builder=_in_process_builder(),
                 runner=_in_process_runner(),
                 database=ms.database.JSONDatabase(work_dir=str(folder)),
