@@ -12,8 +12,12 @@ Candidates are built and timed in this process (:func:`_measure_classes`)
 instead of MetaSchedule's local builder and runner: those send work to worker processes
 through cloudpickle and give each candidate 30 s, which on a busy machine is spent
 starting the worker (every trial of a 4-trial test timed out here). The cost model is
-``xgb`` when xgboost is importable, else ``random`` (evolutionary search, measured on the
-machine either way).
+``xgb`` when xgboost is importable (the ``tvm`` extra installs ``xgboost-cpu``), else
+``random`` (evolutionary search, measured on the machine either way); on small_cnn, 120
+trials found conv schedules 2-4x faster with ``xgb`` (27-34 us vs 78-106 us).
+
+A call's trials are spread over all the tasks (:func:`trials_per_iter`); functions left
+without a record (fewer trials than tasks) get the rule schedule of ``schedule.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mconv.errors import ConversionError
-from mconv.targets.tvm.compile import import_tvm
+from mconv.targets.tvm.compile import import_tvm, prepare
 
 CACHE_ENV = "MCONV_CACHE"
 
@@ -101,21 +105,6 @@ def _trials_done(folder: Path) -> int:
         return int(json.loads((folder / "mconv.json").read_text())["trials"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
-
-
-def prepare(mod: Any, target: Any) -> Any:
-    """What relax's ``static_shape_tuning`` pipeline does before it tunes: the same passes
-    run again before the records are applied, so the tasks' workloads match."""
-    tvm = import_tvm()
-    from tvm import relax
-
-    with target:
-        passes = [
-            relax.transform.DecomposeOpsForInference(),
-            relax.transform.CanonicalizeBindings(),
-            relax.get_pipeline("zero"),
-        ]
-        return tvm.transform.Sequential(passes)(mod)
 
 
 def tune(mod: Any, target: Any, key: str, trials: int) -> TuningResult:
