@@ -193,7 +193,10 @@ def _schedule_block(sch: Any, block: Any, lanes: int) -> Any:
     from tvm import tirx
 
     stmt = sch.get(block)
-    kinds = ["S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in stmt.iter_vars]
+    kind = {tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}
+    kinds = [kind.get(iv.iter_type, "O") for iv in stmt.iter_vars]
+    if "O" in kinds:  # an opaque iter: the rule knows nothing of its semantics
+        return None
     loops = sch.get_loops(block)
     n_s = len(kinds) - kinds[::-1].index("S") if "S" in kinds else 0
     if n_s == 0 or len(loops) != len(kinds) or "S" in kinds[n_s:] or "R" in kinds[:n_s]:
