@@ -3,32 +3,48 @@
 For a torch model built here (``small_cnn``: the tests' ResNet-style CNN at 64x64;
 ``resnet18``: bench/openvino.py's ResNet-18 at 224x224; seeded weights, nothing is
 downloaded), this exports ONNX, builds an untuned TVM library through
-``mconv.targets.tvm`` and then tunes in rounds of ``--step`` MetaSchedule trials (records
-cached per model, so each round adds to the last) until ``--budget-s`` seconds of tuning
-are spent, rebuilding after each round. It prints onnxruntime's latency and each TVM
-library's, measured in interleaved rounds in this process, with the max relative error.
+``mconv.targets.tvm`` (mconv's rule schedule; ``--plain`` adds TVM's plain loops,
+``schedule=none``) and then tunes in rounds of ``--step`` MetaSchedule trials (records
+cached per model, so each round adds to the last; each round's trials are spread over all
+the model's functions) while the next round, taking as long as the last, would end within
+``--budget-s`` seconds of tuning (always at least one round), rebuilding after each round.
+Each row is printed (and, with ``--json PATH``, appended to PATH as a JSON line) as soon as
+it is measured: the TVM library against onnxruntime in interleaved rounds in this process,
+with the max relative error. ``tune s`` is the time spent in tuned builds so far (search,
+measurement, compile).
 
-Run: ``python bench/tvm.py [--model small_cnn|resnet18] [--budget-s 600] [--step 32]
-[--threads 2] [--iters 20]``
+Run: ``python bench/tvm.py [--model small_cnn|resnet18] [--budget-s 600] [--step 64]
+[--threads 2] [--iters 20] [--plain] [--json rows.jsonl]``
 
-Measured (``--model small_cnn --budget-s 120 --step 16 --iters 40``, apache-tvm 0.27.0.post1,
-cost model ``random`` (xgboost not installed), 2 threads on a 2-core machine shared with five
-other jobs: absolute ms are inflated, the ratios come from interleaved rounds)::
+Measured (``--model small_cnn --budget-s 120 --step 48 --iters 40 --plain``, apache-tvm
+0.27.0.post1, cost model ``xgb`` (xgboost-cpu 3.2.0), 2 threads on a 2-core machine shared
+with other jobs: absolute ms are inflated, the ratios come from interleaved rounds)::
 
-    small_cnn, 2 threads, tuning budget 120 s (spent 127 s)
-                   runtime  trials  build s        ms   x ort  max rel err
-               onnxruntime                       0.14    1.00
-                       tvm       0      1.9      5.81   40.50     1.26e-07
-                       tvm      16     48.3      5.79   40.35     1.26e-07
-                       tvm      32     12.8      8.83   61.59     1.26e-07
-                       tvm      64     13.5      5.70   39.73     1.26e-07
-                       tvm     128     11.7      5.72   39.88     1.26e-07
+    small_cnn, 2 threads, tuning budget 120 s in rounds of 48 trials, cost model xgb
+               runtime  trials  tune s  build s        ms   ort ms   x ort  max rel err
+       tvm plain loops       0       0      2.0      5.55     0.14   38.61     1.26e-07
+                   tvm       0       0      0.5      0.53     0.14    3.76     1.26e-07
+             tvm tuned      48     192    192.2      0.35     0.14    2.51     6.13e-07
 
-(rounds 48-112 omitted: 5.6-7.6 ms). Untuned is ~40x onnxruntime, as the issue measured on
-ResNet-18 (~45x); 128 trials of the random-cost-model search did not beat the untuned
-library here (the tuned schedules are applied: their functions are parallel and
-vectorized). The first round includes ~30 s of CPU importing MetaSchedule's tensor
-intrinsics.
+One round overshot the 120 s budget: MetaSchedule's evolutionary search costs seconds per
+task per iteration (a population of 512 sampled and scored) whatever the trials, and the
+first round also pays ~30 s of CPU importing the tensor intrinsics. With the random cost
+model, 120 trials gave 0.37 ms (2.4x onnxruntime); xgb's schedules of the three convs were
+2-4x faster for the same trials. Before the trials were spread over the tasks, 128 trials
+all went to the matmul and a reshape (extraction order) and gave no gain (5.7 ms).
+
+ResNet-18 (19 tasks; ``--budget-s 60 --step 38 --iters 10``)::
+
+    resnet18, 2 threads, tuning budget 60 s in rounds of 38 trials, cost model xgb
+               runtime  trials  tune s  build s        ms   ort ms   x ort  max rel err
+                   tvm       0       0      7.4    364.10    56.07    6.49     8.56e-07
+             tvm tuned      38     394    394.2    136.67    28.05    4.87     9.51e-07
+
+(onnxruntime's time halved between the rows: the machine's load changed; the ratios are
+from each row's own interleaved rounds). TVM's plain loops: 1718 ms vs onnxruntime's 12.1
+ms (142x) in a quieter moment, the rule schedule 131 ms (10.9x) then. The 38 trials (2 per
+task) took 394 s: ~20 s of evolutionary search per task per round on this machine, so a
+600 s budget is one or two rounds of ``--step 76``.
 
 ``tvm_row(onnx_path, ...)`` gives one row (latency, size, conversion time, error) for a
 table of several runtimes side by side (bench/runtimes.py).
@@ -38,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 import tempfile
@@ -79,7 +96,7 @@ def export_model(name: str, path: Path) -> Path:
     return path
 
 
-def build_tvm(model: onnx.ModelProto, out_dir: Path, tune: int = 0):
+def build_tvm(model: onnx.ModelProto, out_dir: Path, tune: int = 0, schedule: str = "rules"):
     """(artifact, seconds): the model after mconv's default passes, compiled by the TVM target."""
     from mconv.passes import optimize
     from mconv.targets import BuildOptions, get_target
@@ -87,7 +104,7 @@ def build_tvm(model: onnx.ModelProto, out_dir: Path, tune: int = 0):
     target = get_target("tvm")
     t0 = time.perf_counter()
     optimized, _ = optimize(onnx.load_from_string(model.SerializeToString()))
-    options = BuildOptions(target=target.make_options({"tune": tune}))
+    options = BuildOptions(target=target.make_options({"tune": tune, "schedule": schedule}))
     artifact = target.write(optimized, out_dir, "model", options)
     return artifact, time.perf_counter() - t0
 
@@ -149,45 +166,76 @@ def tvm_row(onnx_path: str | Path, *, tune: int = 0, threads: int = 2, iters: in
         }
 
 
-def tune_within(model: onnx.ModelProto, workdir: Path, budget_s: float, step: int) -> list[tuple[int, Any, float]]:
-    """Untuned, then rounds of ``step`` more trials until ``budget_s`` seconds are spent:
-    (trials, artifact, build seconds) per round."""
-    out = []
-    art, seconds = build_tvm(model, workdir / "t0", 0)
-    out.append((0, art, seconds))
-    spent, trials = 0.0, 0
-    while spent < budget_s:
+def tuning_rounds(model: onnx.ModelProto, workdir: Path, budget_s: float, step: int):
+    """Rounds of ``step`` more trials, each yielded as soon as it is built: (trials, artifact,
+    build seconds, seconds spent so far). At least one; no further round when, taking as
+    long as the last, it would end past ``budget_s``."""
+    spent, trials, last = 0.0, 0, 0.0
+    while trials == 0 or spent + last <= budget_s:
         trials += step
-        art, seconds = build_tvm(model, workdir / f"t{trials}", trials)
-        spent += seconds
-        out.append((trials, art, seconds))
-    return out
+        art, last = build_tvm(model, workdir / f"t{trials}", trials)
+        spent += last
+        yield trials, art, last, spent
+
+
+class Rows:
+    """The table, printed row by row as each is measured (flushed: a long run shows progress,
+    a killed one leaves its numbers), and the same rows as JSON lines in ``json_path``."""
+
+    HEAD = (
+        f"{'runtime':>18} {'trials':>7} {'tune s':>7} {'build s':>8} {'ms':>9} {'ort ms':>8} {'x ort':>7} "
+        f"{'max rel err':>12}"
+    )
+
+    def __init__(self, json_path: str | None, **common: Any) -> None:
+        self.common = common
+        self.json = open(json_path, "a") if json_path else None  # noqa: SIM115 - kept open for the run
+        print(self.HEAD, flush=True)
+
+    def add(self, runtime: str, trials: int, tune_s: float, build_s: float, ms: float, ort_ms: float, err: float):
+        cells = f"{runtime:>18} {trials:7d} {tune_s:7.0f} {build_s:8.1f} {ms:9.2f} {ort_ms:8.2f} {ms / ort_ms:7.2f}"
+        print(f"{cells} {err:12.2e}", flush=True)
+        if self.json:
+            row = {**self.common, "runtime": runtime, "trials": trials, "tune_s": round(tune_s, 1)}
+            row |= {"build_s": round(build_s, 2), "ms": ms, "ort_ms": ort_ms, "x_ort": ms / ort_ms, "max_rel_err": err}
+            self.json.write(json.dumps(row) + "\n")
+            self.json.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="small_cnn", choices=("small_cnn", "resnet18"))
     p.add_argument("--budget-s", type=float, default=600.0, help="seconds of tuning (default 600)")
-    p.add_argument("--step", type=int, default=32, help="trials per tuning round")
+    p.add_argument("--step", type=int, default=64, help="trials per tuning round (spread over all tasks)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--plain", action="store_true", help="also time TVM's plain loops (schedule=none; slow)")
+    p.add_argument("--json", metavar="PATH", help="append each row to PATH as a JSON line, as it is measured")
     args = p.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    from mconv.targets.tvm.tuning import _cost_model
+
     with tempfile.TemporaryDirectory(prefix="mconv-bench-tvm-") as tmp:
         os.environ.setdefault("MCONV_CACHE", str(Path(tmp) / "cache"))  # a fresh cache: tuning from zero
         model = onnx.load(str(export_model(args.model, Path(tmp) / "model.onnx")))
-        t0 = time.perf_counter()
-        rounds = tune_within(model, Path(tmp), args.budget_s, args.step)
-        total = time.perf_counter() - t0
-        lat = _latencies(model, {f"tvm tune={n}": a for n, a, _ in rounds}, args.threads, args.iters)
-        ort_ms = lat["onnxruntime"]
-        print(f"{args.model}, {args.threads} threads, tuning budget {args.budget_s:g} s (spent {total:.0f} s)")
-        print(f"{'runtime':>22} {'trials':>7} {'build s':>8} {'ms':>9} {'x ort':>7} {'max rel err':>12}")
-        print(f"{'onnxruntime':>22} {'':>7} {'':>8} {ort_ms:9.2f} {1.0:7.2f} {'':>12}")
-        for n, art, seconds in rounds:
-            ms = lat[f"tvm tune={n}"]
-            err = max_rel_error(model, art)
-            print(f"{'tvm':>22} {n:7d} {seconds:8.1f} {ms:9.2f} {ms / ort_ms:7.2f} {err:12.2e}")
+        print(
+            f"{args.model}, {args.threads} threads, tuning budget {args.budget_s:g} s in rounds of {args.step} "
+            f"trials, cost model {_cost_model()}",
+            flush=True,
+        )
+        rows = Rows(args.json, model=args.model, threads=args.threads, cost_model=_cost_model())
+
+        def measure(label: str, trials: int, tune_s: float, art: Any, build_s: float, iters: int) -> None:
+            lat = _latencies(model, {"tvm": art}, args.threads, iters)
+            rows.add(label, trials, tune_s, build_s, lat["tvm"], lat["onnxruntime"], max_rel_error(model, art))
+
+        if args.plain:
+            art, seconds = build_tvm(model, Path(tmp) / "plain", 0, "none")
+            measure("tvm plain loops", 0, 0.0, art, seconds, max(4, args.iters // 5))
+        art, seconds = build_tvm(model, Path(tmp) / "t0", 0)
+        measure("tvm", 0, 0.0, art, seconds, args.iters)
+        for trials, art, seconds, spent in tuning_rounds(model, Path(tmp), args.budget_s, args.step):
+            measure("tvm tuned", trials, spent, art, seconds, args.iters)
     return 0
 
 

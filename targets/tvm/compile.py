@@ -3,8 +3,10 @@
 ``tvm.relax.frontend.onnx.from_onnx`` imports the graph (weights become constants),
 ``--fp16`` applies Relax's ``ToMixedPrecision`` (FP16 storage and arithmetic, FP32
 accumulation in conv/matmul) and folds the weights to FP16, ``tune=N`` runs MetaSchedule
-(``tuning.py``), and ``tvm.compile`` for an LLVM target builds a Relax VM executable that
-is exported as ``<stem>.so``.
+(``tuning.py``); :func:`schedule` applies the tuning records and gives every function
+without one the rule schedule of ``schedule.py`` (parallel, vectorized), and
+``tvm.compile`` for an LLVM target builds a Relax VM executable that is exported as
+``<stem>.so``.
 
 Portability: the library is machine code for one CPU model, ``mcpu`` (default: this
 machine's, as LLVM names it, e.g. ``rocketlake``). It runs on that CPU and on newer ones
@@ -41,11 +43,18 @@ CONTRIB_OPS = ("Attention", "BiasGelu", "EmbedLayerNormalization", "FastGelu", "
 class TvmOptions(TargetOptions):
     tune: int = option(
         0,
-        help="MetaSchedule tuning trials (0: untuned; TVM's default schedules are slow, ~45x onnxruntime "
-        "on ResNet-18). Records are cached by model hash in $MCONV_CACHE/tvm (default ~/.cache/mconv/tvm) "
-        "and reused by the next build of the same model, target and precision.",
+        help="MetaSchedule tuning trials, spread over the model's functions (0: untuned, mconv's rule "
+        "schedule; ~10x onnxruntime on ResNet-18 here). Records are cached by model hash in $MCONV_CACHE/tvm "
+        "(default ~/.cache/mconv/tvm) and reused by the next build of the same model, target and precision.",
         flag="--tune",
         metavar="TRIALS",
+    )
+    schedule: str = option(
+        "rules",
+        help="How functions without a tuning record are scheduled: rules (default: parallel outer loops, "
+        "vector lanes inside; TVM's CPU rules for GEMV and norms) or none (TVM's plain serial loops, "
+        "~40x onnxruntime).",
+        choices=("rules", "none"),
     )
     mcpu: str = option(
         "",
@@ -158,22 +167,49 @@ def lower_precision(mod: Any, precision: str) -> Any:
         raise ConversionError(f"TVM's ToMixedPrecision failed for --fp16: {str(e).strip()[:300]}") from e
 
 
-def compile_library(mod: Any, target: Any, path: Path, database_dir: Path | None = None) -> None:
-    """``tvm.compile`` (with the tuned schedules in ``database_dir``, if any) and export to ``path``
-    through a temporary name beside it."""
+def prepare(mod: Any, target: Any) -> Any:
+    """What relax's ``static_shape_tuning`` pipeline does before it tunes (decompose, legalize,
+    fuse): tuning extracts its tasks from this module, and the build applies the records to
+    the same module, so that the workloads match."""
     tvm = import_tvm()
     from tvm import relax
+
+    with target:
+        passes = [
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.get_pipeline("zero"),
+        ]
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def schedule(mod: Any, target: Any, database_dir: Path | None = None, rules: bool = True) -> Any:
+    """``mod`` prepared, with the tuned schedules in ``database_dir`` (if any) applied and, with
+    ``rules``, the default schedule (``schedule.py``) on every function left unscheduled."""
+    import_tvm()
+    from tvm import relax
+
+    with target:
+        mod = prepare(mod, target)
+        if database_dir is not None:
+            mod = relax.transform.MetaScheduleApplyDatabase(str(database_dir))(mod)
+        if rules:
+            from mconv.targets.tvm.schedule import default_schedule
+
+            mod = default_schedule(target)(mod)
+    return mod
+
+
+def compile_library(mod: Any, target: Any, path: Path, database_dir: Path | None = None, *, rules: bool = True) -> None:
+    """``tvm.compile`` of ``mod`` scheduled by :func:`schedule` and export to ``path`` through a
+    temporary name beside it."""
+    tvm = import_tvm()
 
     from mconv.quiet import quiet
 
     try:
         with quiet():
-            if database_dir is not None:
-                with target:
-                    mod = relax.get_pipeline(
-                        "static_shape_tuning", total_trials=0, target=target, work_dir=str(database_dir)
-                    )(mod)
-            executable = tvm.compile(mod, target)
+            executable = tvm.compile(schedule(mod, target, database_dir, rules), target)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.so")
             executable.export_library(str(tmp))
         os.replace(tmp, path)

@@ -3,7 +3,8 @@
 Threads: TVM's thread pool reads ``TVM_NUM_THREADS`` when it starts (the first parallel
 call), so the runner sets it before loading the library. Runners run in a child process
 (mconv's verify and bench spawn one per artifact), where no TVM pool has started yet.
-Untuned libraries are mostly serial loops: their speed hardly depends on it.
+Untuned (rule-scheduled) and tuned libraries run their outer loops on that pool; with
+``schedule=none`` they are serial loops whose speed hardly depends on it.
 """
 
 from __future__ import annotations
