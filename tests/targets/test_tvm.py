@@ -262,10 +262,25 @@ def test_unknown_or_foreign_mcpu_and_negative_tune_are_usage_errors(tmp_path):
 
     from mconv.targets.tvm.compile import llvm_target
 
-    here = tvm.target.codegen.llvm_get_system_cpu()
-    if here != "sapphirerapids":
-        with pytest.raises(UsageError, match="lacks"):
-            llvm_target("sapphirerapids")
+    codegen = tvm.target.codegen
+    here = codegen.llvm_get_system_cpu()
+    have = set(codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": here})))
+
+    triple = codegen.llvm_get_system_triple()
+
+    def lacks(cpu):
+        if cpu == here or not codegen.llvm_is_valid_cpu(cpu, triple):
+            return False
+        feats = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
+        return any("-" not in f and f not in have for f in feats)
+
+    # A model newer than (or foreign to) this CPU: the first of these with a feature it lacks.
+    candidates = ("diamondrapids", "graniterapids", "sapphirerapids", "znver5", "arrowlake", "znver4")
+    foreign = next((c for c in candidates if lacks(c)), None)
+    if foreign is None:
+        pytest.skip(f"this CPU ({here}) has every feature of {', '.join(candidates)}")
+    with pytest.raises(UsageError, match="lacks"):
+        llvm_target(foreign)
 
 
 def test_an_older_mcpu_builds_a_portable_library(tmp_path):
