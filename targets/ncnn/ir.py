@@ -158,6 +158,34 @@ class NcnnGraph:
             names.update(layer.outputs)
         return len(names)
 
+    def add_shape_hints(self) -> int:
+        """Record the output shape (param 30, ``-23330=``) of each 3x3 stride-1 ``Convolution``
+        whose output shape is static; returns how many were recorded.
+
+        ncnn's x86 Convolution picks its Winograd variant (F(2,3), F(4,3), F(6,3)) from this
+        hint when the pipeline is created; without one it prepares F(4,3) only (F(6,3) up
+        to 32 channels) and the forward pass, which would pick by the actual size, falls
+        back to it. On the CPU a hint only chooses among exact algorithms; on Vulkan it
+        specializes the shaders to that size (see README: such a model runs at the build's
+        input size).
+        """
+        n = 0
+        for layer in self.layers:
+            if layer.type != "Convolution" or len(layer.outputs) != 1:
+                continue
+            p = layer.params
+            kw = p.get(1, 0)
+            kh, dw, sw = p.get(11, kw), p.get(2, 1), p.get(3, 1)
+            if (kw, kh, dw, p.get(12, dw), sw, p.get(13, sw)) != (3, 3, 1, 1, 1, 1):
+                continue
+            shape = self.shapes.get(layer.outputs[0], ())
+            if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
+                continue
+            c, h, w = shape
+            p[30] = [3, w, h, 0, c]  # dims, w, h, d, c (ncnn src/net.cpp reads 5 ints a top)
+            n += 1
+        return n
+
     def to_param(self) -> str:
         lines = [str(MAGIC), f"{len(self.layers)} {self.blob_count()}"]
         for layer in self.layers:

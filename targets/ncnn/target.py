@@ -30,6 +30,12 @@ class NcnnOptions(TargetOptions):
         flag="--calib-method",
         metavar="METHOD",
     )
+    shape_hints: bool = option(
+        True,
+        help="Record the build's output shape of each 3x3 stride-1 Convolution in the .param "
+        "(ncnn's shape hints): ncnn's x86 CPU then picks the Winograd variant for that size. "
+        "On Vulkan the hints fix the input size; false for a model run at other sizes there.",
+    )
     ignore: list[str] = ignore_option()
 
 
@@ -134,6 +140,8 @@ class NcnnTarget(Target):
                 out_dir.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(tpath, table)
                 files.append(tpath)
+            if options.target.shape_hints:
+                lowered.graph.add_shape_hints()
             param, binf = write_files(lowered, out_dir, stem)
         finally:
             if scratch is not None:
