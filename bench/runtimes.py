@@ -15,22 +15,27 @@ its error in the table instead of numbers). Add a runtime by adding a function.
 Run: ``python bench/runtimes.py [--models resnet18,mobilenet_v2] [--threads 2] [--iters 40]``
 
 Measured (``--iters 20 --warmup 3``, 2026-12-03, nothing else running; mnn 3.6.1, ai-edge-litert
-2.3.0, apache-tvm 0.27 untuned, 2 threads on a 2-core machine)::
+2.3.0, apache-tvm 0.27 untuned with mconv's rule schedule, ncnn with shape hints; 2 threads on
+a 2-core machine slower than the earlier table's: onnxruntime's ResNet-18 19.6 ms vs 10.7)::
 
     model         target             ms      MB  convert s   max rel    cosine
     --------------------------------------------------------------------------
-    resnet18      onnx (ORT)      10.74    44.7       0.79   0.0e+00  1.000000
-    resnet18      ncnn            31.27    44.7       0.32   2.1e-06  1.000000
-    resnet18      openvino        11.37    44.8       0.73   1.2e-06  1.000000
-    resnet18      mnn             21.23    44.7       1.66   1.2e-04  1.000000
-    resnet18      litert          16.97    44.7       0.56   1.2e-06  1.000000
-    resnet18      tvm           1618.55    45.0       2.74   1.2e-06  1.000000
-    mobilenet_v2  onnx (ORT)       3.85     8.9       0.06   0.0e+00  1.000000
-    mobilenet_v2  ncnn             9.95     8.9       0.11   1.1e-05  1.000000
-    mobilenet_v2  openvino         6.04     9.0       0.42   1.0e-05  1.000000
-    mobilenet_v2  mnn             10.08     8.9       0.90   6.3e-06  1.000000
-    mobilenet_v2  litert           4.70     8.9       0.11   5.8e-06  1.000000
-    mobilenet_v2  tvm            157.81     9.8       3.08   1.0e-05  1.000000
+    resnet18      onnx (ORT)      19.57    44.7       1.07   0.0e+00  1.000000
+    resnet18      ncnn            37.54    44.7       1.20   1.6e-06  1.000000
+    resnet18      openvino        22.00    44.8       1.89   1.2e-06  1.000000
+    resnet18      mnn             33.01    44.7       3.48   1.2e-04  1.000000
+    resnet18      litert          40.97    44.7       0.93   1.2e-06  1.000000
+    resnet18      tvm            195.46    45.0       7.73   1.2e-06  1.000000
+    mobilenet_v2  onnx (ORT)       5.74     8.9       0.19   0.0e+00  1.000000
+    mobilenet_v2  ncnn            13.70     8.9       0.15   1.1e-05  1.000000
+    mobilenet_v2  openvino         7.86     9.0       0.72   1.0e-05  1.000000
+    mobilenet_v2  mnn             13.07     8.9       1.63   6.3e-06  1.000000
+    mobilenet_v2  litert           7.37     8.9       0.26   5.8e-06  1.000000
+    mobilenet_v2  tvm             89.24     9.3      13.34   1.0e-05  1.000000
+
+Before the TVM rule schedule (earlier machine, ORT 10.74 / 3.85 ms) the untuned TVM rows were
+1618.55 and 157.81 ms (151x and 41x onnxruntime; now 10.0x and 15.5x). One interleaved run
+per table: rows of one model compare, the two tables' absolute times do not.
 
 "convert s" is the whole ``mconv build`` without verification (passes included; for mnn also
 the converter's child process start-up).

@@ -33,18 +33,24 @@ model, 120 trials gave 0.37 ms (2.4x onnxruntime); xgb's schedules of the three 
 2-4x faster for the same trials. Before the trials were spread over the tasks, 128 trials
 all went to the matmul and a reshape (extraction order) and gave no gain (5.7 ms).
 
-ResNet-18 (19 tasks; ``--budget-s 60 --step 38 --iters 10``)::
+ResNet-18, the 10-minute budget (19 tasks; ``--model resnet18 --budget-s 600 --step 76
+--iters 20 --json``, 2026-12-03, nothing else running; rows in
+bench/results/tvm_resnet18_600s.jsonl)::
 
-    resnet18, 2 threads, tuning budget 60 s in rounds of 38 trials, cost model xgb
+    resnet18, 2 threads, tuning budget 600 s in rounds of 76 trials, cost model xgb
                runtime  trials  tune s  build s        ms   ort ms   x ort  max rel err
-                   tvm       0       0      7.4    364.10    56.07    6.49     8.56e-07
-             tvm tuned      38     394    394.2    136.67    28.05    4.87     9.51e-07
+                   tvm       0       0      6.3    178.53    14.35   12.44     8.56e-07
+             tvm tuned      76     203    202.9    118.31    17.31    6.83     6.65e-07
+             tvm tuned     152     349    146.0     81.66    16.19    5.04     7.60e-07
+             tvm tuned     228     483    134.2     62.31    16.98    3.67     6.65e-07
 
-(onnxruntime's time halved between the rows: the machine's load changed; the ratios are
-from each row's own interleaved rounds). TVM's plain loops: 1718 ms vs onnxruntime's 12.1
-ms (142x) in a quieter moment, the rule schedule 131 ms (10.9x) then. The 38 trials (2 per
-task) took 394 s: ~20 s of evolutionary search per task per round on this machine, so a
-600 s budget is one or two rounds of ``--step 76``.
+A fourth round (~134 s) would have ended past 600 s, so the run stopped at 483 s: untuned
+12.4x onnxruntime, 3.7x after the budget, each round still gaining (12 trials a task
+is far from converged; MetaSchedule's own examples use ~1000 per task). The first round
+includes ~30 s of importing the tensor intrinsics; at 4 trials a task per iteration the
+evolutionary search samples a population of 128 (``tuning.population``; TVM's default 512
+made each round ~2x longer). TVM's plain loops (``schedule=none``): 1718 ms vs
+onnxruntime's 12.1 ms (142x) in an earlier measurement.
 
 ``tvm_row(onnx_path, ...)`` gives one row (latency, size, conversion time, error) for a
 table of several runtimes side by side (bench/runtimes.py).
