@@ -253,15 +253,9 @@ def _needs_schema_import(core, model: onnx.ModelProto) -> bool:
     """Whether onnxsim.simplify's ``import_onnx_schemas`` would give its core the schema
     of an op ``model`` uses (an op onnx knows, e.g. registered with
     ``onnx.defs.register_schema``, and the core does not)."""
-    from mconv.passes.graph import _subgraphs
+    from mconv.graphinfo import all_nodes
 
-    ops: set[tuple[str, str]] = set()
-    graphs = [model.graph]
-    while graphs:
-        g = graphs.pop()
-        for n in g.node:
-            ops.add((n.domain or "", n.op_type))
-            graphs += [sub for a in n.attribute for sub in _subgraphs(a)]
+    ops = {(n.domain or "", n.op_type) for n in all_nodes(model.graph)}
     ops.update((n.domain or "", n.op_type) for f in model.functions for n in f.node)
     return any(not core._has_schema(op, domain) and onnx.defs.has(op, domain) for domain, op in ops)
 

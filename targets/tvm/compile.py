@@ -3,7 +3,8 @@
 ``tvm.relax.frontend.onnx.from_onnx`` imports the graph (weights become constants),
 ``--fp16`` applies Relax's ``ToMixedPrecision`` (FP16 storage and arithmetic, FP32
 accumulation in conv/matmul) and folds the weights to FP16, ``tune=N`` runs MetaSchedule
-(``tuning.py``); :func:`schedule` applies the tuning records and gives every function
+(``tuning.py``) on the module :func:`prepare` made, the one the build then takes;
+:func:`schedule` applies the tuning records and gives every function
 without one the rule schedule of ``schedule.py`` (parallel, vectorized), and
 ``tvm.compile`` for an LLVM target builds a Relax VM executable that is exported as
 ``<stem>.so``.
@@ -184,13 +185,13 @@ def prepare(mod: Any, target: Any) -> Any:
 
 
 def schedule(mod: Any, target: Any, database_dir: Path | None = None, rules: bool = True) -> Any:
-    """``mod`` prepared, with the tuned schedules in ``database_dir`` (if any) applied and, with
-    ``rules``, the default schedule (``schedule.py``) on every function left unscheduled."""
+    """``mod`` (made by :func:`prepare`) with the tuned schedules in ``database_dir`` (if any)
+    applied and, with ``rules``, the default schedule (``schedule.py``) on every function left
+    unscheduled."""
     import_tvm()
     from tvm import relax
 
     with target:
-        mod = prepare(mod, target)
         if database_dir is not None:
             mod = relax.transform.MetaScheduleApplyDatabase(str(database_dir))(mod)
         if rules:
@@ -201,8 +202,8 @@ def schedule(mod: Any, target: Any, database_dir: Path | None = None, rules: boo
 
 
 def compile_library(mod: Any, target: Any, path: Path, database_dir: Path | None = None, *, rules: bool = True) -> None:
-    """``tvm.compile`` of ``mod`` scheduled by :func:`schedule` and export to ``path`` through a
-    temporary name beside it."""
+    """``tvm.compile`` of ``mod`` (made by :func:`prepare`) scheduled by :func:`schedule`, exported
+    to ``path`` through a temporary name beside it."""
     tvm = import_tvm()
 
     from mconv.quiet import quiet

@@ -31,6 +31,7 @@ from mconv.targets.tvm.compile import (
     import_onnx,
     llvm_target,
     lower_precision,
+    prepare,
     static_shapes,
     supported_ops,
 )
@@ -95,7 +96,9 @@ class TvmTarget(Target):
         target = llvm_target(opts.mcpu, cores=_cores() if opts.tune else None)
         onnx_bytes = model.SerializeToString() if opts.tune else b""
         outputs = [o.name for o in model.graph.output]
-        mod = lower_precision(import_onnx(model), options.precision)
+        # Prepared once: tuning extracts its tasks from this module and the build applies
+        # the records to it.
+        mod = prepare(lower_precision(import_onnx(model), options.precision), target)
         tuning, warnings, database = None, [], None
         if opts.tune:
             from mconv.targets.tvm.tuning import cache_key, tune

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mconv.errors import ConversionError
-from mconv.targets.tvm.compile import import_tvm, prepare
+from mconv.targets.tvm.compile import import_tvm
 
 CACHE_ENV = "MCONV_CACHE"
 
@@ -108,7 +108,8 @@ def _trials_done(folder: Path) -> int:
 
 
 def tune(mod: Any, target: Any, key: str, trials: int) -> TuningResult:
-    """Bring the cache of ``key`` to ``trials`` trials (tuning ``mod`` on ``target``)."""
+    """Bring the cache of ``key`` to ``trials`` trials (tuning ``mod``, made by
+    ``compile.prepare``, on ``target``)."""
     folder = cache_root() / key
     t0 = time.perf_counter()
     with _locked(folder):
@@ -117,7 +118,7 @@ def tune(mod: Any, target: Any, key: str, trials: int) -> TuningResult:
         cost_model = _cost_model()
         if ran:
             folder.mkdir(parents=True, exist_ok=True)
-            _run_search(prepare(mod, target), target, folder, ran, cost_model)
+            _run_search(mod, target, folder, ran, cost_model)
             meta = {"trials": done + ran, "target": str(target), "tvm": import_tvm().__version__}
             tmp = folder / "mconv.json.tmp"
             tmp.write_text(json.dumps(meta))

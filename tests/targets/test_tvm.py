@@ -189,7 +189,7 @@ def test_untuned_convs_run_in_parallel_vector_loops_and_match_onnxruntime(tmp_pa
     the stride-2 stem: none, a serial inner loop); the library agrees with onnxruntime, and
     with TVM's plain loops (schedule=none)."""
     torch = pytest.importorskip("torch")
-    from mconv.targets.tvm.compile import import_onnx, llvm_target, schedule
+    from mconv.targets.tvm.compile import import_onnx, llvm_target, prepare, schedule
     from tests.models import small_cnn
 
     path = tmp_path / "cnn.onnx"
@@ -198,7 +198,8 @@ def test_untuned_convs_run_in_parallel_vector_loops_and_match_onnxruntime(tmp_pa
     model = onnx.load(str(path))
     import tvm
 
-    scheduled = schedule(import_onnx(model), llvm_target())
+    target = llvm_target()
+    scheduled = schedule(prepare(import_onnx(model), target), target)
     convs = {gv.name_hint: f.script() for gv, f in scheduled.functions.items() if "conv2d" in gv.name_hint}
     assert len(convs) >= 2
     for name, text in convs.items():
