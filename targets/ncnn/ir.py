@@ -24,7 +24,7 @@ TAG_FP16 = 0x01306B47
 TAG_INT8 = 0x000D4B38
 
 # float32 limits: inf cannot be written in a param file (it has no '.' or 'e').
-_FLT_MAX = float(np.finfo(np.float32).max)
+FLT_MAX = float(np.finfo(np.float32).max)
 
 ParamValue = int | float | list[int] | list[float] | tuple
 
@@ -224,7 +224,7 @@ def _format_scalar(v: float | int | np.generic) -> str:
     f = float(v)
     if f != f:  # NaN: nothing sensible to write
         raise ValueError("NaN parameter value")
-    f = max(-_FLT_MAX, min(_FLT_MAX, f))
+    f = max(-FLT_MAX, min(FLT_MAX, f))
     return f"{f:.8e}"
 
 

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mconv.targets.ncnn.ir import Weight
+from mconv.targets.ncnn.ir import FLT_MAX, Weight
 from mconv.targets.ncnn.lower import Ctx, Node, NotLowerable, elementwise, nc_shape
 from mconv.targets.ncnn.registry import rule
-
-FLT_MAX = float(np.finfo(np.float32).max)
 
 UNARY_OPS = {
     "Abs": 0,

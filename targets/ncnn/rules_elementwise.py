@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mconv.targets.ncnn.ir import FLT_MAX
 from mconv.targets.ncnn.lower import Ctx, Node, NotLowerable, Tensor, default_keep, nc_shape
 from mconv.targets.ncnn.registry import rule
 
@@ -110,8 +111,6 @@ for _op, _code in (
 ):
     rule(_op)(_binary_rule(_code))
 
-_FLT_MAX = float(np.finfo(np.float32).max)
-
 
 @rule("Add")
 def add(ctx: Ctx, node: Node) -> None:
@@ -137,7 +136,7 @@ def _no_neg_inf(t: Tensor) -> Tensor:
     v = np.asarray(t.const, np.float32)
     if not np.isneginf(v).any():
         return t
-    return Tensor(t.name, t.shape, np.dtype("float32"), const=np.where(np.isneginf(v), np.float32(-_FLT_MAX), v))
+    return Tensor(t.name, t.shape, np.dtype("float32"), const=np.where(np.isneginf(v), np.float32(-FLT_MAX), v))
 
 
 def _only_softmax(ctx: Ctx, name: str, depth: int = 0) -> bool:

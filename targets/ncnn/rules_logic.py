@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from mconv.targets.ncnn.ir import FLT_MAX
 from mconv.targets.ncnn.lower import Ctx, Node, NotLowerable, Tensor
 from mconv.targets.ncnn.registry import rule
 from mconv.targets.ncnn.rules_elementwise import ADD, MAX, MUL, SUB, binary_tensors
 
-FLT_MAX = float(np.finfo(np.float32).max)
 UNARY_ABS, UNARY_SIGN, UNARY_TRUNC = 0, 20, 19
 RSUB = 7
 
