@@ -50,6 +50,11 @@ STRUCTURE_OPS = frozenset(
 # The reference kernel is wrong for these; their numpy kernel is used even
 # when the caller asks for the reference evaluator.
 _REFERENCE_WRONG = frozenset({"GatherElements"})
+# Ops the reference evaluator implements only from a later version (onnx 1.23 has
+# DequantizeLinear from 19 on) whose later version computes the same for every input
+# the older one accepts: DequantizeLinear 10 and 13 (int8/uint8/int32 with a float
+# scale) are DequantizeLinear 19 without its new types. Run them at that version.
+_REFERENCE_SINCE = {"DequantizeLinear": 19}
 
 
 def is_foldable(node: onnx.NodeProto, *, keep_structure: bool = True) -> bool:
@@ -114,6 +119,7 @@ def _run_reference(node: onnx.NodeProto, values: list[np.ndarray | None], opset:
     ]
     outputs = [helper.make_empty_tensor_value_info(o) for o in out_names if o]
     g = helper.make_graph([one], "fold", inputs, outputs)
+    opset = max(opset, _REFERENCE_SINCE.get(node.op_type, 0))
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     res = iter(ReferenceEvaluator(m).run(None, {nm: v for nm, v in zip(in_names, values) if v is not None}))
     return [np.asarray(next(res)) if o else None for o in out_names]

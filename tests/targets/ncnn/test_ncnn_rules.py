@@ -337,3 +337,38 @@ def test_training_mode_dropout_is_refused(make_model, tmp_path):
     )  # fmt: skip
     with pytest.raises(UnsupportedOpsError, match="training-mode Dropout"):
         get_target("ncnn").write(m, tmp_path, "m", BuildOptions())
+
+
+@pytest.mark.parametrize("opset", [13, 17, 19, 21])
+def test_int8_weights_behind_dequantize_linear_are_folded(make_model, rng, tmp_path, opset):
+    # A weight-quantized model (int8 weights, DequantizeLinear per output channel and
+    # per tensor) as quantizers export it at opset 13-21. onnx's reference evaluator
+    # has DequantizeLinear only from version 19; the writer must still fold it. The
+    # reference is the float twin (weights dequantized here): onnxruntime's optimizer
+    # runs DequantizeLinear -> MatMul as an integer kernel (~4e-3 off FP32).
+    from mconv.metrics import compare_outputs, default_tolerance
+    from mconv.targets.base import BuildOptions
+    from mconv.targets.ncnn.conformance import convert_and_run, run_onnxruntime
+
+    w = rng.integers(-127, 128, size=(8, 4, 3, 3)).astype(np.int8)
+    ws = (rng.random(8) * 0.02 + 0.005).astype(np.float32)
+    m = rng.integers(-127, 128, size=(8, 5)).astype(np.int8)
+    ms = np.float32(0.03)
+    tail = [H("GlobalAveragePool", ["c"], ["p"]), H("Flatten", ["p"], ["f"]), H("MatMul", ["f", "mf"], ["y"])]
+    conv = H("Conv", ["x", "wf"], ["c"], pads=[1, 1, 1, 1])
+    q = make_model(
+        [H("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0), conv,
+         H("DequantizeLinear", ["m", "ms"], ["mf"]), *tail],
+        {"x": (1, 4, 10, 10)}, ["y"], {"w": w, "ws": ws, "wz": np.zeros(8, np.int8), "m": m, "ms": ms},
+        opset=opset,
+    )  # fmt: skip
+    twin = make_model(
+        [conv, *tail], {"x": (1, 4, 10, 10)}, ["y"],
+        {"wf": w.astype(np.float32) * ws[:, None, None, None], "mf": m.astype(np.float32) * ms},
+    )  # fmt: skip
+    feeds = {"x": rng.standard_normal((1, 4, 10, 10)).astype(np.float32)}
+    outs, art = convert_and_run(q, [feeds], tmp_path / "q", BuildOptions())
+    comp = compare_outputs(run_onnxruntime(twin, [feeds]), outs, default_tolerance("fp32"))
+    assert comp.passed, comp.summary()
+    text = art.main.read_text()
+    assert "Convolution " in text and "InnerProduct" in text and "Dequantize" not in text
