@@ -78,7 +78,20 @@ class UnsupportedOpsError(ConversionError):
             f"target '{target}' cannot lower {len(ops)} op type(s): "
             + "; ".join(parts)
             + f". Nothing was written; run `mconv inspect MODEL --target {target}` for details."
+            + _quantized_hint(ops)
         )
+
+
+def _quantized_hint(ops: dict[str, list[str]]) -> str:
+    """What to do with a model quantized already: a QuantizeLinear that is still a node
+    after constant folding quantizes activations, which the targets that refuse it
+    (ncnn, LiteRT) quantize themselves from the float model."""
+    if not {"QuantizeLinear", "DynamicQuantizeLinear"} & set(ops):
+        return ""
+    return (
+        " The model is quantized already (Q/DQ on activations): build from the float model"
+        " and let the target quantize it, with `--int8 --calib DIR`."
+    )
 
 
 class MissingDependencyError(MconvError):

@@ -171,3 +171,23 @@ def test_build_trt_without_tensorrt_names_the_extra(cli, small_onnx, in_tmp):
     r = cli("build", small_onnx, "-t", "trt", "-o", in_tmp / "out")
     assert_clean_error(r, 1, "pip install 'mconv[tensorrt]'")
     assert not (in_tmp / "out").exists()
+
+
+def test_build_of_a_qdq_model_for_ncnn_says_to_start_from_the_float_model(cli, tmp_path, in_tmp):
+    # Q/DQ on activations (a model quantized already) is refused before anything is written,
+    # with the way to get an INT8 ncnn model: the float model with --int8 --calib.
+    import numpy as np
+
+    from mconv.targets.qdq import quantize_qdq
+
+    fp = conv_bn_relu_model()
+    name = fp.graph.input[0].name
+    shape = [d.dim_value or 1 for d in fp.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(0)
+    q = quantize_qdq(fp, [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)])
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+    p = tmp_path / "q.onnx"
+    onnx.save(q, str(p))
+    r = cli("build", p, "-t", "ncnn", "-o", in_tmp / "out")
+    assert_clean_error(r, 1, "QuantizeLinear", "quantized already", "--int8 --calib")
+    assert not (in_tmp / "out").exists()
