@@ -85,7 +85,7 @@ class UnsupportedOpsError(ConversionError):
 def _quantized_hint(ops: dict[str, list[str]]) -> str:
     """What to do with a model quantized already: a QuantizeLinear that is still a node
     after constant folding quantizes activations, which the targets that refuse it
-    (ncnn, LiteRT) quantize themselves from the float model."""
+    (ncnn, MNN, LiteRT) quantize themselves from the float model."""
     if not {"QuantizeLinear", "DynamicQuantizeLinear"} & set(ops):
         return ""
     return (

@@ -81,6 +81,18 @@ def nodes_by_op(model: onnx.ModelProto) -> dict[str, list[str]]:
     return out
 
 
+def activation_quantizers(model: onnx.ModelProto) -> list[str]:
+    """Names of the QuantizeLinear nodes that quantize a computed tensor, not a constant:
+    the mark of a model quantized already (Q/DQ on activations)."""
+    consts = {t.name for t in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [
+        n.name or f"{n.op_type}_{i}"
+        for i, n in enumerate(model.graph.node)
+        if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx") and n.input[0] not in consts
+    ]
+
+
 def opset(model: onnx.ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):

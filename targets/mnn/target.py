@@ -9,7 +9,7 @@ from typing import ClassVar
 import onnx
 
 from mconv.errors import InputError, UsageError
-from mconv.graphinfo import TensorInfo, graph_inputs, graph_outputs
+from mconv.graphinfo import TensorInfo, activation_quantizers, graph_inputs, graph_outputs
 from mconv.targets.base import Artifact, BuildOptions, Target, TargetOptions, option
 from mconv.targets.mnn.files import read_net
 from mconv.targets.mnn.ops import SUPPORTED_OPS
@@ -48,6 +48,16 @@ class MnnTarget(Target):
 
     def supported_ops(self) -> set[str] | None:
         return set(SUPPORTED_OPS)
+
+    def unsupported(self, model: onnx.ModelProto) -> dict[str, list[str]]:
+        # MNN's converter (mnn 3.6.1) aborts on Q/DQ over activations, from onnxruntime's
+        # quantize_static and from `--target onnx --int8` alike: refused before it runs.
+        # DequantizeLinear over int8 weights alone converts.
+        out = super().unsupported(model)
+        quantizers = activation_quantizers(model)
+        if quantizers:
+            out["QuantizeLinear"] = quantizers
+        return out
 
     def runtime_missing(self) -> str | None:
         import importlib.util

@@ -386,3 +386,37 @@ def test_legacy_softmax_rewrite_keeps_onnx_semantics():
         np.testing.assert_allclose(run_ort(m, {"x": x})[0], ref, rtol=1e-6, atol=1e-6)
     assert flatten_legacy_softmax(model("Softmax", 2, 11)) == 0  # the last axis: already right
     assert flatten_legacy_softmax(model("Softmax", 1, 13)) == 0  # opset 13 means that axis alone
+
+
+def test_qdq_activations_are_refused_before_the_converter_aborts(cli, in_tmp):
+    # MNN's converter aborts (SIGABRT) on Q/DQ over activations; the refusal comes first
+    # and says what to do. int8 weights behind DequantizeLinear alone still convert.
+    from mconv.targets.qdq import quantize_qdq
+    from tests.models import conv_bn_relu_model
+
+    fp = conv_bn_relu_model()
+    name = fp.graph.input[0].name
+    shape = [d.dim_value or 1 for d in fp.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(0)
+    q = quantize_qdq(fp, [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)])
+    src = in_tmp / "q.onnx"
+    onnx.save(q, src)
+    r = cli("build", src, "--target", "mnn", "-o", in_tmp / "out")
+    assert_clean_error(r, EXIT_CONVERSION, "QuantizeLinear", "--int8 --calib")
+    assert not (in_tmp / "out").exists()
+    # int8 weights behind DequantizeLinear, per output channel, at opset 13.
+    w = rng.integers(-127, 128, size=(8, 3, 3, 3)).astype(np.int8)
+    ws = (rng.random(8) * 0.02 + 0.005).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"], axis=0),
+         helper.make_node("Conv", ["x", "wf"], ["y"], pads=[1, 1, 1, 1])],
+        "w8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(ws, "s"),
+         onnx.numpy_helper.from_array(np.zeros(8, np.int8), "z")],
+    )  # fmt: skip
+    src2 = in_tmp / "w8.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), src2)
+    r = cli("build", src2, "--target", "mnn", "-o", in_tmp / "out2")
+    assert r.code == 0, r.err
+    assert (in_tmp / "out2" / "w8.mnn").is_file()
