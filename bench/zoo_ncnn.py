@@ -249,10 +249,35 @@ def retime_model(name: str, args) -> dict:
     return _time(row, nets, work, args)
 
 
+def host_info() -> str:
+    """Where the timing ran: CPU (name, family/model, AVX-512 or not), cores, ncnn and pnnx
+    versions. Ratios move from one CPU to another (ncnn's kernel choices are per host)."""
+    import importlib.metadata
+    import os
+
+    cpu = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            cpu.setdefault(key.strip(), val.strip())
+    except OSError:
+        pass
+    flags = cpu.get("flags", "").split()
+    name = f"{cpu.get('model name', '?')} (family {cpu.get('cpu family', '?')} model {cpu.get('model', '?')}"
+    name += ", AVX-512)" if "avx512f" in flags else ")"
+    vers = []
+    for pkg in ("ncnn", "pnnx"):
+        try:
+            vers.append(f"{pkg} {importlib.metadata.version(pkg)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return f"{name}, {os.cpu_count()} cores, {', '.join(vers)}"
+
+
 def _time(row: dict, nets: dict, work: Path, args) -> dict:
     t = timed_fresh(nets["mconv"], nets["pnnx"], str(work / "mat_inputs.npz"), threads=args.threads,
                     procs=args.procs, budget_s=args.budget)  # fmt: skip
-    row.update(ms_mconv=t.ms["a"], ms_pnnx=t.ms["b"], ratio=t.ratio, spread=t.spread)
+    row.update(ms_mconv=t.ms["a"], ms_pnnx=t.ms["b"], ratio=t.ratio, spread=t.spread, host=host_info())
     row.pop("layers_diff", None)
     if args.control:
         c = timed_fresh(nets["pnnx"], nets["pnnx"], str(work / "mat_inputs.npz"), threads=args.threads,
@@ -378,6 +403,9 @@ def summary(rows: list[dict]) -> str:
     if ctrl:
         lines.append(f"noise floor (pnnx vs itself): median {np.median(ctrl):.3f}, "
                      f"range {min(ctrl):.3f}-{max(ctrl):.3f}")  # fmt: skip
+    hosts = sorted({r["host"] for r in rows if r.get("host")})
+    if hosts:
+        lines.append("timed on: " + "; ".join(hosts))
     return "\n".join(lines)
 
 
