@@ -193,7 +193,6 @@ def _load_exported_program(path: Path) -> LoadedSource:
     torch = _torch()
     try:
         ep = torch.export.load(str(path))
-        ep = torch.export.load(str(path))
     except Exception as e:
         raise InputError(
             f"{path}: a damaged ExportedProgram archive ({type(e).__name__}: "
