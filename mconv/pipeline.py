@@ -487,9 +487,51 @@ def _reference_from_file(
         return reference_outputs_isolated(path, samples, timeout=timeout)
 
 
+def _artifact_of(path: Path):
+    """The artifact ``path`` is when it is one a target wrote (not an ONNX file: that is
+    a model here), else None."""
+    from mconv.verification import find_artifact
+
+    if not path.is_file() or path.suffix.lower() == ".onnx":
+        return None
+    found = find_artifact(path)
+    return found if found is not None and found.target != "onnx" else None
+
+
+def inspect_artifact(artifact, target: str | None) -> dict[str, Any]:
+    """What an artifact takes and holds: its target, precision, files, inputs and outputs
+    (as recorded beside it or read from its own files) and the target's own summary."""
+    from mconv.targets import get_target
+
+    if target and get_target(target).name != artifact.target:
+        raise UsageError(
+            f"{artifact.main} is an artifact of target '{artifact.target}'; --target {target} applies to models only"
+        )
+    t = get_target(artifact.target)
+    inputs = t.artifact_inputs(artifact)
+    outputs = [
+        {"name": o["name"], "shape": o.get("shape"), "dtype": o.get("dtype") or "float32"}
+        for o in (artifact.meta.get("outputs") or [])
+        if isinstance(o, dict) and "name" in o
+    ]
+    return {
+        "command": "inspect",
+        "artifact": str(artifact.main),
+        "target": artifact.target,
+        "precision": artifact.precision,
+        "files": [{"path": str(f), "bytes": f.stat().st_size} for f in artifact.files if f.is_file()],
+        "inputs": None if inputs is None else [i.to_json() for i in inputs],
+        "outputs": outputs or None,
+        **t.artifact_summary(artifact),
+    }
+
+
 def inspect_model(path: Path, target: str | None, opts: ExportOptions) -> dict[str, Any]:
     from mconv.targets import all_targets, get_target
 
+    artifact = _artifact_of(path)
+    if artifact is not None:
+        return inspect_artifact(artifact, target)
     model, info = load_model_any(path, opts)
     count, nbytes = parameter_stats(model)
     report: dict[str, Any] = {

@@ -68,13 +68,25 @@ def recognise_artifact(path: str | Path) -> Artifact:
         InputError: the file is missing, is not any target's artifact, or lacks its
             weights (raised by the target that recognised it).
     """
-    from mconv.targets import all_targets
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give the artifact's main file ({artifact_kinds()})")
+    found = find_artifact(path)
+    if found is None:
+        raise InputError(f"{path}: not an artifact mconv recognises ({artifact_kinds()})")
+    return found
+
+
+def find_artifact(path: Path) -> Artifact | None:
+    """The artifact the file ``path`` is, or None when no registered target recognises it.
+
+    Raises:
+        InputError: a target recognised it but its other files are missing or unreadable.
+    """
+    from mconv.targets import all_targets
+
     for entry in all_targets():
         if entry.error:
             continue
@@ -87,7 +99,7 @@ def recognise_artifact(path: str | Path) -> Artifact:
             continue
         if found is not None:
             return found
-    raise InputError(f"{path}: not an artifact mconv recognises ({artifact_kinds()})")
+    return None
 
 
 def check_inputs(artifact: Artifact, sample: Feeds) -> str | None:

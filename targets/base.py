@@ -277,6 +277,11 @@ class Target(ABC):
             ]
         return None
 
+    def artifact_summary(self, artifact: Artifact) -> dict[str, Any]:
+        """What ``mconv inspect ARTIFACT`` adds for this target's files (JSON-able; by
+        default nothing)."""
+        return {}
+
     def probe_artifact(self, artifact: Artifact, names: list[str], workdir: Path) -> tuple[Artifact, dict]:
         """An artifact whose outputs are those of ``names`` (ONNX tensor names) it computes,
         for ``verify --locate``; files it needs go to ``workdir``.

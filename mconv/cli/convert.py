@@ -282,29 +282,49 @@ def inspect(
     fold_limit: FoldLimitOpt = None,
     as_json: JsonOpt = False,
 ):
-    """Inputs, outputs, opset, op histogram, parameters, and what each target cannot lower."""
+    """Inputs, outputs, opset, op histogram, parameters, and what each target cannot lower;
+    for an artifact (.param, .xml, .mnn, .tflite, ...): its target, precision, files, inputs,
+    outputs (and ncnn's layer types)."""
     from mconv.pipeline import inspect_model
 
     set_fold_limit(fold_limit)
     opts = export_options(input, None, None, "auto", model, trust_pickle, weights, layout)
     report = inspect_model(model_path, target, opts)
 
-    def render(r):
+    def io_table(r):
         from rich.table import Table
 
+        t = Table(title="inputs / outputs", title_justify="left")
+        for col in ("kind", "name", "shape", "dtype"):
+            t.add_column(col)
+        for kind in ("inputs", "outputs"):
+            for i in r[kind] or []:
+                shape = "?" if i["shape"] is None else "x".join("?" if d is None else str(d) for d in i["shape"])
+                t.add_row(kind[:-1], i["name"], shape, i["dtype"])
+        return t
+
+    def render_artifact(r):
+        con = console()
+        size = sum(f["bytes"] for f in r["files"])
+        files = f"{len(r['files'])} files, {size / 1e6:.1f} MB"
+        con.print(f"{r['artifact']}: {r['target']} artifact ({r['precision']}), {files}")
+        if r["inputs"] is None and r["outputs"] is None:
+            con.print("inputs / outputs: not recorded beside it")
+        else:
+            con.print(io_table(r))
+        if r.get("layers"):
+            con.print("layers: " + ", ".join(f"{k} {v}" for k, v in r["layers"].items()))
+
+    def render(r):
+        if "artifact" in r:
+            render_artifact(r)
+            return
         con = console()
         con.print(
             f"{r['source']}: opset {r['opset']}, {r['nodes']} nodes, {r['parameters']:,} parameters "
             f"({r['parameter_bytes'] / 1e6:.1f} MB)"
         )
-        t = Table(title="inputs / outputs", title_justify="left")
-        for col in ("kind", "name", "shape", "dtype"):
-            t.add_column(col)
-        for kind in ("inputs", "outputs"):
-            for i in r[kind]:
-                shape = "?" if i["shape"] is None else "x".join("?" if d is None else str(d) for d in i["shape"])
-                t.add_row(kind[:-1], i["name"], shape, i["dtype"])
-        con.print(t)
+        con.print(io_table(r))
         con.print("ops: " + ", ".join(f"{k} {v}" for k, v in r["ops"].items()))
         for name, e in r["targets"].items():
             if "error" in e:

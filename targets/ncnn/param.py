@@ -53,11 +53,12 @@ def param_io(text: str) -> tuple[list[str], list[str]]:
 
 
 def param_inputs(text: str) -> list[TensorInfo]:
-    """The Input layers as tensors: blob name, shape (1, c, d, h, w as given), float32."""
+    """The Input layers as tensors: blob name, shape (1, c, d, h, w as given; None where the
+    layer gives none, as pnnx writes them), float32."""
     out = []
     for layer in read_param(text):
         if layer.type != "Input" or not layer.outputs:
             continue
         nc = [int(layer.params[k]) for k in ("2", "11", "1", "0") if k in layer.params]  # c, d, h, w
-        out.append(TensorInfo(layer.outputs[0], (1, *nc), "float32"))
+        out.append(TensorInfo(layer.outputs[0], (1, *nc) if nc else None, "float32"))
     return out

@@ -130,4 +130,4 @@ def _squeeze_batch(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _input_shapes(param_text: str) -> dict[str, tuple[int, ...]]:
     """Input blob -> Mat shape (outermost first) from the Input layers' 0/1/11/2 params."""
-    return {i.name: i.shape[1:] for i in param_inputs(param_text) if len(i.shape) > 1}
+    return {i.name: i.shape[1:] for i in param_inputs(param_text) if i.shape is not None and len(i.shape) > 1}

@@ -164,6 +164,14 @@ class NcnnTarget(Target):
 
         return super().artifact_inputs(artifact) or param_inputs(artifact.main.read_text(errors="replace"))
 
+    def artifact_summary(self, artifact: Artifact) -> dict:
+        """The layer types of the .param file and how many of each (``layers``)."""
+        from collections import Counter
+
+        lines = artifact.main.read_text(errors="replace").splitlines()[2:]
+        layers = Counter(ln.split()[0] for ln in lines if ln.strip())
+        return {"layers": dict(layers.most_common())}
+
     def probe_artifact(self, artifact: Artifact, names: list[str], workdir: Path) -> tuple[Artifact, dict]:
         """The same files; the runner extracts the blobs the writer mapped from those ONNX names."""
         blobs = artifact.meta.get("blobs") if isinstance(artifact.meta, dict) else None

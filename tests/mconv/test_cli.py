@@ -191,3 +191,29 @@ def test_build_of_a_qdq_model_for_ncnn_says_to_start_from_the_float_model(cli, t
     r = cli("build", p, "-t", "ncnn", "-o", in_tmp / "out")
     assert_clean_error(r, 1, "QuantizeLinear", "quantized already", "--int8 --calib")
     assert not (in_tmp / "out").exists()
+
+
+def test_inspect_an_artifact_shows_its_target_io_and_ncnn_layers(cli, small_onnx, in_tmp):
+    r = cli("build", small_onnx, "-t", "ncnn,openvino", "-o", in_tmp / "out")
+    assert r.code == 0, r.err
+    model = onnx.load(str(small_onnx))
+    want_in = [i.name for i in model.graph.input]
+    want_out = [o.name for o in model.graph.output]
+    param = in_tmp / "out" / "ncnn" / "small.param"
+    r = cli("inspect", param, "--json")
+    assert r.code == 0, r.err
+    assert r.json["target"] == "ncnn" and r.json["precision"] == "fp32"
+    assert [i["name"] for i in r.json["inputs"]] == want_in
+    assert [o["name"] for o in r.json["outputs"]] == want_out
+    assert r.json["layers"]["Convolution"] >= 1 and r.json["layers"]["Input"] == 1
+    assert {f["path"].rsplit(".", 1)[-1] for f in r.json["files"]} >= {"param", "bin"}
+    xml = in_tmp / "out" / "openvino" / "small.xml"
+    r = cli("inspect", xml, "--json")
+    assert r.code == 0, r.err
+    assert r.json["target"] == "openvino" and [i["name"] for i in r.json["inputs"]] == want_in
+    r = cli("inspect", param)
+    assert r.code == 0 and "ncnn artifact (fp32)" in r.out and "Convolution" in r.out
+    # --target is for models; an artifact's files must all be there.
+    assert_clean_error(cli("inspect", param, "--target", "openvino"), 2, "artifact of target 'ncnn'")
+    (in_tmp / "out" / "ncnn" / "small.bin").unlink()
+    assert_clean_error(cli("inspect", param), 2, "small.bin")

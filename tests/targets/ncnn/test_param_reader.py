@@ -34,3 +34,9 @@ def test_param_inputs_shape_is_batch_then_c_h_w():
 
 def test_malformed_lines_are_skipped():
     assert [layer.name for layer in read_param("7767517\n2 2\nInput in0 x 1 in0\nReLU r 1 1 in0 out\n")] == ["r"]
+
+
+def test_an_input_layer_without_a_shape_has_an_unknown_shape():
+    # pnnx writes `Input in0 0 1 in0` with no shape: unknown, not a one-element tensor.
+    (info,) = param_inputs(PARAM.replace(" 0=8 1=6 2=3", ""))
+    assert info.name == "in0" and info.shape is None
