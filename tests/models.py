@@ -74,6 +74,15 @@ def conv_bn_relu_model(channels: int = 4, size: int = 8, seed: int = 0) -> onnx.
     )
 
 
+def qdq_conv_bn_relu_model() -> onnx.ModelProto:
+    """:func:`conv_bn_relu_model` quantized by ``mconv.targets.qdq`` (Q/DQ on activations
+    and weights, opset 17): a model quantized already."""
+    from mconv.targets.qdq import quantize_qdq
+
+    fp = conv_bn_relu_model()
+    return quantize_qdq(fp, [random_feeds_for(fp, seed) for seed in range(4)])
+
+
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
 

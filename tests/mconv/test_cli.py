@@ -176,15 +176,9 @@ def test_build_trt_without_tensorrt_names_the_extra(cli, small_onnx, in_tmp):
 def test_build_of_a_qdq_model_for_ncnn_says_to_start_from_the_float_model(cli, tmp_path, in_tmp):
     # Q/DQ on activations (a model quantized already) is refused before anything is written,
     # with the way to get an INT8 ncnn model: the float model with --int8 --calib.
-    import numpy as np
+    from tests.models import qdq_conv_bn_relu_model
 
-    from mconv.targets.qdq import quantize_qdq
-
-    fp = conv_bn_relu_model()
-    name = fp.graph.input[0].name
-    shape = [d.dim_value or 1 for d in fp.graph.input[0].type.tensor_type.shape.dim]
-    rng = np.random.default_rng(0)
-    q = quantize_qdq(fp, [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)])
+    q = qdq_conv_bn_relu_model()
     assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
     p = tmp_path / "q.onnx"
     onnx.save(q, str(p))

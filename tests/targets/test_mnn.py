@@ -391,14 +391,10 @@ def test_legacy_softmax_rewrite_keeps_onnx_semantics():
 def test_qdq_activations_are_refused_before_the_converter_aborts(cli, in_tmp):
     # MNN's converter aborts (SIGABRT) on Q/DQ over activations; the refusal comes first
     # and says what to do. int8 weights behind DequantizeLinear alone still convert.
-    from mconv.targets.qdq import quantize_qdq
-    from tests.models import conv_bn_relu_model
+    from tests.models import qdq_conv_bn_relu_model
 
-    fp = conv_bn_relu_model()
-    name = fp.graph.input[0].name
-    shape = [d.dim_value or 1 for d in fp.graph.input[0].type.tensor_type.shape.dim]
+    q = qdq_conv_bn_relu_model()
     rng = np.random.default_rng(0)
-    q = quantize_qdq(fp, [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)])
     src = in_tmp / "q.onnx"
     onnx.save(q, src)
     r = cli("build", src, "--target", "mnn", "-o", in_tmp / "out")
