@@ -168,8 +168,9 @@ class NcnnTarget(Target):
         """The layer types of the .param file and how many of each (``layers``)."""
         from collections import Counter
 
-        lines = artifact.main.read_text(errors="replace").splitlines()[2:]
-        layers = Counter(ln.split()[0] for ln in lines if ln.strip())
+        from mconv.targets.ncnn.param import read_param
+
+        layers = Counter(layer.type for layer in read_param(artifact.main.read_text(errors="replace")))
         return {"layers": dict(layers.most_common())}
 
     def probe_artifact(self, artifact: Artifact, names: list[str], workdir: Path) -> tuple[Artifact, dict]:
