@@ -15,7 +15,7 @@ from mconv.errors import ConversionError, MconvError, UsageError
 from mconv.passes.base import Pass, PassReport, PassResult
 from mconv.passes.dce import EliminateDeadNodesPass
 from mconv.passes.eliminate import EliminateNoOpsPass
-from mconv.passes.fold import FoldConstantsPass
+from mconv.passes.fold import FoldConstantsPass, FoldQuantizedWeightsPass
 from mconv.passes.fuse import FuseConvBatchNormPass
 from mconv.passes.shape_inference import InferShapesPass
 from mconv.passes.simplify import SimplifyPass
@@ -46,6 +46,7 @@ def register_pass(factory: Callable[[], Pass], name: str | None = None, doc: str
 for _cls in (
     InferShapesPass,
     FoldConstantsPass,
+    FoldQuantizedWeightsPass,
     SimplifyPass,
     EliminateNoOpsPass,
     FuseConvBatchNormPass,

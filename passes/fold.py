@@ -111,7 +111,7 @@ class FoldConstantsPass(Pass):
         limit = self._limit(model)
         run = _FoldRun(limit=limit, budget=2 * limit)
         for node in model.graph.node:
-            out = _folded_outputs(node, known, run, opset) if is_foldable(node) else None
+            out = _folded_outputs(node, known, run, opset) if self.foldable(node) else None
             if out is None or len(out) < len([o for o in node.output if o]):
                 run.keep.append(node)
                 continue
@@ -122,12 +122,40 @@ class FoldConstantsPass(Pass):
             run.folded += 1
         return _rewrite(model, known, run)
 
+    def foldable(self, node: onnx.NodeProto) -> bool:
+        return is_foldable(node)
+
     def _limit(self, model: onnx.ModelProto) -> int:
         if self.max_folded_bytes is not None:
             return self.max_folded_bytes
         from mconv.limits import fold_limit
 
         return fold_limit(model)
+
+
+class FoldQuantizedWeightsPass(FoldConstantsPass):
+    """Fold constant Quantize/DequantizeLinear (int8 weights) to float initializers."""
+
+    # For targets whose converter takes float weights only or reads Q/DQ weights wrongly
+    # (MNN expands them to float anyway, and reads a dequantized BatchNormalization scale
+    # wrongly). Q/DQ on activations stays: it is not constant.
+    name = "fold_quantized_weights"
+
+    def foldable(self, node: onnx.NodeProto) -> bool:
+        return node.op_type in ("QuantizeLinear", "DequantizeLinear") and is_foldable(node, keep_structure=False)
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        read = {i for n in model.graph.node if self.foldable(n) for i in n.input}
+        res = super().call(model)
+        if res.modified:  # drop the int8 weights, scales and zero points nothing reads now
+            from mconv.graphinfo import all_nodes
+
+            g = res.model.graph
+            used = {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output} | {i.name for i in g.input}
+            for k in reversed(range(len(g.initializer))):
+                if g.initializer[k].name in read and g.initializer[k].name not in used:
+                    del g.initializer[k]
+        return res
 
 
 def _folded_outputs(node: onnx.NodeProto, known: _Constants, run: _FoldRun, opset: int) -> list | None:

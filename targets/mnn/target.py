@@ -45,6 +45,9 @@ class MnnTarget(Target):
     runtime_packages: ClassVar[tuple[str, ...]] = ("mnn",)
     isolate: ClassVar[bool] = True
     Options = MnnOptions
+    # int8 weights behind DequantizeLinear reach MNN's converter as float: it expands them to
+    # float anyway, and reads a dequantized BatchNormalization scale wrongly.
+    required_passes: ClassVar[tuple[str, ...]] = ("fold_quantized_weights",)
 
     def supported_ops(self) -> set[str] | None:
         return set(SUPPORTED_OPS)
@@ -52,7 +55,7 @@ class MnnTarget(Target):
     def unsupported(self, model: onnx.ModelProto) -> dict[str, list[str]]:
         # MNN's converter (mnn 3.6.1) aborts on Q/DQ over activations, from onnxruntime's
         # quantize_static and from `--target onnx --int8` alike: refused before it runs.
-        # DequantizeLinear over int8 weights alone converts.
+        # int8 weights behind DequantizeLinear alone are folded (required_passes).
         out = super().unsupported(model)
         quantizers = activation_quantizers(model)
         if quantizers:

@@ -220,3 +220,37 @@ def test_default_pipeline_keeps_light_model_outputs(name):
     onnx.checker.check_model(optimized)
     _assert_same_outputs(model, optimized, rtol=1e-4)
     assert [r.name for r in reports] == list(DEFAULT_PIPELINE)
+
+
+def test_fold_quantized_weights_folds_constant_qdq_and_keeps_activation_qdq():
+    # int8 weight + DequantizeLinear (opset 13) and a float weight through a constant
+    # Q -> DQ pair are folded to float; the activation's Q/DQ stays a node.
+    rng = np.random.default_rng(0)
+    w8 = rng.integers(-127, 128, size=(4, 3, 3, 3)).astype(np.int8)
+    ws = (rng.random(4) * 0.02 + 0.005).astype(np.float32)
+    wf = rng.standard_normal((4, 4, 1, 1)).astype(np.float32)
+    inits = [numpy_helper.from_array(v, k) for k, v in {
+        "w8": w8, "ws": ws, "wz": np.zeros(4, np.int8), "wf": wf, "fs": np.float32(0.02),
+        "fz": np.int8(0), "xs": np.float32(0.05), "xz": np.int8(0)}.items()]  # fmt: skip
+    m = make_graph_model(
+        [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+         helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+         helper.make_node("DequantizeLinear", ["w8", "ws", "wz"], ["w1"], axis=0),
+         helper.make_node("Conv", ["xd", "w1"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("QuantizeLinear", ["wf", "fs", "fz"], ["fq"]),
+         helper.make_node("DequantizeLinear", ["fq", "fs", "fz"], ["w2"]),
+         helper.make_node("Conv", ["c", "w2"], ["y"])],
+        [_vi("x", [1, 3, 6, 6])], [_vi("y", [1, 4, 6, 6])], inits, opset=13,
+    )  # fmt: skip
+    res, report = get_pass("fold_quantized_weights")(_copy(m))
+    assert res.modified and report.modified
+    out = res.model
+    ops = [n.op_type for n in out.graph.node]
+    assert ops == ["QuantizeLinear", "DequantizeLinear", "Conv", "Conv"]
+    values = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    np.testing.assert_allclose(values["w1"], w8.astype(np.float32) * ws[:, None, None, None], rtol=1e-6)
+    fake = np.clip(np.round(wf / np.float32(0.02)), -128, 127) * np.float32(0.02)
+    np.testing.assert_allclose(values["w2"], fake, rtol=1e-6)
+    assert not {"w8", "wz", "wf", "fz"} & set(values)  # nothing reads them now
+    assert {"xs", "xz"} <= set(values)  # the activation's Q/DQ still does
+    _assert_same_outputs(m, out)

@@ -390,7 +390,8 @@ def test_legacy_softmax_rewrite_keeps_onnx_semantics():
 
 def test_qdq_activations_are_refused_before_the_converter_aborts(cli, in_tmp):
     # MNN's converter aborts (SIGABRT) on Q/DQ over activations; the refusal comes first
-    # and says what to do. int8 weights behind DequantizeLinear alone still convert.
+    # and says what to do. int8 weights behind DequantizeLinear alone convert (and are
+    # right: exit 0 is after verification).
     from tests.models import qdq_conv_bn_relu_model
 
     q = qdq_conv_bn_relu_model()
@@ -400,16 +401,23 @@ def test_qdq_activations_are_refused_before_the_converter_aborts(cli, in_tmp):
     r = cli("build", src, "--target", "mnn", "-o", in_tmp / "out")
     assert_clean_error(r, EXIT_CONVERSION, "QuantizeLinear", "--int8 --calib")
     assert not (in_tmp / "out").exists()
-    # int8 weights behind DequantizeLinear, per output channel, at opset 13.
+    # int8 weights behind DequantizeLinear (per output channel) at opset 13, and a
+    # dequantized BatchNormalization scale, which MNN's converter itself reads wrongly.
     w = rng.integers(-127, 128, size=(8, 3, 3, 3)).astype(np.int8)
     ws = (rng.random(8) * 0.02 + 0.005).astype(np.float32)
+    gamma = rng.integers(40, 128, size=8).astype(np.int8)
+    ini = {"w": w, "s": ws, "z": np.zeros(8, np.int8), "g": gamma, "gs": np.float32(0.01),
+           "beta": rng.standard_normal(8).astype(np.float32), "mean": np.zeros(8, np.float32),
+           "var": np.ones(8, np.float32)}  # fmt: skip
     g = helper.make_graph(
         [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"], axis=0),
-         helper.make_node("Conv", ["x", "wf"], ["y"], pads=[1, 1, 1, 1])],
+         helper.make_node("Conv", ["x", "wf"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("DequantizeLinear", ["g", "gs"], ["gf"]),
+         helper.make_node("BatchNormalization", ["c", "gf", "beta", "mean", "var"], ["b"]),
+         helper.make_node("Relu", ["b"], ["y"])],
         "w8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
-        [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(ws, "s"),
-         onnx.numpy_helper.from_array(np.zeros(8, np.int8), "z")],
+        [onnx.numpy_helper.from_array(v, k) for k, v in ini.items()],
     )  # fmt: skip
     src2 = in_tmp / "w8.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), src2)
