@@ -146,6 +146,8 @@ class FoldQuantizedWeightsPass(FoldConstantsPass):
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         read = {i for n in model.graph.node if self.foldable(n) for i in n.input}
+        if not read:  # no Q/DQ at all: nothing to look at
+            return PassResult(model, False)
         res = super().call(model)
         if res.modified:  # drop the int8 weights, scales and zero points nothing reads now
             from mconv.graphinfo import all_nodes
