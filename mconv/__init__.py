@@ -7,6 +7,20 @@ the errors of :mod:`mconv.errors`. Importing this package imports no heavy frame
 API loads what a call needs.
 """
 
+import os as _os
+import sys as _sys
+
+# Dependencies that phone home are stopped before any mconv module imports them (children
+# import mconv first too, and inherit the environment):
+# - onnxruntime (1.32 on Linux) starts 1DS telemetry at import: a device id and an event
+#   store under ~/.cache/Microsoft, uploaded over HTTPS. Off unless the user set the variable.
+# - OpenVINO (its converter, even `import openvino`) and NNCF send Google Analytics events
+#   through `openvino_telemetry`, with a client id and counters under ~/intel; consent is
+#   assumed when no consent file exists. Made unimportable here (unless imported already),
+#   both fall back to their own no-op stubs.
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+_sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "bench", "build", "export", "optimize", "verify"]

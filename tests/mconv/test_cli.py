@@ -211,3 +211,22 @@ def test_inspect_an_artifact_shows_its_target_io_and_ncnn_layers(cli, small_onnx
     assert_clean_error(cli("inspect", param, "--target", "openvino"), 2, "artifact of target 'ncnn'")
     (in_tmp / "out" / "ncnn" / "small.bin").unlink()
     assert_clean_error(cli("inspect", param), 2, "small.bin")
+
+
+def test_a_build_leaves_nothing_in_the_users_home(small_onnx, tmp_path):
+    # onnxruntime writes a telemetry device id and event store under ~/.cache/Microsoft when
+    # imported unless ORT_DISABLE_TELEMETRY is set; OpenVINO writes a Google Analytics client
+    # id under ~/intel unless openvino_telemetry is missing. mconv stops both.
+    import os
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    for target in ("onnx", "ncnn", "openvino"):
+        p = subprocess.run(
+            [sys.executable, "-m", "mconv", "build", str(small_onnx), "-t", target, "-o", str(tmp_path / target)],
+            capture_output=True, text=True, env=env, timeout=600,
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr
+    assert sorted(str(f.relative_to(home)) for f in home.rglob("*")) == []
