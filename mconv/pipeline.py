@@ -344,6 +344,15 @@ class _NoTarget:
         return {}
 
 
+def _required_passes(target, done: list[str]) -> list[str]:
+    """The passes ``target`` requires that still have to run after ``done``: from the first
+    one not done on, in the target's order (a cleanup it lists after it, such as
+    eliminate_dead_nodes, must follow it even if it ran before)."""
+    req = list(target.required_passes)
+    first = next((k for k, p in enumerate(req) if p not in done), len(req))
+    return req[first:]
+
+
 def _target_passes(base: onnx.ModelProto, target, applied: list[str] | None) -> tuple[onnx.ModelProto, list]:
     """A copy of the shared passes' result (``applied``: None for the default pipeline) with
     the passes ``target`` requires on top."""
@@ -352,7 +361,7 @@ def _target_passes(base: onnx.ModelProto, target, applied: list[str] | None) -> 
     model = onnx.ModelProto()
     model.CopyFrom(base)
     done = list(applied) if applied is not None else list(DEFAULT_PIPELINE)
-    extra = [p for p in target.required_passes if p not in done]
+    extra = _required_passes(target, done)
     reports: list = []
     if extra:
         model, reports = optimize(model, extra)
@@ -416,7 +425,7 @@ def _run_passes(src: _Source, req: BuildRequest, target):
     from mconv.passes import DEFAULT_PIPELINE, optimize
 
     passes = list(req.passes) if req.passes is not None else list(DEFAULT_PIPELINE)
-    passes += [p for p in target.required_passes if p not in passes]
+    passes += _required_passes(target, passes)
     # No name here holds the passes' input: each pass's input is freed once it returns a new model.
     model, pass_reports = optimize(src.take_model(), passes)
     missing = target.unsupported(model)

@@ -145,19 +145,10 @@ class FoldQuantizedWeightsPass(FoldConstantsPass):
         return node.op_type in ("QuantizeLinear", "DequantizeLinear") and is_foldable(node, keep_structure=False)
 
     def call(self, model: onnx.ModelProto) -> PassResult:
-        read = {i for n in model.graph.node if self.foldable(n) for i in n.input}
-        if not read:  # no Q/DQ at all: nothing to look at
+        # The int8 weights it leaves unread go with eliminate_dead_nodes after it.
+        if not any(self.foldable(n) for n in model.graph.node):  # no Q/DQ: nothing to look at
             return PassResult(model, False)
-        res = super().call(model)
-        if res.modified:  # drop the int8 weights, scales and zero points nothing reads now
-            from mconv.graphinfo import all_nodes
-
-            g = res.model.graph
-            used = {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output} | {i.name for i in g.input}
-            for k in reversed(range(len(g.initializer))):
-                if g.initializer[k].name in read and g.initializer[k].name not in used:
-                    del g.initializer[k]
-        return res
+        return super().call(model)
 
 
 def _folded_outputs(node: onnx.NodeProto, known: _Constants, run: _FoldRun, opset: int) -> list | None:

@@ -47,7 +47,7 @@ class MnnTarget(Target):
     Options = MnnOptions
     # int8 weights behind DequantizeLinear reach MNN's converter as float: it expands them to
     # float anyway, and reads a dequantized BatchNormalization scale wrongly.
-    required_passes: ClassVar[tuple[str, ...]] = ("fold_quantized_weights",)
+    required_passes: ClassVar[tuple[str, ...]] = ("fold_quantized_weights", "eliminate_dead_nodes")
 
     def supported_ops(self) -> set[str] | None:
         return set(SUPPORTED_OPS)

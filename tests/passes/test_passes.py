@@ -242,9 +242,8 @@ def test_fold_quantized_weights_folds_constant_qdq_and_keeps_activation_qdq():
          helper.make_node("Conv", ["c", "w2"], ["y"])],
         [_vi("x", [1, 3, 6, 6])], [_vi("y", [1, 4, 6, 6])], inits, opset=13,
     )  # fmt: skip
-    res, report = get_pass("fold_quantized_weights")(_copy(m))
-    assert res.modified and report.modified
-    out = res.model
+    out, reports = optimize(_copy(m), ["fold_quantized_weights", "eliminate_dead_nodes"])
+    assert reports[0].modified and reports[0].nodes_after == 4
     ops = [n.op_type for n in out.graph.node]
     assert ops == ["QuantizeLinear", "DequantizeLinear", "Conv", "Conv"]
     values = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
@@ -254,3 +253,16 @@ def test_fold_quantized_weights_folds_constant_qdq_and_keeps_activation_qdq():
     assert not {"w8", "wz", "wf", "fz"} & set(values)  # nothing reads them now
     assert {"xs", "xz"} <= set(values)  # the activation's Q/DQ still does
     _assert_same_outputs(m, out)
+
+
+def test_a_targets_required_passes_run_in_order_from_the_first_not_done():
+    # MNN requires fold_quantized_weights then eliminate_dead_nodes: the cleanup must follow
+    # the fold although the default pipeline ran eliminate_dead_nodes already.
+    from types import SimpleNamespace
+
+    from mconv.pipeline import _required_passes
+
+    mnn_like = SimpleNamespace(required_passes=("fold_quantized_weights", "eliminate_dead_nodes"))
+    assert _required_passes(mnn_like, list(DEFAULT_PIPELINE)) == ["fold_quantized_weights", "eliminate_dead_nodes"]
+    assert _required_passes(mnn_like, [*DEFAULT_PIPELINE, "fold_quantized_weights"]) == []
+    assert _required_passes(SimpleNamespace(required_passes=()), list(DEFAULT_PIPELINE)) == []
