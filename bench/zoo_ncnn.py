@@ -33,6 +33,7 @@ Usage: .venv-bench/bin/python bench/zoo_ncnn.py [--only a,b] [--family timm] [--
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
@@ -249,6 +250,7 @@ def retime_model(name: str, args) -> dict:
     return _time(row, nets, work, args)
 
 
+@functools.cache
 def host_info() -> str:
     """Where the timing ran: CPU (name, family/model, AVX-512 or not), cores, ncnn and pnnx
     versions. Ratios move from one CPU to another (ncnn's kernel choices are per host)."""
