@@ -47,10 +47,16 @@ def _trim(keep: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(k)
 
 
-def _operand(ctx: Ctx, t: Tensor, out_shape: tuple[int, ...], keep: tuple[int, ...]) -> str:
+def _operand_nc(t: Tensor, out_shape: tuple[int, ...], keep: tuple[int, ...]) -> tuple[int, ...]:
+    """The ncnn shape operand ``t`` takes in a BinaryOp producing ``out_shape`` with ``keep``."""
+    return nc_shape((1,) * (len(out_shape) - t.rank) + tuple(t.shape), keep)
+
+
+def _operand(ctx: Ctx, t: Tensor, out_shape: tuple[int, ...], keep: tuple[int, ...],
+             other_nc: tuple[int, ...] | None = None) -> str:  # fmt: skip
+    """The blob of operand ``t`` shaped for the BinaryOp; ``other_nc`` is the other operand's
+    ncnn shape (None: the other operand is a scalar parameter)."""
     r = len(out_shape)
-    out_nc = nc_shape(out_shape, keep)
-    out_c = out_nc[0] if len(out_nc) == 3 else None
     padded = (1,) * (r - t.rank) + tuple(t.shape)
     nc = nc_shape(padded, keep)
     if t.const is not None:
@@ -59,9 +65,11 @@ def _operand(ctx: Ctx, t: Tensor, out_shape: tuple[int, ...], keep: tuple[int, .
         return ctx.const_blob(np.asarray(t.const).reshape(padded), nc, sanitize_hint(t.name))
     assert t.blob is not None
     cur = ctx.g.shapes.get(t.blob)
-    if len(nc) == 3 and nc[1:] == (1, 1) and cur == (nc[0],) and out_c == nc[0]:
+    per_channel = other_nc is None or (len(other_nc) == 3 and other_nc[0] == nc[0] and other_nc[1:] != (1, 1))
+    if len(nc) == 3 and nc[1:] == (1, 1) and cur == (nc[0],) and per_channel:
         # A 1-D [C] Mat broadcasts per channel against a (C, H, W) one in ncnn's
-        # BinaryOp (when C is the other's c): no Reshape for squeeze-excitation.
+        # BinaryOp only when C is the *other* Mat's c (otherwise ncnn takes it along w,
+        # e.g. against a (1, H, W) gate): no Reshape for squeeze-excitation.
         return t.blob
     return ctx.reshape(t.blob, nc, name_hint=t.name)
 
@@ -88,8 +96,8 @@ def binary_tensors(
             value = float(np.asarray(scalar.const).ravel()[0])
             out = ctx.emit("BinaryOp", [ob], nc, {0: opx, 1: 1, 2: value}, out_name=out_name)
             return out, keep
-    ab = _operand(ctx, a, out_shape, keep)
-    bb = _operand(ctx, b, out_shape, keep)
+    ab = _operand(ctx, a, out_shape, keep, _operand_nc(b, out_shape, keep))
+    bb = _operand(ctx, b, out_shape, keep, _operand_nc(a, out_shape, keep))
     out = ctx.emit("BinaryOp", [ab, bb], nc, {0: op}, out_name=out_name)
     return out, keep
 

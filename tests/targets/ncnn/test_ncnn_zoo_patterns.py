@@ -473,3 +473,36 @@ class WindowConvolutions(nn.Module):
 def test_convolutions_of_windows_in_the_batch_axis(tmp_path: Path) -> None:
     text = check(WindowConvolutions(), images((1, 8, 6, 9)), tmp_path).main.read_text()
     assert "ConvolutionDepthWise" in text
+
+
+class FocalModulation(nn.Module):
+    """FocalNet's modulation: the global context, pooled to (C, 1, 1), is gated by one
+    channel of the input, (1, H, W) — an outer broadcast, not a per-channel one."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.f = nn.Conv2d(c, 2 * c + 2, 1)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.h = nn.Conv2d(c, c, 1)
+        self.c = c
+
+    def forward(self, x):
+        q, ctx, gates = torch.split(self.f(x), (self.c, self.c, 2), 1)
+        ctx = F.gelu(self.dw(ctx))
+        ctx_all = ctx * gates[:, :1]
+        ctx_global = F.gelu(ctx.mean((2, 3), keepdim=True))
+        return q * self.h(ctx_all + ctx_global * gates[:, 1:])
+
+
+def test_pooled_context_times_a_one_channel_gate(tmp_path: Path) -> None:
+    check(FocalModulation(), images((1, 8, 7, 5)), tmp_path, ops=("ReduceMean",))
+
+
+class PooledTimesPlane(nn.Module):
+    def forward(self, x):
+        return x[:, :4].mean((2, 3), keepdim=True) * x[:, 4:5] + x[:, 5:6].amax((2, 3), keepdim=True)
+
+
+def test_outer_broadcast_of_a_pooled_vector_and_a_plane(tmp_path: Path) -> None:
+    check(PooledTimesPlane(), images((1, 6, 4, 9)), tmp_path)
+
