@@ -22,8 +22,8 @@ from mconv.targets.ncnn.registry import rule
 def attention(ctx: Ctx, node: Node) -> None:
     q, k, v, mask = node.inputs[:4]
     wq, bq, wk, bk, wv, bv, wo, bo = (np.asarray(node.const(i), np.float32) for i in range(4, 12))
-    if q is None or k is None or v is None or any(t.const is not None for t in (q, k, v)):
-        raise NotLowerable("attention inputs must be dynamic")
+    if q is None or k is None or v is None or all(t.const is not None for t in (q, k, v)):
+        raise NotLowerable("attention inputs all constant (fold first)")
     embed, qdim = wq.shape
     kdim, vdim = wk.shape[1], wv.shape[1]
     lq = int(np.prod(q.shape)) // qdim
@@ -32,7 +32,7 @@ def attention(ctx: Ctx, node: Node) -> None:
     for t, width in ((q, qdim), (k, kdim), (v, vdim)):
         if t.name not in blobs:
             rows = int(np.prod(t.shape)) // width
-            blobs[t.name] = ctx.reshape(ctx.blob_as(t), (rows, width), name_hint=t.name)
+            blobs[t.name] = _rows(ctx, t, (rows, width))
     inputs = [blobs[q.name]]
     if k.name != q.name or v.name != q.name:
         inputs.append(blobs[k.name])
@@ -69,18 +69,22 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     transposed K gets a Permute first; the mask is (Lq, Lk) or (H, Lq, Lk), a
     [1, Lk] row mask is tiled to Lq rows."""
     q, k, v, mask = node.inputs[:4]
-    if q is None or k is None or v is None or any(t.const is not None for t in (q, k, v)):
-        raise NotLowerable("attention inputs must be dynamic")
+    if q is None or k is None or v is None or all(t.const is not None for t in (q, k, v)):
+        raise NotLowerable("attention inputs all constant (fold first)")
     lq, d = q.shape[-2:]
     h = int(np.prod(q.shape[:-2]))
     transposed = int(node.attr("k_transposed", 1))
     lk = k.shape[-1] if transposed else k.shape[-2]
     g = int(np.prod(k.shape[:-2]))
-    qb = ctx.reshape(ctx.blob_as(q), (h, lq, d), name_hint=q.name)
-    kb = ctx.reshape(ctx.blob_as(k), (g, d, lk) if transposed else (g, lk, d), name_hint=k.name)
-    if transposed:
-        kb = ctx.emit("Permute", [kb], (g, lk, d), {0: 1})
-    vb = ctx.reshape(ctx.blob_as(v), (g, lk, v.shape[-1]), name_hint=v.name)
+    qb = _rows(ctx, q, (h, lq, d))
+    if transposed and k.const is not None:  # a constant K^T: transposed here, no Permute
+        kb = ctx.const_blob(np.asarray(k.const, np.float32).reshape(g, d, lk).transpose(0, 2, 1), (g, lk, d),
+                            sanitize_hint(k.name))  # fmt: skip
+    else:
+        kb = _rows(ctx, k, (g, d, lk) if transposed else (g, lk, d))
+        if transposed:
+            kb = ctx.emit("Permute", [kb], (g, lk, d), {0: 1})
+    vb = _rows(ctx, v, (g, lk, v.shape[-1]))
     inputs = [qb, kb, vb]
     if mask is not None:
         inputs.append(_sdpa_mask(ctx, mask, h, lq, lk))
@@ -88,6 +92,14 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     params = {5: int(mask is not None), 6: float(node.attr("scale"))}
     blob = ctx.emit("SDPA", inputs, (h, lq, v.shape[-1]), params, out_name=out)
     ctx.bind(out, blob, default_keep(ctx.shape(out)))
+
+
+def _rows(ctx: Ctx, t, nc: tuple[int, ...]) -> str:
+    """Operand ``t`` as a Mat of shape ``nc``: a MemoryData when it is a constant (a learned
+    query, as in SigLIP's attention-pooling head, arrives folded with its projection)."""
+    if t.const is not None:
+        return ctx.const_blob(np.asarray(t.const, np.float32).reshape(nc), nc, sanitize_hint(t.name))
+    return ctx.reshape(ctx.blob_as(t), nc, name_hint=t.name)
 
 
 def _sdpa_mask(ctx: Ctx, mask, h: int, lq: int, lk: int) -> str:

@@ -506,3 +506,24 @@ class PooledTimesPlane(nn.Module):
 def test_outer_broadcast_of_a_pooled_vector_and_a_plane(tmp_path: Path) -> None:
     check(PooledTimesPlane(), images((1, 6, 4, 9)), tmp_path)
 
+
+class AttentionPoolingHead(nn.Module):
+    """SigLIP's head: a learned probe attends over the tokens (its query projection
+    is folded into a constant by the exporter)."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.probe = nn.Parameter(torch.randn(1, 1, dim))
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        out = self.attn(self.probe.expand(x.shape[0], -1, -1), x, x, need_weights=False)[0]
+        return self.norm(out)[:, 0]
+
+
+def test_attention_with_a_constant_learned_query(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.standard_normal((1, 10, 32)).astype(np.float32)} for _ in range(2)]
+    text = check(AttentionPoolingHead(), samples, tmp_path).main.read_text()
+    assert "SDPA" in text or "MultiHeadAttention" in text
