@@ -243,3 +243,34 @@ def _deconv_pads(node: Node, n: int, in_sp, out_sp, geometry: tuple) -> tuple[li
         end.append(pe)
         opad[i] = extra
     return begin, end, opad
+
+
+@rule("Col2Im")
+def col2im(ctx: Ctx, node: Node) -> None:
+    """Col2Im (opset 18; ``torch.nn.functional.fold``, VOLO's outlook attention) -> ncnn
+    ``Fold`` on the (C*kh*kw, L) column Mat: ``1/11 kernel 2/12 dilation 3/13 stride
+    4/15/14/16 pads (left, right, top, bottom) 20/21 output w/h`` (the unpadded image)."""
+    x = node.inputs[0]
+    assert x is not None
+    if x.const is not None or x.blob is None:
+        raise NotLowerable("Col2Im of a constant (fold first)")
+    if x.rank != 3 or x.shape[0] != 1:
+        raise NotLowerable("Col2Im needs one (1, C*kh*kw, L) batch")
+    image = [int(v) for v in np.asarray(node.const(1, "image_shape")).ravel()]
+    block = [int(v) for v in np.asarray(node.const(2, "block_shape")).ravel()]
+    if len(image) != 2 or len(block) != 2:
+        raise NotLowerable("Col2Im over other than two spatial axes")
+    (kh, kw), (ih, iw) = block, image
+    dh, dw = (int(v) for v in node.attr("dilations", [1, 1]))
+    sh, sw = (int(v) for v in node.attr("strides", [1, 1]))
+    pt, pl, pb, pr = (int(v) for v in node.attr("pads", [0, 0, 0, 0]))
+    cols, length = int(x.shape[1]), int(x.shape[2])
+    oh = (ih + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (iw + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if cols % (kh * kw) or oh * ow != length:
+        raise NotLowerable("Col2Im block count does not match the image")
+    blob = ctx.reshape(ctx.blob_as(x), (cols, length), name_hint=x.name)
+    params = {1: kw, 11: kh, 2: dw, 12: dh, 3: sw, 13: sh, 4: pl, 15: pr, 14: pt, 16: pb, 20: iw, 21: ih}
+    out = node.outputs[0]
+    res = ctx.emit("Fold", [blob], (cols // (kh * kw), ih, iw), params, out_name=out)
+    ctx.bind(out, res, (1, 2, 3))

@@ -467,6 +467,12 @@ def gather(ctx: Ctx, node: Node) -> None:
         nc = (outer, n, inner) if outer > 1 else (n, inner)
         ax = 1 if outer > 1 else 0
         blob = ctx.reshape(x.blob, nc, name_hint=x.name)
+    _take(ctx, node, blob, nc, ax, flat)
+
+
+def _take(ctx: Ctx, node: Node, blob: str, nc: tuple[int, ...], ax: int, flat: list[int]) -> None:
+    """Bind ``node``'s output to the items ``flat`` (constant) along Mat axis ``ax`` of ``blob``:
+    one Crop for a run, a Concat of one-item Crops for up to 64 scattered ones."""
     if flat and flat == list(range(flat[0], flat[0] + len(flat))):
         blob = _crop(ctx, blob, nc, ax, flat[0], flat[0] + len(flat))
     else:
@@ -480,6 +486,35 @@ def gather(ctx: Ctx, node: Node) -> None:
     keep_out = default_keep(out_shape)
     blob = ctx.reshape(blob, nc_shape(out_shape, keep_out), name_hint=node.outputs[0])
     ctx.bind(node.outputs[0], blob, keep_out)
+
+
+@rule("GatherND")
+def gather_nd(ctx: Ctx, node: Node) -> None:
+    """GatherND with constant index tuples (batch_dims 0) -> a Gather of the flattened
+    leading axes: the dynamo exporter writes BERT's ``mask[:, None, None, :]`` as one
+    (a run of indices: a Crop, here the whole row)."""
+    x, ids = node.inputs[0], node.inputs[1]
+    assert x is not None and ids is not None
+    if int(node.attr("batch_dims", 0)) != 0:
+        raise NotLowerable("GatherND with batch_dims")
+    if ids.const is None:
+        raise NotLowerable("GatherND with computed indices (ncnn has no gather of index tuples)")
+    if x.const is not None or x.blob is None:
+        raise NotLowerable("GatherND from a constant (fold first)")
+    idx = np.asarray(ids.const).astype(np.int64)
+    k = idx.shape[-1]
+    lead = tuple(int(d) for d in x.shape[:k])
+    tuples = idx.reshape(-1, k)
+    tuples = np.where(tuples < 0, tuples + np.asarray(lead), tuples)
+    if tuples.size and (tuples.min() < 0 or np.any(tuples >= np.asarray(lead))):
+        raise NotLowerable("GatherND index out of range")
+    flat = [int(i) for i in np.ravel_multi_index(tuples.T, lead)] if tuples.size else []
+    n, inner = int(np.prod(lead)), int(np.prod(x.shape[k:]))
+    if n * inner != int(np.prod(x.shape)) or x.dyn_batch:
+        raise NotLowerable("GatherND over a run-time batch")
+    nc = (n, inner) if inner > 1 else (n,)
+    blob = ctx.reshape(ctx.blob_as(x), nc, name_hint=x.name)
+    _take(ctx, node, blob, nc, 0, flat)
 
 
 @rule("GatherElements")

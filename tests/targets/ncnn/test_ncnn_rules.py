@@ -372,3 +372,47 @@ def test_int8_weights_behind_dequantize_linear_are_folded(make_model, rng, tmp_p
     assert comp.passed, comp.summary()
     text = art.main.read_text()
     assert "Convolution " in text and "InnerProduct" in text and "Dequantize" not in text
+
+
+def test_gathernd_with_constant_index_tuples(check, make_model, rng):
+    """The dynamo exporter's mask[:, None, None, :] (BERT): GatherND of (0, j) tuples."""
+    t = 12
+    row = np.stack([np.zeros(t, np.int64), np.arange(t)], -1).reshape(1, 1, 1, t, 2)
+    m = make_model(
+        [H("GatherND", ["mask", "idx"], ["g"]), H("Mul", ["g", "s"], ["y"])],
+        {"mask": (1, t), "s": (1, 2, 3, t)}, ["y"], {"idx": row},
+    )  # fmt: skip
+    check(m)
+    types = [line.split()[0] for line in check.param_text().splitlines()[2:]]
+    assert "Concat" not in types and "Crop" not in types, types  # the whole row: a view, no copy
+
+
+def test_gathernd_scattered_and_negative_tuples(check, make_model, rng):
+    idx = np.array([[[1, -1], [0, 2]], [[2, 0], [1, 1]]], np.int64)  # (2, 2, 2): rows of x[i, j, :]
+    m = make_model([H("GatherND", ["x", "idx"], ["y"])], {"x": (3, 4, 5)}, ["y"], {"idx": idx})
+    check(m)
+
+
+def test_gathernd_with_computed_indices_is_refused(make_model):
+    from mconv.errors import UnsupportedOpsError
+    from mconv.targets.ncnn.writer import lower_model
+
+    m = make_model([H("Cast", ["i"], ["ii"], to=7), H("GatherND", ["x", "ii"], ["y"])],
+                   {"x": (3, 4), "i": (2, 2)}, ["y"])  # fmt: skip
+    with pytest.raises(UnsupportedOpsError, match="computed indices"):
+        lower_model(m)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"strides": [2, 1], "pads": [1, 0, 1, 2], "dilations": [1, 2]}])
+def test_col2im_is_one_fold_layer(check, make_model, rng, attrs):
+    kh, kw, c, (ih, iw) = 3, 2, 4, (7, 6)
+    s, p, d = attrs.get("strides", [1, 1]), attrs.get("pads", [0, 0, 0, 0]), attrs.get("dilations", [1, 1])
+    oh = (ih + p[0] + p[2] - d[0] * (kh - 1) - 1) // s[0] + 1
+    ow = (iw + p[1] + p[3] - d[1] * (kw - 1) - 1) // s[1] + 1
+    m = make_model(
+        [H("Col2Im", ["x", "image", "block"], ["y"], **attrs)],
+        {"x": (1, c * kh * kw, oh * ow)}, ["y"],
+        {"image": np.array([ih, iw], np.int64), "block": np.array([kh, kw], np.int64)}, opset=18,
+    )  # fmt: skip
+    check(m)
+    assert "Fold" in check.param_text()
