@@ -58,7 +58,7 @@ $(BENCH_STAMP): pyproject.toml
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BENCH_VENV)/bin/python -m pip install -q timm transformers ultralytics pnnx -e ".[ncnn,openvino]" "torch==2.14.1" "torchvision==0.29.1"
+	$(BENCH_VENV)/bin/python -m pip install -q timm transformers ultralytics onnxscript pnnx -e ".[ncnn,openvino]" "torch==2.14.1" "torchvision==0.29.1"
 	@touch $(BENCH_STAMP)
 
 # Export the zoo (cached in bench/.zoo), then compare mconv's ncnn writer with pnnx on it.

@@ -122,6 +122,47 @@ CATALOG: list[Entry] = [
     _timm("mobilevit_xxs", "mobile ViT", (1, 3, 256, 256)),
     _timm("mobilevitv2_050", "mobile ViT", (1, 3, 256, 256)),
     _timm("visformer_tiny", "hybrid ViT"),
+    # --- round 2 (stop 26): families the first round did not cover ---
+    _timm("tf_efficientnetv2_b0", "mobile SE fused-MBConv"),
+    _timm("regnetx_002", "CNN grouped"),
+    _timm("res2net50_26w_4s", "CNN multi-scale"),
+    _timm("skresnet18", "CNN selective kernel"),
+    _timm("cs3darknet_s", "CNN CSP darknet"),
+    _timm("xception41", "CNN separable", (1, 3, 299, 299)),
+    _timm("inception_v3", "CNN inception", (1, 3, 299, 299)),
+    _timm("tresnet_m", "CNN space-to-depth"),
+    _timm("fbnetv3_b", "mobile NAS SE"),
+    _timm("repghostnet_100", "mobile re-param ghost"),
+    _timm("fasternet_t0", "mobile partial conv"),
+    _timm("shvit_s1", "mobile single-head attention"),
+    _timm("mambaout_femto", "MetaFormer gated conv"),
+    _timm("sequencer2d_s", "BiLSTM mixer"),
+    _timm("lambda_resnet26t", "CNN lambda layers", (1, 3, 256, 256)),
+    _timm("botnet26t_256", "CNN bottleneck attention", (1, 3, 256, 256)),
+    _timm("halonet26t", "CNN halo attention", (1, 3, 256, 256), dynamo=True),  # TorchScript export fails
+    _timm("convit_tiny", "ViT gated positional attention"),
+    _timm("pit_ti_224", "ViT pooling"),
+    _timm("eva02_tiny_patch14_224", "ViT rotary SwiGLU", dynamo=True),  # TorchScript export fails
+    _timm("vit_small_patch14_reg4_dinov2", "ViT registers (DINOv2)", img_size=224),
+    _timm("volo_d1_224", "ViT outlook attention", dynamo=True),  # Col2Im: TorchScript export fails
+    _timm("davit_tiny", "ViT dual attention"),
+    _timm("focalnet_tiny_srf", "focal modulation"),
+    _timm("gcvit_xxtiny", "ViT global context"),
+    _timm("mvitv2_tiny", "ViT multiscale pooling attention"),
+    _timm("nextvit_small", "hybrid ViT"),
+    _timm("hiera_tiny_224", "hierarchical ViT (mask unit)"),
+    # the dynamo exporter (torch 2.14's default for torch.onnx.export): other op patterns, opset 18
+    Entry("resnet50_dynamo", "timm", "CNN, dynamo export", "timm", "resnet50", options={"dynamo": True}),
+    Entry(
+        "mobilenetv3_dynamo",
+        "timm",
+        "mobile SE, dynamo export",
+        "timm",
+        "mobilenetv3_large_100",
+        options={"dynamo": True},
+    ),
+    Entry("vit_small_dynamo", "timm", "ViT, dynamo export", "timm", "vit_small_patch16_224", options={"dynamo": True}),
+    Entry("convnext_dynamo", "timm", "ConvNeXt, dynamo export", "timm", "convnext_atto", options={"dynamo": True}),
     # --- torchvision ---
     Entry("tv_shufflenet_v2_x1_0", "torchvision", "mobile shuffle", "tv", "shufflenet_v2_x1_0"),
     Entry("tv_squeezenet1_1", "torchvision", "CNN", "tv", "squeezenet1_1"),
@@ -155,6 +196,23 @@ CATALOG: list[Entry] = [
     Entry("hf_vit", "transformers", "ViT", "hf_vision", "vit"),
     Entry("hf_clip_vision", "transformers", "ViT (CLIP)", "hf_vision", "clip"),
     Entry("hf_segformer_b0", "transformers", "segmentation", "hf_vision", "segformer", (1, 3, 256, 256)),
+    Entry("hf_llama", "transformers", "decoder RMSNorm rotary", "hf_text", "llama", (1, 64), {"dynamo": True}),
+    Entry("hf_qwen2", "transformers", "decoder GQA rotary", "hf_text", "qwen2", (1, 64), {"dynamo": True}),
+    Entry(
+        "hf_bert_dynamo",
+        "transformers",
+        "text encoder + mask, dynamo export",
+        "hf_text",
+        "bert",
+        (1, 128),
+        {"dynamo": True},
+    ),
+    Entry("hf_mobilebert", "transformers", "text encoder + mask", "hf_text", "mobilebert", (1, 128)),
+    Entry("hf_albert", "transformers", "text encoder + mask", "hf_text", "albert", (1, 128)),
+    Entry("hf_deberta_v2", "transformers", "text encoder relative", "hf_text", "deberta_v2", (1, 128)),
+    Entry("hf_wav2vec2", "transformers", "audio encoder (raw wave)", "hf_wav2vec2", "wav2vec2", (1, 16000)),
+    Entry("hf_dinov2", "transformers", "ViT (DINOv2)", "hf_vision", "dinov2"),
+    Entry("hf_siglip_vision", "transformers", "ViT (SigLIP)", "hf_vision", "siglip"),
     # --- ultralytics (their own export) ---
     Entry("yolov8n", "ultralytics", "detect", "yolo", "yolov8n.yaml", (1, 3, 640, 640)),
     Entry("yolov8n_seg", "ultralytics", "segment", "yolo", "yolov8n-seg.yaml", (1, 3, 640, 640)),
@@ -165,6 +223,14 @@ CATALOG: list[Entry] = [
     Entry("yolo11n_obb", "ultralytics", "oriented boxes", "yolo", "yolo11n-obb.yaml", (1, 3, 640, 640)),
     Entry("yolo11n_cls", "ultralytics", "classify", "yolo", "yolo11n-cls.yaml", (1, 3, 224, 224)),
     Entry("yolov10n", "ultralytics", "detect, NMS-free (TopK)", "yolo", "yolov10n.yaml", (1, 3, 640, 640)),
+    Entry("yolo26n", "ultralytics", "detect, NMS-free", "yolo", "yolo26n.yaml", (1, 3, 640, 640)),
+    Entry("yolo26n_seg", "ultralytics", "segment, NMS-free", "yolo", "yolo26n-seg.yaml", (1, 3, 640, 640)),
+    Entry("yolo26n_pose", "ultralytics", "pose, NMS-free", "yolo", "yolo26n-pose.yaml", (1, 3, 640, 640)),
+    Entry("yolo12n", "ultralytics", "detect, area attention", "yolo", "yolo12n.yaml", (1, 3, 640, 640)),
+    Entry("yolov5nu", "ultralytics", "detect", "yolo", "yolov5nu.yaml", (1, 3, 640, 640)),
+    Entry("yolov9t", "ultralytics", "detect", "yolo", "yolov9t.yaml", (1, 3, 640, 640)),
+    Entry("yolov6n", "ultralytics", "detect", "yolo", "yolov6n.yaml", (1, 3, 640, 640)),
+    Entry("yolov3_tinyu", "ultralytics", "detect", "yolo", "yolov3-tinyu.yaml", (1, 3, 640, 640)),
     Entry("rtdetr_l", "ultralytics", "detect, DETR (TopK)", "rtdetr", "rtdetr-l.yaml", (1, 3, 640, 640)),
 ]
 
@@ -202,21 +268,40 @@ def randomize(model, seed: int = 1) -> None:
 # ----------------------------------------------------------------------------- builders
 
 
-def _export(module, args: tuple, names: list[str], path: Path, outputs: list[str] | None = None) -> None:
+_EXPORT_OPTIONS = {"opset", "dynamo"}  # Entry.options read by _export; the rest go to the model's constructor
+
+
+def _model_options(e: Entry) -> dict:
+    return {k: v for k, v in e.options.items() if k not in _EXPORT_OPTIONS}
+
+
+def _export(module, args: tuple, names: list[str], path: Path, outputs: list[str] | None = None,
+            e: Entry | None = None) -> None:  # fmt: skip
+    """TorchScript exporter at opset 17 unless the entry asks for another opset or for the dynamo
+    exporter (torch 2.14's default, what a user calling ``torch.onnx.export`` without options gets)."""
     import torch
 
-    torch.onnx.export(module, args, str(path), opset_version=OPSET, dynamo=False, input_names=names,
-                      output_names=outputs, do_constant_folding=True)  # fmt: skip
+    options = e.options if e is not None else {}
+    opset, dynamo = options.get("opset", OPSET), bool(options.get("dynamo", False))
+    extra = {} if dynamo else {"do_constant_folding": True}
+    torch.onnx.export(module, args, str(path), opset_version=opset, dynamo=dynamo, input_names=names,
+                      output_names=outputs, **extra)  # fmt: skip
+    if dynamo:  # the dynamo exporter may keep weights in a side file: fold them in, one file per model
+        import onnx
+
+        onnx.save(onnx.load(str(path)), str(path))
+        for side in path.parent.glob(path.name + ".data"):
+            side.unlink()
 
 
 def build_timm(e: Entry, out: Path) -> dict:
     import timm
     import torch
 
-    m = timm.create_model(e.arg, pretrained=False).eval()
+    m = timm.create_model(e.arg, pretrained=False, **_model_options(e)).eval()
     randomize(m)
     x = torch.randn(e.shape, generator=torch.Generator().manual_seed(0))
-    _export(m, (x,), ["input"], out / "model.onnx", ["output"])
+    _export(m, (x,), ["input"], out / "model.onnx", ["output"], e)
     return {"input": x.numpy()}
 
 
@@ -260,6 +345,24 @@ def _hf_text_model(arch: str):
         return tf.T5EncoderModel(cfg), True
     if arch == "gpt2":
         return tf.GPT2Model(tf.GPT2Config(n_layer=4)), False
+    if arch == "llama":  # a small Llama: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention
+        cfg = tf.LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
+                             num_key_value_heads=4, vocab_size=32000)  # fmt: skip
+        return tf.LlamaModel(cfg), False
+    if arch == "qwen2":
+        cfg = tf.Qwen2Config(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
+                             num_key_value_heads=2, vocab_size=32000)  # fmt: skip
+        return tf.Qwen2Model(cfg), False
+    if arch == "mobilebert":
+        return tf.MobileBertModel(tf.MobileBertConfig()), True
+    if arch == "albert":
+        return tf.AlbertModel(tf.AlbertConfig(hidden_size=768, num_attention_heads=12, intermediate_size=3072)), True
+    if arch == "deberta_v2":  # deberta-v3-small-like
+        cfg = tf.DebertaV2Config(hidden_size=768, num_hidden_layers=6, num_attention_heads=12, intermediate_size=3072,
+                                 relative_attention=True, position_buckets=256, pos_att_type=["p2c", "c2p"],
+                                 max_relative_positions=-1, position_biased_input=False, norm_rel_ebd="layer_norm",
+                                 share_att_key=True, vocab_size=32000)  # fmt: skip
+        return tf.DebertaV2Model(cfg), True
     raise ValueError(arch)
 
 
@@ -290,9 +393,9 @@ def build_hf_text(e: Entry, out: Path) -> dict:
         mask = np.ones(e.shape, np.int64)
         mask[:, seq - seq // 4 :] = 0  # a padded batch: the last quarter is padding
         feeds["attention_mask"] = mask
-        _export(w, (ids, torch.from_numpy(mask)), ["input_ids", "attention_mask"], out / "model.onnx", ["output"])
+        _export(w, (ids, torch.from_numpy(mask)), ["input_ids", "attention_mask"], out / "model.onnx", ["output"], e)
     else:
-        _export(w, (ids,), ["input_ids"], out / "model.onnx", ["output"])
+        _export(w, (ids,), ["input_ids"], out / "model.onnx", ["output"], e)
     return feeds
 
 
@@ -326,6 +429,28 @@ def build_hf_whisper(e: Entry, out: Path) -> dict:
     return {"input_features": x.numpy()}
 
 
+def build_hf_wav2vec2(e: Entry, out: Path) -> dict:
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.Wav2Vec2Config(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1536)
+    model = tf.Wav2Vec2Model(cfg).eval()
+    randomize(model)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_values):
+            return self.inner(input_values).last_hidden_state
+
+    x = torch.randn(e.shape, generator=torch.Generator().manual_seed(0))
+    _export(Wrap(model).eval(), (x,), ["input_values"], out / "model.onnx", ["output"])
+    return {"input_values": x.numpy()}
+
+
 def build_hf_vision(e: Entry, out: Path) -> dict:
     import torch
     import transformers as tf
@@ -335,6 +460,13 @@ def build_hf_vision(e: Entry, out: Path) -> dict:
         model, pick = tf.ViTModel(tf.ViTConfig()), "last_hidden_state"
     elif e.arg == "clip":
         model, pick = tf.CLIPVisionModel(tf.CLIPVisionConfig()), "pooler_output"
+    elif e.arg == "dinov2":
+        cfg = tf.Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=224)
+        model, pick = tf.Dinov2Model(cfg), "last_hidden_state"
+    elif e.arg == "siglip":
+        cfg = tf.SiglipVisionConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=12,
+                                    num_attention_heads=6, image_size=224, patch_size=16)  # fmt: skip
+        model, pick = tf.SiglipVisionModel(cfg), "pooler_output"
     elif e.arg == "segformer":
         model, pick = tf.SegformerForSemanticSegmentation(tf.SegformerConfig()), "logits"
     else:
@@ -385,6 +517,7 @@ BUILDERS = {
     "hf_text": build_hf_text,
     "hf_whisper": build_hf_whisper,
     "hf_vision": build_hf_vision,
+    "hf_wav2vec2": build_hf_wav2vec2,
     "yolo": build_yolo,
     "rtdetr": build_yolo,
 }
