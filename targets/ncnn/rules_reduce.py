@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mconv.targets.ncnn.lower import Ctx, Node, default_keep, nc_shape
+from mconv.targets.ncnn.lower import Ctx, Node, NotLowerable, default_keep, nc_shape
 from mconv.targets.ncnn.registry import rule
 from mconv.targets.ncnn.rules_shape import _common_keep
 
@@ -89,7 +89,13 @@ def reduce(ctx: Ctx, node: Node) -> None:
             return
         axes = list(range(x.rank))
     axes = sorted({a + x.rank if a < 0 else a for a in axes})
-    keep = _common_keep(x.shape, [x], tuple(axes))
+    try:
+        keep = _common_keep(x.shape, [x], tuple(axes))
+    except NotLowerable:
+        if x.blob is None:
+            raise
+        _reduce_grouped(ctx, node, x, axes)
+        return
     blob = ctx.blob_as(x, keep)
     nc_axes = [keep.index(a) for a in axes]
     reduce_all = int(len(nc_axes) == len(keep) or not keep)
@@ -107,6 +113,35 @@ def reduce(ctx: Ctx, node: Node) -> None:
     p = {0: _REDUCE[node.op], 1: reduce_all, 3: nc_axes, 4: keepdims, 5: 1}
     res = ctx.emit("Reduction", [blob], nc_shape(out_shape, out_keep), p, out_name=out)
     ctx.bind(out, res, out_keep)
+
+
+def _reduce_grouped(ctx: Ctx, node: Node, x, axes: list[int]) -> None:
+    """A reduction over a tensor with more axes than a Mat (Hiera's max over mask units,
+    6-D): runs of adjacent reduced / kept axes merge into one Mat axis each, which
+    leaves the values in place, so up to 4 runs reduce in one Reduction."""
+    runs: list[list] = []  # [size, reduced]
+    for a, d in enumerate(x.shape):
+        if d == 1:
+            continue
+        if runs and runs[-1][1] == (a in axes):
+            runs[-1][0] *= d
+        else:
+            runs.append([d, a in axes])
+    if len(runs) > 4:
+        raise NotLowerable(f"reduction over {list(x.shape)}: more than 4 alternating axis runs")
+    out = node.outputs[0]
+    out_shape = ctx.out_shape()
+    out_keep = default_keep(out_shape)
+    if not any(r for _, r in runs):  # every reduced axis has size 1: the values as they are
+        ctx.bind(out, ctx.reshape(x.blob, nc_shape(out_shape, out_keep), name_hint=out), out_keep)
+        return
+    nc = tuple(int(d) for d, _ in runs)
+    nc_axes = [i for i, (_, r) in enumerate(runs) if r]
+    blob = ctx.reshape(x.blob, nc, name_hint=x.name)
+    kept = tuple(int(d) for d, r in runs if not r) or (1,)
+    p = {0: _REDUCE[node.op], 1: int(len(nc_axes) == len(nc)), 3: nc_axes, 4: 0, 5: 1}
+    res = ctx.emit("Reduction", [blob], kept, p)
+    ctx.bind(out, ctx.reshape(res, nc_shape(out_shape, out_keep), name_hint=out), out_keep)
 
 
 @rule("CumSum")

@@ -527,3 +527,23 @@ def test_attention_with_a_constant_learned_query(tmp_path: Path) -> None:
     samples = [{"x": rng.standard_normal((1, 10, 32)).astype(np.float32)} for _ in range(2)]
     text = check(AttentionPoolingHead(), samples, tmp_path).main.read_text()
     assert "SDPA" in text or "MultiHeadAttention" in text
+
+
+class MaskUnitPooling(nn.Module):
+    """Hiera's query pooling: the query viewed with more axes than a Mat, max over the
+    stride axis."""
+
+    def __init__(self, heads: int = 2, stride: int = 4) -> None:
+        super().__init__()
+        self.heads, self.stride = heads, stride
+
+    def forward(self, x):
+        b, _, c = x.shape
+        q = x.view(b, self.stride, -1, self.heads, 3, c // self.heads).permute(0, 3, 4, 1, 2, 5)
+        return q.amax(dim=3) + q.mean(dim=(1, 3)).unsqueeze(1)
+
+
+def test_reduction_over_more_axes_than_a_mat(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.standard_normal((1, 48, 8)).astype(np.float32)} for _ in range(2)]
+    check(MaskUnitPooling(), samples, tmp_path, ops=("ReduceMax",))
