@@ -206,8 +206,12 @@ class Ctx:
             out_names=[out_name] if out_name else None,
         )[0]
 
-    def bind(self, onnx_name: str, blob: str, keep: tuple[int, ...], *, dyn_batch: bool | None = None) -> Tensor:
-        """Record that ONNX tensor ``onnx_name`` lives in ``blob`` with axes ``keep``."""
+    def bind(self, onnx_name: str, blob: str, keep: tuple[int, ...] | None, *, dyn_batch: bool | None = None) -> Tensor:
+        """Record that ONNX tensor ``onnx_name`` lives in ``blob`` with axes ``keep``
+        (None: more axes than a Mat, see :meth:`bind_flat`)."""
+        if keep is None:
+            self.bind_flat(onnx_name, blob)
+            return self.tensors[onnx_name]
         shape = self.shape(onnx_name)
         got = self.g.shapes.get(blob)
         want = nc_shape(shape, keep)

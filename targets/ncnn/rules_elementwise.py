@@ -81,12 +81,18 @@ def binary_tensors(
     b: Tensor,
     out_shape: tuple[int, ...],
     out_name: str | None = None,
-) -> tuple[str, tuple[int, ...]]:
-    """Emit ``a <op> b`` with numpy broadcasting; returns (blob, keep)."""
+) -> tuple[str, tuple[int, ...] | None]:
+    """Emit ``a <op> b`` with numpy broadcasting; returns (blob, keep), keep None for a
+    result with more than 4 axes larger than 1 (see :func:`_binary_grouped`)."""
     dyn = [t for t in (a, b) if t.const is None]
     if not dyn:
         raise NotLowerable("both operands constant (fold first)")
-    keep = _out_keep(out_shape, dyn)
+    try:
+        keep = _out_keep(out_shape, dyn)
+    except NotLowerable:
+        if sum(d > 1 for d in out_shape) <= 4 or any(t.blob is None for t in dyn):
+            raise
+        return _binary_grouped(ctx, op, a, b, tuple(out_shape), out_name)
     nc = nc_shape(out_shape, keep)
     for scalar, other, opx in ((b, a, op), (a, b, _REVERSED.get(op))):
         if scalar.const is not None and np.asarray(scalar.const).size == 1 and opx is not None:
@@ -100,6 +106,45 @@ def binary_tensors(
     bb = _operand(ctx, b, out_shape, keep, _operand_nc(a, out_shape, keep))
     out = ctx.emit("BinaryOp", [ab, bb], nc, {0: op}, out_name=out_name)
     return out, keep
+
+
+def _binary_grouped(
+    ctx: Ctx, op: int, a: Tensor, b: Tensor, out_shape: tuple[int, ...], out_name: str | None
+) -> tuple[str, tuple[int, ...] | None]:
+    """``a <op> b`` with more axes than a Mat (BoTNet's relative-position logits, 5-D):
+    adjacent output axes where each operand is present / broadcast alike merge into one
+    Mat axis (the values stay in place), up to 4 runs. Returns (blob, keep), keep None
+    when the result still has more than 4 axes (bound flat, for a reshaping consumer)."""
+    r = len(out_shape)
+    pads = [(1,) * (r - t.rank) + tuple(t.shape) for t in (a, b)]
+    runs: list[list] = []  # [a size, b size, out size, class]
+    for i, o in enumerate(out_shape):
+        if o == 1:
+            continue
+        cls = (pads[0][i] == o, pads[1][i] == o)
+        if runs and runs[-1][3] == cls:
+            runs[-1][0] *= pads[0][i]
+            runs[-1][1] *= pads[1][i]
+            runs[-1][2] *= o
+        else:
+            runs.append([pads[0][i], pads[1][i], o, cls])
+    if len(runs) > 4:
+        raise NotLowerable(f"broadcast to {list(out_shape)}: more than 4 alternating axis runs")
+    blobs = []
+    for k, t in enumerate((a, b)):
+        nc = tuple(int(run[k]) for run in runs)
+        if t.const is not None:
+            blobs.append(ctx.const_blob(np.asarray(t.const, np.float32).reshape(nc), nc, "operand"))
+        else:
+            assert t.blob is not None
+            blobs.append(ctx.reshape(t.blob, nc, name_hint=t.name))
+    dst = tuple(int(run[2]) for run in runs)
+    blob = ctx.emit("BinaryOp", blobs, dst, {0: op}, out_name=out_name)
+    try:
+        keep = default_keep(out_shape)
+    except NotLowerable:
+        return blob, None
+    return ctx.reshape(blob, nc_shape(out_shape, keep)), keep
 
 
 def _binary_rule(op: int):
@@ -297,6 +342,8 @@ def mod(ctx: Ctx, node: Node) -> None:
         ctx.bind(node.outputs[0], blob, keep)
         return
     q, keep = binary_tensors(ctx, DIV, a, b, shape)
+    if keep is None:
+        raise NotLowerable("Mod over more than 4 axes larger than 1")
     q = ctx.emit("UnaryOp", [q], nc_shape(shape, keep), {0: UNARY_FLOOR})
     qt = Tensor(f"{node.outputs[0]}_q", shape, np.dtype("float32"), blob=q, keep=keep)
     qb = binary(ctx, MUL, qt, b, shape)

@@ -547,3 +547,34 @@ def test_reduction_over_more_axes_than_a_mat(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     samples = [{"x": rng.standard_normal((1, 48, 8)).astype(np.float32)} for _ in range(2)]
     check(MaskUnitPooling(), samples, tmp_path, ops=("ReduceMax",))
+
+
+def _rel_logits_1d(q, rel_k, permute_mask):
+    b, h, w, _ = q.shape
+    x = (q @ rel_k.transpose(-1, -2)).reshape(-1, w, 2 * w - 1)
+    x = F.pad(F.pad(x, [0, 1]).flatten(1), [0, w - 1]).reshape(-1, w + 1, 2 * w - 1)[:, :w, w - 1 :]
+    return x.reshape(b, h, 1, w, w).expand(-1, -1, h, -1, -1).permute(permute_mask)
+
+
+class RelPosLogits(nn.Module):
+    """BoTNet's relative-position logits (timm RelPosEmb): 5-D expands and sums with the
+    heads in the batch axis, then one (B, HW, HW) reshape."""
+
+    def __init__(self, size: int = 4, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.rel_w = nn.Parameter(torch.randn(2 * size - 1, dim) * 0.5)
+        self.rel_h = nn.Parameter(torch.randn(2 * size - 1, dim) * 0.5)
+        self.size, self.dim, self.heads = size, dim, heads
+
+    def forward(self, x):
+        s = self.size
+        q = x.reshape(self.heads, s, s, self.dim)
+        lw = _rel_logits_1d(q, self.rel_w, (0, 1, 3, 2, 4))
+        lh = _rel_logits_1d(q.transpose(1, 2), self.rel_h, (0, 3, 1, 4, 2))
+        return torch.softmax((lh + lw).reshape(self.heads, s * s, s * s), -1)
+
+
+def test_relative_position_logits_with_five_axes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.standard_normal((1, 32, 8)).astype(np.float32)} for _ in range(2)]
+    check(RelPosLogits(), samples, tmp_path, ops=("Expand",))
