@@ -37,6 +37,7 @@ from mconv.targets.ncnn.lower import (
     Tensor,
     default_keep,
     nc_shape,
+    sanitize_hint,
 )
 from mconv.targets.ncnn.registry import rule
 
@@ -226,11 +227,42 @@ def concat(ctx: Ctx, node: Node) -> None:
     if len(ins) == 1:
         ctx.alias(node.outputs[0], ins[0])
         return
-    keep = _common_keep(out_shape, ins, (axis,))
+    try:
+        keep = _common_keep(out_shape, ins, (axis,))
+    except NotLowerable:
+        if any(t.const is None and t.blob is None for t in ins):
+            raise
+        _concat_flat(ctx, node, ins, tuple(out_shape), axis)
+        return
     blobs = [ctx.blob_as(t, keep) for t in ins]
     ax = keep.index(axis)
     blob = ctx.emit("Concat", blobs, nc_shape(out_shape, keep), {0: ax}, out_name=node.outputs[0])
     ctx.bind(node.outputs[0], blob, keep)
+
+
+def _concat_flat(ctx: Ctx, node: Node, ins: list[Tensor], out_shape: tuple[int, ...], axis: int) -> None:
+    """Concat into a tensor with more than 4 axes larger than 1 (``Tensor.unfold`` twice,
+    6-D): in C order each part is a block of the (outer, axis, inner) view, as in
+    :func:`_split_flat`; the result is bound flat unless it fits a Mat."""
+    outer, inner = int(np.prod(out_shape[:axis])), int(np.prod(out_shape[axis + 1 :]))
+    views = [(outer, t.shape[axis], inner) if outer > 1 else (t.shape[axis], inner) for t in ins]
+    ax = len(views[0]) - 2
+    blobs = []
+    for t, v in zip(ins, views):
+        if t.const is not None:
+            blobs.append(ctx.const_blob(np.asarray(t.const, np.float32).reshape(v), v, sanitize_hint(t.name)))
+        else:
+            assert t.blob is not None
+            blobs.append(ctx.reshape(t.blob, v, name_hint=t.name))
+    dst = (*views[0][:ax], out_shape[axis], inner)
+    out = node.outputs[0]
+    blob = ctx.emit("Concat", blobs, dst, {0: ax})
+    try:
+        keep = default_keep(out_shape)
+    except NotLowerable:
+        ctx.bind_flat(out, blob)
+        return
+    ctx.bind(out, ctx.reshape(blob, nc_shape(out_shape, keep), name_hint=out), keep)
 
 
 @rule("Split")
@@ -470,20 +502,39 @@ def gather(ctx: Ctx, node: Node) -> None:
     _take(ctx, node, blob, nc, ax, flat)
 
 
+def _progressions(flat: list[int]) -> list[tuple[int, int, int]]:
+    """``flat`` as maximal arithmetic runs (start, step, count), left to right."""
+    runs: list[tuple[int, int, int]] = []
+    i = 0
+    while i < len(flat):
+        step = flat[i + 1] - flat[i] if i + 1 < len(flat) else 1
+        j = i + 1
+        if step != 0:
+            while j < len(flat) and flat[j] - flat[j - 1] == step:
+                j += 1
+        runs.append((flat[i], step if j - i > 1 else 1, j - i))
+        i = j
+    return runs
+
+
 def _take(ctx: Ctx, node: Node, blob: str, nc: tuple[int, ...], ax: int, flat: list[int]) -> None:
     """Bind ``node``'s output to the items ``flat`` (constant) along Mat axis ``ax`` of ``blob``:
-    one Crop for a run, a Concat of one-item Crops for up to 64 scattered ones."""
-    if flat and flat == list(range(flat[0], flat[0] + len(flat))):
-        blob = _crop(ctx, blob, nc, ax, flat[0], flat[0] + len(flat))
-    else:
-        if len(flat) > 64:
-            raise NotLowerable(f"gather of {len(flat)} scattered indices")
-        parts = [_crop(ctx, blob, nc, ax, i, i + 1) for i in flat]
-        out = list(nc)
-        out[ax] = len(flat)
-        blob = ctx.emit("Concat", parts, tuple(out), {0: ax})
+    one Crop for a run, a strided slice per arithmetic run (the window rows of an
+    unfold written as Gather: HaloNet, VOLO), concatenated; up to 64 runs. An output
+    with more than 4 axes larger than 1 is bound flat for its reshaping consumer."""
+    runs = _progressions(flat)
+    if len(runs) > 64:
+        raise NotLowerable(f"gather of {len(flat)} scattered indices")
+    parts = [slice_axis(ctx, blob, nc, ax, start, step, count)[0] for start, step, count in runs]
+    out = list(nc)
+    out[ax] = len(flat)
+    blob = parts[0] if len(parts) == 1 else ctx.emit("Concat", parts, tuple(out), {0: ax})
     out_shape = ctx.out_shape()
-    keep_out = default_keep(out_shape)
+    try:
+        keep_out = default_keep(out_shape)
+    except NotLowerable:
+        ctx.bind_flat(node.outputs[0], blob)
+        return
     blob = ctx.reshape(blob, nc_shape(out_shape, keep_out), name_hint=node.outputs[0])
     ctx.bind(node.outputs[0], blob, keep_out)
 

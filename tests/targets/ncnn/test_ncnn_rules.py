@@ -416,3 +416,14 @@ def test_col2im_is_one_fold_layer(check, make_model, rng, attrs):
     )  # fmt: skip
     check(m)
     assert "Fold" in check.param_text()
+
+
+def test_concat_with_more_axes_than_a_mat_and_a_constant_part(check, make_model, rng):
+    m = make_model(
+        [H("Reshape", ["x", "s5"], ["x5"]), H("Concat", ["x5", "c", "x5"], ["y5"], axis=2),
+         H("Reshape", ["y5", "s2"], ["y"])],
+        {"x": (1, 720)}, ["y"],
+        {"s5": np.array([2, 3, 4, 5, 6], np.int64), "c": _w(rng, 2, 3, 1, 5, 6),
+         "s2": np.array([1, 2 * 3 * 9 * 5 * 6], np.int64)},
+    )  # fmt: skip
+    check(m)

@@ -578,3 +578,23 @@ def test_relative_position_logits_with_five_axes(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     samples = [{"x": rng.standard_normal((1, 32, 8)).astype(np.float32)} for _ in range(2)]
     check(RelPosLogits(), samples, tmp_path, ops=("Expand",))
+
+
+class UnfoldMixer(nn.Module):
+    """VOLO / HaloNet style: windows taken with F.unfold (written as Gathers of window
+    rows by the exporter, 6-D), mixed by a Linear, folded back with a sum."""
+
+    def __init__(self, c: int = 4, k: int = 3) -> None:
+        super().__init__()
+        self.lin = nn.Linear(k * k, k * k)
+        self.c, self.k = c, k
+
+    def forward(self, x):
+        cols = F.unfold(x, self.k, padding=1, stride=3)  # (1, C*k*k, L)
+        b, _, n = cols.shape
+        cols = self.lin(cols.view(b, self.c, self.k * self.k, n).transpose(-1, -2))
+        return cols.sum(-1) + x.unfold(2, 3, 3).unfold(3, 3, 3).amax((-1, -2)).flatten(2)
+
+
+def test_unfold_written_as_gathers(tmp_path: Path) -> None:
+    check(UnfoldMixer(), images((1, 4, 9, 9)), tmp_path, ops=("Gather",))
