@@ -9,6 +9,9 @@ Passes, each returning whether it changed the graph:
   its fused activation (keys 9/10), which ncnn applies in the same kernel.
 * :func:`merge_reshapes` — Reshape of a Reshape reads the first input; a
   Reshape to the shape it already has disappears.
+* :func:`fold_transpose_b` — a Permute swapping the last two axes that feeds a
+  MatMul's second input becomes the MatMul's ``transB`` (``v @ attn^T`` in YOLO12's
+  area attention: the (heads, N, N) attention matrix is not copied).
 
 Blobs named in ``keep_blobs`` (graph inputs and outputs) are never removed.
 """
@@ -135,12 +138,35 @@ def merge_reshapes(g: NcnnGraph, keep: set[str]) -> bool:
     return changed
 
 
+def fold_transpose_b(g: NcnnGraph, keep: set[str]) -> bool:
+    changed = False
+    producers = g.producers()
+    for layer in list(g.layers):
+        if layer.type != "MatMul" or len(layer.inputs) != 2 or int(layer.params.get(0, 0)) != 0:
+            continue
+        prev = producers.get(layer.inputs[1])
+        if prev is None or prev.type != "Permute" or int(prev.params.get(0, 0)) != 1:
+            continue
+        src_shape, b_shape = g.shapes.get(prev.inputs[0]), g.shapes.get(layer.inputs[1])
+        if src_shape is None or b_shape is None or len(src_shape) < 2 or len(src_shape) != len(b_shape):
+            continue  # order_type 1 swaps the two innermost axes of a 2-, 3- or 4-D Mat
+        out = prev.outputs[0]
+        layer.inputs = [layer.inputs[0], prev.inputs[0]]
+        layer.params[0] = 1
+        if out not in keep and not any(out in x.inputs for x in g.layers):
+            g.layers.remove(prev)
+        changed = True
+        producers = g.producers()
+    return changed
+
+
 def run_all(g: NcnnGraph, keep_blobs: set[str]) -> dict[str, str]:
     """Run every pass to a fixed point; returns renamed blobs (none so far)."""
     for _ in range(4):
         changed = merge_reshapes(g, keep_blobs)
         changed |= fuse_batchnorm(g, keep_blobs)
         changed |= fuse_activation(g, keep_blobs)
+        changed |= fold_transpose_b(g, keep_blobs)
         if not changed:
             break
     return {}

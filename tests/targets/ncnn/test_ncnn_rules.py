@@ -427,3 +427,19 @@ def test_concat_with_more_axes_than_a_mat_and_a_constant_part(check, make_model,
          "s2": np.array([1, 2 * 3 * 9 * 5 * 6], np.int64)},
     )  # fmt: skip
     check(m)
+
+
+@pytest.mark.parametrize("shape_b", [(6, 5), (3, 6, 5), (2, 3, 6, 5)])
+def test_matmul_of_a_transposed_operand_reads_it_as_transb(check, make_model, rng, shape_b):
+    """v @ attn^T (YOLO12's area attention): no Permute copies the operand."""
+    perm = list(range(len(shape_b)))
+    perm[-2:] = perm[-1], perm[-2]
+    shape_a = (*shape_b[:-2], 4, 5)
+    m = make_model(
+        [H("Transpose", ["b"], ["bt"], perm=perm), H("MatMul", ["a", "bt"], ["y"])],
+        {"a": shape_a, "b": shape_b}, ["y"],
+    )  # fmt: skip
+    check(m)
+    lines = check.param_text().splitlines()[2:]
+    assert not any(line.startswith("Permute") for line in lines)
+    assert any(line.startswith("MatMul") and line.rstrip().endswith("0=1") for line in lines)
