@@ -21,6 +21,7 @@ _FAMILIES = (
     "rules_activation",
     "rules_attention",
     "rules_conv",
+    "rules_einsum",
     "rules_elementwise",
     "rules_linear",
     "rules_logic",

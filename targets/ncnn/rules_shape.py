@@ -679,3 +679,73 @@ def tile(ctx: Ctx, node: Node) -> None:
         nc = out
     ctx.bind(node.outputs[0], blob, keep)
     assert tuple(nc) == nc_shape(out_shape, keep)
+
+
+@rule("ScatterND")
+def scatter_nd(ctx: Ctx, node: Node) -> None:
+    """ScatterND (reduction none) whose constant index tuples enumerate one block
+    ``data[s0:e0, s1:e1, ...]`` in C order (``attn[:, :, s:, s:] = ...`` as MViTv2 writes
+    it): the whole tensor -> the updates; a block inside -> the updates between Crops of
+    the data, concatenated axis by axis. Other index patterns have no ncnn layer."""
+    x, ids, upd = node.inputs[0], node.inputs[1], node.inputs[2]
+    assert x is not None and ids is not None and upd is not None
+    reduction = node.attr("reduction", b"none")
+    if (reduction.decode() if isinstance(reduction, bytes) else str(reduction)) != "none":
+        raise NotLowerable("ScatterND with a reduction")
+    if ids.const is None:
+        raise NotLowerable("ScatterND with computed indices (ncnn has no scatter)")
+    idx = np.asarray(ids.const).astype(np.int64)
+    k = idx.shape[-1]
+    shape = tuple(int(d) for d in x.shape)
+    tuples = idx.reshape(-1, k)
+    tuples = np.where(tuples < 0, tuples + np.asarray(shape[:k]), tuples)
+    lo, hi = tuples.min(axis=0), tuples.max(axis=0) + 1
+    block = tuple(int(h - s) for s, h in zip(lo, hi))
+    grid = np.indices(block).reshape(k, -1).T + lo
+    if tuples.shape != grid.shape or not np.array_equal(tuples, grid):
+        raise NotLowerable("ScatterND indices are not one block in order")
+    full = block == shape[:k]
+    upd_shape = (*block, *shape[k:])
+    if int(np.prod(upd.shape)) != int(np.prod(upd_shape)):
+        raise NotLowerable("ScatterND updates do not fill the block")
+    out = node.outputs[0]
+    out_shape = ctx.out_shape()
+    keep = default_keep(out_shape)
+    if full:
+        if upd.const is not None:
+            ctx.bind_const(out, np.asarray(upd.const).reshape(out_shape))
+            return
+        assert upd.blob is not None
+        ctx.bind(out, ctx.reshape(upd.blob, nc_shape(out_shape, keep), name_hint=out), keep)
+        return
+    if x.blob is None and x.const is None:
+        raise NotLowerable(f"'{x.name}' was not lowered")
+    xb = ctx.blob_as(x, keep)
+    upd_nc = nc_shape(upd_shape, keep)
+    if upd.const is not None:
+        ub = ctx.const_blob(np.asarray(upd.const, np.float32).reshape(upd_shape), upd_nc, "updates")
+    else:
+        assert upd.blob is not None
+        ub = ctx.reshape(upd.blob, upd_nc, name_hint=upd.name)
+    for a in range(k):
+        if a not in keep and block[a] != shape[a]:
+            raise NotLowerable("ScatterND block along an axis ncnn drops")
+
+    def region(a: int) -> tuple[int, ...]:  # the data cropped to the block along axes < a
+        return nc_shape((*block[:a], *shape[a:]), keep)
+
+    regions = [xb]  # top-down: regions[a] is the data cropped along axes < a
+    for a in range(k - 1):
+        regions.append(_crop(ctx, regions[a], region(a), keep.index(a), int(lo[a]), int(hi[a]))
+                       if block[a] != shape[a] else regions[a])  # fmt: skip
+    blob = ub
+    for a in reversed(range(k)):  # bottom-up: the block placed inside regions[a] along axis a
+        if block[a] == shape[a]:
+            continue
+        ax, nc = keep.index(a), region(a)
+        parts = [_crop(ctx, regions[a], nc, ax, 0, int(lo[a]))] if lo[a] > 0 else []
+        parts.append(blob)
+        if hi[a] < shape[a]:
+            parts.append(_crop(ctx, regions[a], nc, ax, int(hi[a]), shape[a]))
+        blob = ctx.emit("Concat", parts, nc, {0: ax})
+    ctx.bind(out, blob, keep)

@@ -443,3 +443,39 @@ def test_matmul_of_a_transposed_operand_reads_it_as_transb(check, make_model, rn
     lines = check.param_text().splitlines()[2:]
     assert not any(line.startswith("Permute") for line in lines)
     assert any(line.startswith("MatMul") and line.rstrip().endswith("0=1") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "equation, shapes",
+    [
+        ("byhwc,hkc->byhwk", [(1, 1, 5, 6, 8), (5, 4, 8)]),  # MViTv2's relative positions (constant table)
+        ("byhwc,wkc->byhwk", [(1, 1, 5, 6, 8), (6, 4, 8)]),
+        ("bhqd,bhkd->bhqk", [(1, 2, 5, 8), (1, 2, 7, 8)]),  # attention scores
+        ("ij,jk", [(3, 4), (4, 5)]),  # implicit output
+        ("bij->bji", [(1, 3, 4)]),
+        ("ij->i", [(3, 4)]),  # a sum
+        ("ij,kl->ik", [(3, 4), (5, 6)]),  # sums within each operand, then an outer product
+        ("i,i", [(5,), (5,)]),  # inner product
+    ],
+)
+def test_einsum_as_permutes_and_one_matmul(check, make_model, rng, equation, shapes):
+    names = ["a", "b"][: len(shapes)]
+    inits = {}
+    inputs = {names[0]: shapes[0]}
+    if len(shapes) == 2:
+        if equation.startswith("byhwc"):
+            inits["b"] = _w(rng, *shapes[1])
+        else:
+            inputs["b"] = shapes[1]
+    m = make_model([H("Einsum", names, ["y"], equation=equation)], inputs, ["y"], inits)
+    check(m)
+    assert "Einsum" not in {line.split()[0] for line in check.param_text().splitlines()[2:]}
+
+
+def test_einsum_with_a_diagonal_is_refused(make_model):
+    from mconv.errors import UnsupportedOpsError
+    from mconv.targets.ncnn.writer import lower_model
+
+    m = make_model([H("Einsum", ["a"], ["y"], equation="ii->i")], {"a": (3, 3)}, ["y"])
+    with pytest.raises(UnsupportedOpsError, match="repeated letter"):
+        lower_model(m)

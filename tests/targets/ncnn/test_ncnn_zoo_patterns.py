@@ -598,3 +598,27 @@ class UnfoldMixer(nn.Module):
 
 def test_unfold_written_as_gathers(tmp_path: Path) -> None:
     check(UnfoldMixer(), images((1, 4, 9, 9)), tmp_path, ops=("Gather",))
+
+
+class RelPosIntoScores(nn.Module):
+    """MViTv2's relative positions added to the scores in place, ``attn[:, :, s:, s:] =
+    ...`` (ScatterND with constant index tuples): s = 0 writes the whole tensor, s = 1
+    (a class token) a block inside it."""
+
+    def __init__(self, skip: int) -> None:
+        super().__init__()
+        self.skip = skip
+        self.rel = nn.Parameter(torch.randn(2, 6 - skip, 6 - skip) * 0.5)
+
+    def forward(self, x):
+        attn = (x @ x.transpose(-1, -2)).reshape(1, 2, 6, 6)
+        s = self.skip
+        attn[:, :, s:, s:] = attn[:, :, s:, s:] + self.rel
+        return torch.softmax(attn, -1)
+
+
+@pytest.mark.parametrize("skip", [0, 1])
+def test_scores_written_in_place_as_scatternd(tmp_path: Path, skip: int) -> None:
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.standard_normal((2, 6, 4)).astype(np.float32)} for _ in range(2)]
+    check(RelPosIntoScores(skip), samples, tmp_path, ops=("ScatterND",))
