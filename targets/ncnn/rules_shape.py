@@ -575,6 +575,9 @@ def gather_elements(ctx: Ctx, node: Node) -> None:
     Dynamic data with dynamic indices has no ncnn layer."""
     x, ids = node.inputs[0], node.inputs[1]
     assert x is not None and ids is not None
+    if x.const is None and ids.const is not None:
+        _gather_elements_affine(ctx, node, x, np.asarray(ids.const).astype(np.int64))
+        return
     if x.const is None:
         raise NotLowerable("GatherElements of dynamic data (ncnn has no per-element gather)")
     data = np.asarray(x.const)
@@ -748,4 +751,59 @@ def scatter_nd(ctx: Ctx, node: Node) -> None:
         if hi[a] < shape[a]:
             parts.append(_crop(ctx, regions[a], nc, ax, int(hi[a]), shape[a]))
         blob = ctx.emit("Concat", parts, nc, {0: ax})
+    ctx.bind(out, blob, keep)
+
+
+def _gather_elements_affine(ctx: Ctx, node: Node, x: Tensor, idx: np.ndarray) -> None:
+    """GatherElements of dynamic data along the last axis whose constant indices are
+    ``o + a*i + b*j`` (row i, column j, b = +-1, the same for every leading index): the
+    relative-to-absolute shift of DeBERTa's disentangled attention. With the rows laid
+    end to end (a flat view), row i's window starts at ``o + i*(n + a)``: one Crop of the
+    flat view, a Reshape to rows of ``n + a`` and a Crop of the first columns (b = -1: a
+    Flip first). Other index patterns have no ncnn layer."""
+    axis = int(node.attr("axis", 0))
+    axis = axis + x.rank if axis < 0 else axis
+    if axis != x.rank - 1 or x.rank < 2 or idx.ndim != x.rank:
+        raise NotLowerable("GatherElements of dynamic data other than along the last axis of rows")
+    n = int(x.shape[-1])
+    rows_x, rows, cols = int(x.shape[-2]), int(idx.shape[-2]), int(idx.shape[-1])
+    lead = tuple(int(d) for d in x.shape[:-2])
+    if tuple(idx.shape[:-2]) != lead and not all(d == 1 for d in idx.shape[:-2]):
+        raise NotLowerable("GatherElements indices with other leading dims than the data")
+    idx = np.where(idx < 0, idx + n, idx)
+    base = idx.reshape(-1, rows, cols)[0]
+    o = int(base[0, 0])
+    a = int(base[1, 0] - base[0, 0]) if rows > 1 else 0
+    b = int(base[0, 1] - base[0, 0]) if cols > 1 else 1
+    i, j = np.indices((rows, cols))
+    if (b not in (1, -1) or rows > rows_x or not np.all(idx == o + a * i + b * j)
+            or base.min() < 0 or base.max() >= n):  # fmt: skip
+        raise NotLowerable("GatherElements of dynamic data with indices that are not a shift of rows")
+    g = int(np.prod(lead)) if lead else 1
+    flat_nc = (g, rows_x * n) if g > 1 else (rows_x * n,)
+    ax = len(flat_nc) - 1
+    assert x.blob is not None
+    blob = ctx.reshape(x.blob, (*flat_nc[:-1], rows_x, n), name_hint=x.name)
+    if b == -1:  # columns reversed: j counts up in the flipped rows
+        blob = ctx.emit("Flip", [blob], (*flat_nc[:-1], rows_x, n), {0: [ax + 1]})
+        o, a = n - 1 - o, -a
+    stride = n + a
+    if stride < cols:
+        raise NotLowerable("GatherElements windows overlap")
+    blob = ctx.reshape(blob, flat_nc)
+    end = o + rows * stride
+    if end > rows_x * n:  # the last window runs past the data: zeros that no index reads
+        padded = (*flat_nc[:-1], end)
+        pad = end - rows_x * n
+        if g > 1:  # Padding pads w of every row: one row per leading index
+            blob = ctx.reshape(blob, (g, 1, rows_x * n))
+        params = {0: 0, 1: 0, 2: 0, 3: pad, 4: 0, 5: 0.0}
+        blob = ctx.emit("Padding", [blob], (g, 1, end) if g > 1 else padded, params)
+        blob = ctx.reshape(blob, padded)
+        flat_nc = padded
+    blob = _crop(ctx, blob, flat_nc, ax, o, end)
+    win = (*flat_nc[:-1], rows, stride)
+    blob = _crop(ctx, ctx.reshape(blob, win), win, len(win) - 1, 0, cols)
+    out = node.outputs[0]
+    keep = default_keep(ctx.out_shape())
     ctx.bind(out, blob, keep)

@@ -622,3 +622,32 @@ def test_scores_written_in_place_as_scatternd(tmp_path: Path, skip: int) -> None
     rng = np.random.default_rng(0)
     samples = [{"x": rng.standard_normal((2, 6, 4)).astype(np.float32)} for _ in range(2)]
     check(RelPosIntoScores(skip), samples, tmp_path, ops=("ScatterND",))
+
+
+class RelativeShift(nn.Module):
+    """DeBERTa's disentangled attention: scores against relative positions gathered back
+    to absolute ones, ``torch.gather(scores, -1, o + a*i + b*j)`` (constant indices)."""
+
+    def __init__(self, a: int, b: int, heads: int, n: int = 16, rows: int = 6) -> None:
+        super().__init__()
+        i = torch.arange(rows)[:, None]
+        j = torch.arange(rows)[None, :]
+        o = 0 if b == 1 else n - 1 - (rows - 1) * max(a, 0)
+        o = o if a >= 0 else (rows - 1) * -a
+        self.register_buffer("idx", (o + a * i + b * j).clamp(0, n - 1))
+        self.heads, self.n = heads, n
+
+    def forward(self, q, k):
+        scores = q @ k.transpose(-1, -2)  # (heads, rows, n)
+        idx = self.idx.expand(self.heads, -1, -1)
+        return torch.softmax(torch.gather(scores, -1, idx), -1)
+
+
+@pytest.mark.parametrize("a, b, heads", [(1, -1, 2), (-1, 1, 2), (1, 1, 1), (1, 1, 2), (0, 1, 1)])
+def test_relative_positions_gathered_back_to_absolute(tmp_path: Path, a: int, b: int, heads: int) -> None:
+    rng = np.random.default_rng(0)
+    samples = [{"q": rng.standard_normal((heads, 6, 8)).astype(np.float32),
+                "k": rng.standard_normal((heads, 16, 8)).astype(np.float32)} for _ in range(2)]  # fmt: skip
+    m = RelativeShift(a, b, heads)
+    assert int(m.idx.min()) >= 0 and int(m.idx.max()) < 16
+    check(m, samples, tmp_path, ops=("GatherElements",))
