@@ -130,17 +130,21 @@ def _reduce_grouped(ctx: Ctx, node: Node, x, axes: list[int]) -> None:
     if len(runs) > 4:
         raise NotLowerable(f"reduction over {list(x.shape)}: more than 4 alternating axis runs")
     out = node.outputs[0]
+    if any(r for _, r in runs):
+        nc = tuple(int(d) for d, _ in runs)
+        nc_axes = [i for i, (_, r) in enumerate(runs) if r]
+        blob = ctx.reshape(x.blob, nc, name_hint=x.name)
+        kept = tuple(int(d) for d, r in runs if not r) or (1,)
+        p = {0: _REDUCE[node.op], 1: int(len(nc_axes) == len(nc)), 3: nc_axes, 4: 0, 5: 1}
+        res = ctx.emit("Reduction", [blob], kept, p)
+    else:  # every reduced axis has size 1: the values as they are
+        res = x.blob
     out_shape = ctx.out_shape()
-    out_keep = default_keep(out_shape)
-    if not any(r for _, r in runs):  # every reduced axis has size 1: the values as they are
-        ctx.bind(out, ctx.reshape(x.blob, nc_shape(out_shape, out_keep), name_hint=out), out_keep)
+    try:
+        out_keep = default_keep(out_shape)
+    except NotLowerable:  # still more than 4 axes: for the reshaping consumer
+        ctx.bind_flat(out, res)
         return
-    nc = tuple(int(d) for d, _ in runs)
-    nc_axes = [i for i, (_, r) in enumerate(runs) if r]
-    blob = ctx.reshape(x.blob, nc, name_hint=x.name)
-    kept = tuple(int(d) for d, r in runs if not r) or (1,)
-    p = {0: _REDUCE[node.op], 1: int(len(nc_axes) == len(nc)), 3: nc_axes, 4: 0, 5: 1}
-    res = ctx.emit("Reduction", [blob], kept, p)
     ctx.bind(out, ctx.reshape(res, nc_shape(out_shape, out_keep), name_hint=out), out_keep)
 
 

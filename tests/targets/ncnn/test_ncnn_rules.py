@@ -479,3 +479,13 @@ def test_einsum_with_a_diagonal_is_refused(make_model):
     m = make_model([H("Einsum", ["a"], ["y"], equation="ii->i")], {"a": (3, 3)}, ["y"])
     with pytest.raises(UnsupportedOpsError, match="repeated letter"):
         lower_model(m)
+
+
+def test_reduction_whose_result_still_has_more_axes_than_a_mat(check, make_model, rng):
+    m = make_model(
+        [H("Reshape", ["x", "s6"], ["x6"]), H("ReduceMax", ["x6"], ["r"], axes=[2], keepdims=0),
+         H("Reshape", ["r", "s2"], ["y"])],
+        {"x": (1, 720)}, ["y"],
+        {"s6": np.array([2, 3, 4, 5, 3, 2], np.int64), "s2": np.array([1, 180], np.int64)},
+    )  # fmt: skip
+    check(m)
