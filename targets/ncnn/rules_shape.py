@@ -522,6 +522,8 @@ def _take(ctx: Ctx, node: Node, blob: str, nc: tuple[int, ...], ax: int, flat: l
     one Crop for a run, a strided slice per arithmetic run (the window rows of an
     unfold written as Gather: HaloNet, VOLO), concatenated; up to 64 runs. An output
     with more than 4 axes larger than 1 is bound flat for its reshaping consumer."""
+    if not flat:
+        raise NotLowerable("gather of no index (ncnn Mats cannot be empty)")
     runs = _progressions(flat)
     if len(runs) > 64:
         raise NotLowerable(f"gather of {len(flat)} scattered indices")
@@ -564,7 +566,7 @@ def gather_nd(ctx: Ctx, node: Node) -> None:
     if n * inner != int(np.prod(x.shape)) or x.dyn_batch:
         raise NotLowerable("GatherND over a run-time batch")
     nc = (n, inner) if inner > 1 else (n,)
-    blob = ctx.reshape(ctx.blob_as(x), nc, name_hint=x.name)
+    blob = ctx.reshape(x.blob, nc, name_hint=x.name)  # any blob holds its values in C order
     _take(ctx, node, blob, nc, 0, flat)
 
 
@@ -768,7 +770,7 @@ def _gather_elements_affine(ctx: Ctx, node: Node, x: Tensor, idx: np.ndarray) ->
     n = int(x.shape[-1])
     rows_x, rows, cols = int(x.shape[-2]), int(idx.shape[-2]), int(idx.shape[-1])
     lead = tuple(int(d) for d in x.shape[:-2])
-    if tuple(idx.shape[:-2]) != lead and not all(d == 1 for d in idx.shape[:-2]):
+    if tuple(idx.shape[:-2]) != lead:
         raise NotLowerable("GatherElements indices with other leading dims than the data")
     idx = np.where(idx < 0, idx + n, idx)
     base = idx.reshape(-1, rows, cols)[0]
