@@ -226,12 +226,15 @@ def layer_histogram(param: str) -> Counter:
 # ----------------------------------------------------------------------------- one model
 
 
-def mat_inputs(feeds: dict, names: list[str], in_shapes: dict[str, tuple]) -> dict:
-    """Inputs as each side's Mat arrays: float32, or int32 bits for integer ids."""
+def mat_inputs(feeds: dict, names: list[str], in_shapes: dict[str, tuple], kinds: dict[str, str]) -> dict:
+    """Inputs as each side's Mat arrays: float32, or int32 bits for integer ids. ``kinds``
+    is the mconv sidecar's ``feed`` per input (an attention mask is fed as float values;
+    as int32 bits a 1 reads as 1.4e-45, which a product of two masks flushes to 0)."""
     out = {}
     for k, n in enumerate(names):
         x = feeds[n]
-        x = x.astype(np.int32).view(np.float32) if x.dtype.kind in "iu" else x.astype(np.float32)
+        bits = x.dtype.kind in "iu" and kinds.get(n, "int32") == "int32"
+        x = x.astype(np.int32).view(np.float32) if bits else x.astype(np.float32)
         shape = in_shapes.get(n) or (x.shape[1:] if x.ndim > 1 and x.shape[0] == 1 else x.shape)
         out[n] = out[f"k{k}"] = np.ascontiguousarray(x.reshape(shape))
     return out
@@ -307,13 +310,15 @@ def bench_model(name: str, args) -> dict:
     row["pnnx"] = run_pnnx(model_dir, work, feeds, in_names, args.rebuild_pnnx)
     nets: dict[str, NetSpec] = {}
     in_shapes: dict = {}
+    kinds: dict = {}
     if "param" in row["mconv"]:
         spec, m = mconv_net(Path(row["mconv"]["param"]))
         in_shapes = {i["name"]: _mat_shape(Path(row["mconv"]["param"]), i["blob"]) for i in m["inputs"]}
+        kinds = {i["name"]: i.get("feed", "float") for i in m["inputs"]}
         nets["mconv"] = spec
     if "param" in row["pnnx"]:
         nets["pnnx"] = pnnx_net(Path(row["pnnx"]["param"]), len(in_names), len(refs))
-    arrays = mat_inputs(feeds, in_names, in_shapes)
+    arrays = mat_inputs(feeds, in_names, in_shapes, kinds)
     np.savez(work / "mat_inputs.npz", **arrays)
     for side, net in nets.items():
         try:
