@@ -252,6 +252,17 @@ class Ctx:
         self.g.shapes[want] = self.g.shapes.pop(blob)
         return want
 
+    def bind_view(self, onnx_name: str, blob: str) -> Tensor:
+        """Bind ``blob``, which holds the tensor's values in C order in any Mat shape: as a
+        Mat of the tensor's default axes, or flat when it has more than 4 axes larger than 1."""
+        shape = self.shape(onnx_name)
+        try:
+            keep = default_keep(shape)
+        except NotLowerable:
+            self.bind_flat(onnx_name, blob)
+            return self.tensors[onnx_name]
+        return self.bind(onnx_name, self.reshape(blob, nc_shape(shape, keep), name_hint=onnx_name), keep)
+
     def bind_flat(self, onnx_name: str, blob: str) -> None:
         """Bind a tensor with more than 4 axes larger than 1: its values live in
         ``blob`` (C order, any Mat shape); only reshaping consumers can use it."""

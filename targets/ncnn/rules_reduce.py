@@ -139,13 +139,7 @@ def _reduce_grouped(ctx: Ctx, node: Node, x, axes: list[int]) -> None:
         res = ctx.emit("Reduction", [blob], kept, p)
     else:  # every reduced axis has size 1: the values as they are
         res = x.blob
-    out_shape = ctx.out_shape()
-    try:
-        out_keep = default_keep(out_shape)
-    except NotLowerable:  # still more than 4 axes: for the reshaping consumer
-        ctx.bind_flat(out, res)
-        return
-    ctx.bind(out, ctx.reshape(res, nc_shape(out_shape, out_keep), name_hint=out), out_keep)
+    ctx.bind_view(out, res)
 
 
 @rule("CumSum")

@@ -256,13 +256,7 @@ def _concat_flat(ctx: Ctx, node: Node, ins: list[Tensor], out_shape: tuple[int, 
             blobs.append(ctx.reshape(t.blob, v, name_hint=t.name))
     dst = (*views[0][:ax], out_shape[axis], inner)
     out = node.outputs[0]
-    blob = ctx.emit("Concat", blobs, dst, {0: ax})
-    try:
-        keep = default_keep(out_shape)
-    except NotLowerable:
-        ctx.bind_flat(out, blob)
-        return
-    ctx.bind(out, ctx.reshape(blob, nc_shape(out_shape, keep), name_hint=out), keep)
+    ctx.bind_view(out, ctx.emit("Concat", blobs, dst, {0: ax}))
 
 
 @rule("Split")
@@ -304,13 +298,7 @@ def _split_flat(ctx: Ctx, x: Tensor, axis: int, outs: list[str], sizes: list[int
     parts = [(*view[:ax], n, inner) for n in sizes]
     blobs = ctx.layer("Slice", [xb], parts, {0: [*sizes[:-1], -233], 1: ax}, out_names=outs)
     for o, b in zip(outs, blobs):
-        shape = ctx.shape(o)
-        try:
-            keep = default_keep(shape)
-        except NotLowerable:
-            ctx.bind_flat(o, b)
-            continue
-        ctx.bind(o, ctx.reshape(b, nc_shape(shape, keep), name_hint=o), keep)
+        ctx.bind_view(o, b)
 
 
 def _crop(ctx: Ctx, blob: str, nc: tuple[int, ...], axis: int, start: int, end: int) -> str:
@@ -530,15 +518,7 @@ def _take(ctx: Ctx, node: Node, blob: str, nc: tuple[int, ...], ax: int, flat: l
     parts = [slice_axis(ctx, blob, nc, ax, start, step, count)[0] for start, step, count in runs]
     out = list(nc)
     out[ax] = len(flat)
-    blob = parts[0] if len(parts) == 1 else ctx.emit("Concat", parts, tuple(out), {0: ax})
-    out_shape = ctx.out_shape()
-    try:
-        keep_out = default_keep(out_shape)
-    except NotLowerable:
-        ctx.bind_flat(node.outputs[0], blob)
-        return
-    blob = ctx.reshape(blob, nc_shape(out_shape, keep_out), name_hint=node.outputs[0])
-    ctx.bind(node.outputs[0], blob, keep_out)
+    ctx.bind_view(node.outputs[0], parts[0] if len(parts) == 1 else ctx.emit("Concat", parts, tuple(out), {0: ax}))
 
 
 @rule("GatherND")
