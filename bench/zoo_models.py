@@ -192,7 +192,7 @@ CATALOG: list[Entry] = [
     Entry("hf_electra", "transformers", "text encoder + mask", "hf_text", "electra", (1, 128)),
     Entry("hf_t5_encoder", "transformers", "text encoder + mask", "hf_text", "t5", (1, 64)),
     Entry("hf_gpt2", "transformers", "decoder, no cache", "hf_text", "gpt2", (1, 64)),
-    Entry("hf_whisper_encoder", "transformers", "audio encoder", "hf_whisper", "whisper", (1, 80, 3000)),
+    Entry("hf_whisper_encoder", "transformers", "audio encoder", "hf_audio", "whisper", (1, 80, 3000)),
     Entry("hf_vit", "transformers", "ViT", "hf_vision", "vit"),
     Entry("hf_clip_vision", "transformers", "ViT (CLIP)", "hf_vision", "clip"),
     Entry("hf_segformer_b0", "transformers", "segmentation", "hf_vision", "segformer", (1, 3, 256, 256)),
@@ -210,7 +210,7 @@ CATALOG: list[Entry] = [
     Entry("hf_mobilebert", "transformers", "text encoder + mask", "hf_text", "mobilebert", (1, 128)),
     Entry("hf_albert", "transformers", "text encoder + mask", "hf_text", "albert", (1, 128)),
     Entry("hf_deberta_v2", "transformers", "text encoder relative", "hf_text", "deberta_v2", (1, 128)),
-    Entry("hf_wav2vec2", "transformers", "audio encoder (raw wave)", "hf_wav2vec2", "wav2vec2", (1, 16000)),
+    Entry("hf_wav2vec2", "transformers", "audio encoder (raw wave)", "hf_audio", "wav2vec2", (1, 16000)),
     Entry("hf_dinov2", "transformers", "ViT (DINOv2)", "hf_vision", "dinov2"),
     Entry("hf_siglip_vision", "transformers", "ViT (SigLIP)", "hf_vision", "siglip"),
     # --- ultralytics (their own export) ---
@@ -275,14 +275,12 @@ def _model_options(e: Entry) -> dict:
     return {k: v for k, v in e.options.items() if k not in _EXPORT_OPTIONS}
 
 
-def _export(module, args: tuple, names: list[str], path: Path, outputs: list[str] | None = None,
-            e: Entry | None = None) -> None:  # fmt: skip
+def _export(module, args: tuple, names: list[str], path: Path, outputs: list[str] | None, e: Entry) -> None:
     """TorchScript exporter at opset 17 unless the entry asks for another opset or for the dynamo
     exporter (torch 2.14's default, what a user calling ``torch.onnx.export`` without options gets)."""
     import torch
 
-    options = e.options if e is not None else {}
-    opset, dynamo = options.get("opset", OPSET), bool(options.get("dynamo", False))
+    opset, dynamo = e.options.get("opset", OPSET), bool(e.options.get("dynamo", False))
     extra = {} if dynamo else {"do_constant_folding": True}
     torch.onnx.export(module, args, str(path), opset_version=opset, dynamo=dynamo, input_names=names,
                       output_names=outputs, **extra)  # fmt: skip
@@ -324,7 +322,7 @@ def build_tv(e: Entry, out: Path) -> dict:
                 return self.inner(x)["out"]
 
         m = Out(m).eval()
-    _export(m, (x,), ["input"], out / "model.onnx", ["output"])
+    _export(m, (x,), ["input"], out / "model.onnx", ["output"], e)
     return {"input": x.numpy()}
 
 
@@ -399,43 +397,22 @@ def build_hf_text(e: Entry, out: Path) -> dict:
     return feeds
 
 
-def build_hf_whisper(e: Entry, out: Path) -> dict:
+def build_hf_audio(e: Entry, out: Path) -> dict:
+    """An audio encoder's last hidden state: Whisper (log-mel features) or wav2vec2 (raw wave)."""
     import torch
     import transformers as tf
 
     torch.manual_seed(0)
-    cfg = tf.WhisperConfig(
-        d_model=384,
-        encoder_layers=4,
-        decoder_layers=4,
-        encoder_attention_heads=6,
-        decoder_attention_heads=6,
-        encoder_ffn_dim=1536,
-        decoder_ffn_dim=1536,
-    )  # whisper-tiny
-    enc = tf.WhisperModel(cfg).get_encoder().eval()
-    randomize(enc)
-
-    class Wrap(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_features):
-            return self.inner(input_features).last_hidden_state
-
-    x = torch.randn(e.shape, generator=torch.Generator().manual_seed(0))
-    _export(Wrap(enc).eval(), (x,), ["input_features"], out / "model.onnx", ["output"])
-    return {"input_features": x.numpy()}
-
-
-def build_hf_wav2vec2(e: Entry, out: Path) -> dict:
-    import torch
-    import transformers as tf
-
-    torch.manual_seed(0)
-    cfg = tf.Wav2Vec2Config(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1536)
-    model = tf.Wav2Vec2Model(cfg).eval()
+    if e.arg == "whisper":  # whisper-tiny
+        cfg = tf.WhisperConfig(d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6,
+                               decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536)  # fmt: skip
+        model, name = tf.WhisperModel(cfg).get_encoder(), "input_features"
+    elif e.arg == "wav2vec2":
+        cfg = tf.Wav2Vec2Config(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1536)
+        model, name = tf.Wav2Vec2Model(cfg), "input_values"
+    else:
+        raise ValueError(e.arg)
+    model.eval()
     randomize(model)
 
     class Wrap(torch.nn.Module):
@@ -443,12 +420,12 @@ def build_hf_wav2vec2(e: Entry, out: Path) -> dict:
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_values):
-            return self.inner(input_values).last_hidden_state
+        def forward(self, x):
+            return self.inner(x).last_hidden_state
 
     x = torch.randn(e.shape, generator=torch.Generator().manual_seed(0))
-    _export(Wrap(model).eval(), (x,), ["input_values"], out / "model.onnx", ["output"])
-    return {"input_values": x.numpy()}
+    _export(Wrap(model).eval(), (x,), [name], out / "model.onnx", ["output"], e)
+    return {name: x.numpy()}
 
 
 def build_hf_vision(e: Entry, out: Path) -> dict:
@@ -483,7 +460,7 @@ def build_hf_vision(e: Entry, out: Path) -> dict:
             return getattr(self.inner(pixel_values=pixel_values), pick)
 
     x = torch.randn(e.shape, generator=torch.Generator().manual_seed(0))
-    _export(Wrap(model).eval(), (x,), ["pixel_values"], out / "model.onnx", ["output"])
+    _export(Wrap(model).eval(), (x,), ["pixel_values"], out / "model.onnx", ["output"], e)
     return {"pixel_values": x.numpy()}
 
 
@@ -515,9 +492,8 @@ BUILDERS = {
     "tv": build_tv,
     "tv_seg": build_tv,
     "hf_text": build_hf_text,
-    "hf_whisper": build_hf_whisper,
+    "hf_audio": build_hf_audio,
     "hf_vision": build_hf_vision,
-    "hf_wav2vec2": build_hf_wav2vec2,
     "yolo": build_yolo,
     "rtdetr": build_yolo,
 }
