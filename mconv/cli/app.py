@@ -108,8 +108,35 @@ def _handle_error(e: Exception, as_json: bool) -> int:
     if isinstance(e, cx.ClickException):
         _fail(e.format_message(), 2, as_json)
         return 2
+    full = _disk_full_message(e)
+    if full:
+        _fail(full, 1, as_json)
+        return 1
     _fail(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback, and report it)", 1, as_json)
     return 1
+
+
+def _disk_full_message(e: BaseException) -> str | None:
+    """One line for a full disk or quota (``e`` or its cause), or None for other errors.
+
+    A full disk is the user's environment, not a bug: the line says what to do (and where the
+    write failed, when the OS names the file); partial files are already removed by
+    ``cleanup_temporaries``.
+    """
+    import errno
+
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            what = "no space left on the device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+            where = f" writing {e.filename}" if e.filename else ""
+            return (
+                f"{what}{where}: free some, or write to another disk with -o (temporary files go to "
+                "TMPDIR); nothing was written"
+            )
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _click_exceptions():

@@ -87,6 +87,24 @@ def test_truncated_onnx(cli, small_onnx, in_tmp):
     assert not (in_tmp / "out").exists()
 
 
+def test_full_disk_is_one_line_and_leaves_nothing(cli, small_onnx, in_tmp, monkeypatch):
+    """A full disk while writing the artifact: exit 1, one line saying what to do, the
+    staging folder and partial files removed, no output folder."""
+    import errno
+    import os
+
+    import mconv.modelio
+
+    def disk_full(tmp, dest):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a failed write() raises it
+
+    monkeypatch.setattr(mconv.modelio, "commit", disk_full)
+    r = cli("build", small_onnx, "-t", "onnx", "-o", in_tmp / "out")
+    assert_clean_error(r, 1, "no space left on the device", "-o", "nothing was written")
+    assert "internal error" not in r.err
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["small.onnx"]
+
+
 def test_empty_file(cli, in_tmp):
     (in_tmp / "empty.onnx").write_bytes(b"")
     assert_clean_error(cli("optimize", in_tmp / "empty.onnx"), 2, "empty")
