@@ -12,6 +12,10 @@ cases where one is right and the other is not; raw rows go to
 ``bench/results/conformance_vs_pnnx.json``.
 
 Usage: .venv-bench/bin/python bench/conformance_vs_pnnx.py [--only SUBSTRING] [--limit N] [--resume]
+       [--mconv-only]
+
+``--mconv-only`` re-runs mconv's side after a writer change and keeps pnnx's stored
+column (the pnnx wheel did not change; a case without a stored row runs both).
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ def main() -> int:
     ap.add_argument("--only", default="")
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="keep the cases an interrupted full run finished")
+    ap.add_argument("--mconv-only", action="store_true", help="re-run mconv only; pnnx's column from the stored rows")
     args = ap.parse_args()
     cases = float_cases(args.only)
     if args.limit:
@@ -122,6 +127,7 @@ def main() -> int:
     full = not args.only and not args.limit
     partial = RESULTS.with_suffix(".partial.json")
     done = {r["case"]: r for r in json.loads(partial.read_text())} if full and args.resume and partial.is_file() else {}
+    stored = {r["case"]: r for r in json.loads(RESULTS.read_text())} if args.mconv_only and RESULTS.is_file() else {}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, c in enumerate(cases):
@@ -130,7 +136,8 @@ def main() -> int:
             continue
         with tempfile.TemporaryDirectory(prefix="conf-") as tmp:
             row = {"case": c.name, "ops": sorted({n.op_type for n in c.model.graph.node}),
-                   "mconv": mconv_side(c, Path(tmp)), "pnnx": pnnx_side(c, Path(tmp))}  # fmt: skip
+                   "mconv": mconv_side(c, Path(tmp))}  # fmt: skip
+            row["pnnx"] = stored[c.name]["pnnx"] if c.name in stored else pnnx_side(c, Path(tmp))
         rows.append(row)
         if i % 25 == 0:
             print(f"{i}/{len(cases)}", file=sys.stderr, flush=True)
