@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mconv  # noqa: F401  (first: it turns off onnxruntime's and OpenVINO's telemetry, here and in children)
+
 ZOO = Path(__file__).resolve().parent / ".zoo"
 OPSET = 17
 
@@ -468,14 +470,16 @@ def build_yolo(e: Entry, out: Path) -> dict:
     import numpy as np
     import torch
 
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
-    from ultralytics import RTDETR, YOLO
-
-    torch.manual_seed(0)
-    wrapper = (RTDETR if e.build == "rtdetr" else YOLO)(e.arg)
-    randomize(wrapper.model)
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+        # Its settings file (with analytics "sync" on by default) goes here, not ~/.config.
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tmp) / "config"))
+        from ultralytics import RTDETR, YOLO
+
+        torch.manual_seed(0)
+        wrapper = (RTDETR if e.build == "rtdetr" else YOLO)(e.arg)
+        randomize(wrapper.model)
         cwd = os.getcwd()
         os.chdir(tmp)
         try:

@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+import mconv  # noqa: F401  (first: it turns off onnxruntime's and OpenVINO's telemetry, here and in children)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ncnn_timing import NetSpec, outputs_isolated, timed_fresh
 
