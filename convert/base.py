@@ -9,6 +9,8 @@ against). Third-party sources register through the ``mconv.sources`` entry-point
 
 from __future__ import annotations
 
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +110,21 @@ def sample_feeds(model: Any, opts: ExportOptions, *, seed: int = 0) -> Feeds:
     return random_feeds(graph_inputs(model), seed=seed, count=1, shapes=shapes)[0]
 
 
+def private_home_env(home: str) -> dict[str, str]:
+    """The environment of an exporter's child: a private ``HOME`` (and matplotlib folder).
+
+    Frameworks write into the user's home when imported: Paddle creates
+    ``~/.cache/paddle/dataset``, Keras ``~/.keras/keras.json`` (which then sets the user's
+    later Keras sessions), matplotlib (imported by TensorFlow) its config and font cache. In
+    the child they go to ``home``, removed afterwards. A ``KERAS_HOME`` or ``MPLCONFIGDIR``
+    the user set stays: that configuration is theirs to have read.
+    """
+    env = {"HOME": home}
+    if "MPLCONFIGDIR" not in os.environ:  # else matplotlib follows XDG_CONFIG_HOME/XDG_CACHE_HOME
+        env["MPLCONFIGDIR"] = os.path.join(home, "matplotlib")
+    return env
+
+
 def export_isolated(func_path: str, path: Path, opts: ExportOptions, what: str, /, **kwargs: Any) -> dict[str, Any]:
     """Run a framework's exporter, ``func_path(opset=, shapes=, **kwargs)``, in a child process.
 
@@ -121,7 +138,8 @@ def export_isolated(func_path: str, path: Path, opts: ExportOptions, what: str, 
 
     kwargs.update(opset=opts.opset or DEFAULT_OPSET, shapes={s.name: list(s.shape) for s in opts.inputs})
     try:
-        out = call_isolated(func_path, kwargs, what=what)
+        with tempfile.TemporaryDirectory(prefix="mconv-home-") as home:
+            out = call_isolated(func_path, kwargs, what=what, env=private_home_env(home))
     except IsolatedFailure as e:
         if e.kind == "error" and getattr(e, "traceback", None) is None:
             raise  # an mconv error raised in the child: its message and exit code as they are

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import os
 import signal
 import traceback
 from typing import Any
@@ -20,7 +21,8 @@ class IsolatedFailure(MconvError):
         self.kind = kind  # "signal" | "timeout" | "error"
 
 
-def _child(func_path: str, kwargs: dict[str, Any], conn) -> None:
+def _child(func_path: str, kwargs: dict[str, Any], conn, env: dict[str, str] | None = None) -> None:
+    os.environ.update(env or {})  # before the function's module (and its framework) is imported
     from mconv.quiet import quiet
 
     # The parent's SIGINT handler would run here too (same process group): the parent
@@ -45,11 +47,19 @@ def _child(func_path: str, kwargs: dict[str, Any], conn) -> None:
 STARTUP_SECONDS = 120.0
 
 
-def call_isolated(func_path: str, kwargs: dict[str, Any], *, timeout: float | None = None, what: str = "runner") -> Any:
-    """Call ``module:function(**kwargs)`` in a spawned child and return its result."""
+def call_isolated(
+    func_path: str,
+    kwargs: dict[str, Any],
+    *,
+    timeout: float | None = None,
+    what: str = "runner",
+    env: dict[str, str] | None = None,
+) -> Any:
+    """Call ``module:function(**kwargs)`` in a spawned child and return its result; ``env``
+    is set in the child's environment before the function's module is imported."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(func_path, kwargs, child), daemon=True)
+    proc = ctx.Process(target=_child, args=(func_path, kwargs, child, env), daemon=True)
     proc.start()
     child.close()
     try:

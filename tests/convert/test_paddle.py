@@ -133,7 +133,10 @@ def _environment() -> dict:
 
 def test_export_leaves_the_environment_unchanged(mconv_proc, tmp_path, pir):
     before = _environment()
-    r = mconv_proc("export", f"{pir}.json", "-o", tmp_path / "m.onnx", "--json", cwd=tmp_path)
+    home = tmp_path / "home"  # paddle creates ~/.cache/paddle/dataset when imported
+    home.mkdir()
+    env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config")}
+    r = mconv_proc("export", f"{pir}.json", "-o", tmp_path / "m.onnx", "--json", cwd=tmp_path, env=env)
     assert r.code == 0, r.err
     assert r.err == ""  # paddle's and paddle2onnx's own printing stays out of stderr
     assert json.loads(r.out)["verification"]["passed"] is True
@@ -141,6 +144,7 @@ def test_export_leaves_the_environment_unchanged(mconv_proc, tmp_path, pir):
     assert after["onnx"] == before["onnx"]
     assert after["distributions"] == before["distributions"]
     assert after["site-packages"] == before["site-packages"]
+    assert sorted(str(f.relative_to(home)) for f in home.rglob("*")) == []
 
 
 def test_paddle_absent_names_the_extra(mconv_proc, tmp_path, pir):

@@ -99,6 +99,19 @@ def test_bad_inputs(cli, in_tmp, models):
     assert not list(in_tmp.glob("*.onnx"))
 
 
+@pytest.mark.parametrize("kind", ["keras", "saved_model"])
+def test_export_leaves_nothing_in_the_users_home(mconv_proc, tmp_path, models, kind):
+    # Importing Keras writes ~/.keras/keras.json (read by the user's later Keras sessions),
+    # and matplotlib (imported by TensorFlow) its config and font cache.
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config")}
+    r = mconv_proc("export", models / FILES[kind], "-o", tmp_path / "m.onnx", cwd=tmp_path, env=env)
+    assert r.code == 0, r.err
+    assert (tmp_path / "m.onnx").is_file()
+    assert sorted(str(f.relative_to(home)) for f in home.rglob("*")) == []
+
+
 def test_tensorflow_absent_names_the_extra(mconv_proc, tmp_path, models):
     env = block_imports(tmp_path / "block", "tensorflow", "tf2onnx", "keras")
     r = mconv_proc("export", models / "net.keras", cwd=tmp_path, env=env)
