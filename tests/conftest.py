@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The frameworks the tests import write into the home folder (TensorFlow: ~/.keras/keras.json
+# and matplotlib's config and font cache; Paddle: ~/.cache/paddle): the test run gets a home of
+# its own instead. The process that makes it removes it; children (which inherit the variable)
+# use their parent's.
+_HOME = os.environ.get("MCONV_TEST_HOME", "")
+_OWN_HOME = not os.path.isdir(_HOME)
+if _OWN_HOME:
+    _HOME = tempfile.mkdtemp(prefix="mconv-test-home-")
+    os.environ["MCONV_TEST_HOME"] = _HOME
+    atexit.register(shutil.rmtree, _HOME, True)
+os.environ["HOME"] = _HOME
+os.environ["MPLCONFIGDIR"] = os.path.join(_HOME, "matplotlib")
+
+
+def pytest_unconfigure(config):
+    if _OWN_HOME:  # an xdist worker may end without running atexit handlers
+        shutil.rmtree(_HOME, ignore_errors=True)
 
 
 @dataclass
