@@ -63,26 +63,25 @@ SELECTION_OPS = {"TopK", "NonMaxSuppression", "ArgMax", "ArgMin"}
 # ----------------------------------------------------------------------------- reference
 
 
-def reference(model_dir: Path) -> tuple[list[np.ndarray], dict]:
-    refs, feeds, _ = reference_and_floor(model_dir)
-    return refs, feeds
-
-
-def reference_and_floor(model_dir: Path) -> tuple[list[np.ndarray], dict, list[float]]:
-    """onnxruntime's outputs (all graph optimisations), the feeds, and per output the
-    reference's own floor: its rel against onnxruntime with no graph optimisation."""
+def reference(model_dir: Path, with_floor: bool = False) -> tuple[list[np.ndarray], dict, list[float]]:
+    """onnxruntime's outputs (all graph optimisations) and the feeds; ``with_floor`` also runs
+    it with no graph optimisation and gives, per output, the reference's own floor (the rel
+    between the two), else the floors are empty."""
     import onnxruntime as ort
 
     with np.load(model_dir / "inputs.npz") as z:
         feeds = {k: z[k] for k in z.files}
+    levels = [ort.GraphOptimizationLevel.ORT_ENABLE_ALL]
+    if with_floor:
+        levels.append(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     runs = []
-    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+    for level in levels:
         so = ort.SessionOptions()
         so.log_severity_level = 3
         so.graph_optimization_level = level
         sess = ort.InferenceSession(str(model_dir / "model.onnx"), so, providers=["CPUExecutionProvider"])
         runs.append(sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()}))
-    floors = [metrics(a, b)["rel"] for a, b in zip(*runs)]
+    floors = [metrics(a, b)["rel"] for a, b in zip(*runs)] if with_floor else []
     return runs[0], feeds, floors
 
 
@@ -269,7 +268,7 @@ def retime_model(name: str, args) -> dict:
         return row
     model_dir = ZOO / name
     work = model_dir / "ncnn_bench"
-    refs, _ = reference(model_dir)
+    refs, _, _ = reference(model_dir)
     spec, _ = mconv_net(Path(row["mconv"]["param"]))
     nets = {"mconv": spec, "pnnx": pnnx_net(Path(row["pnnx"]["param"]), len(row.get("inputs", [])) or 1, len(refs))}
     return _time(row, nets, work, args)
@@ -324,7 +323,7 @@ def bench_model(name: str, args) -> dict:
     meta = json.loads((model_dir / "meta.json").read_text())
     work = model_dir / "ncnn_bench"
     work.mkdir(exist_ok=True)
-    refs, feeds, floors = reference_and_floor(model_dir)
+    refs, feeds, floors = reference(model_dir, with_floor=True)
     in_names = list(meta["inputs"])
     selected = selection_outputs(model_dir)
     row: dict = {"model": name, "family": meta["family"], "kind": meta["kind"], "selection": sorted(selected)}
