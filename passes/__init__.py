@@ -17,6 +17,7 @@ from mconv.passes.dce import EliminateDeadNodesPass
 from mconv.passes.eliminate import EliminateNoOpsPass
 from mconv.passes.fold import FoldConstantsPass, FoldQuantizedWeightsPass
 from mconv.passes.fuse import FuseConvBatchNormPass
+from mconv.passes.reparam import MergeParallelConvsPass
 from mconv.passes.shape_inference import InferShapesPass
 from mconv.passes.simplify import SimplifyPass
 
@@ -50,6 +51,7 @@ for _cls in (
     SimplifyPass,
     EliminateNoOpsPass,
     FuseConvBatchNormPass,
+    MergeParallelConvsPass,
     EliminateDeadNodesPass,
 ):
     register_pass(_cls)
@@ -60,6 +62,8 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "infer_shapes",
     "fold_constants",
     "eliminate_identity",
+    "fuse_conv_bn",
+    "merge_parallel_convs",
     "fuse_conv_bn",
     "eliminate_dead_nodes",
     "simplify",

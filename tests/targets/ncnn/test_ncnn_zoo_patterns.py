@@ -651,3 +651,49 @@ def test_relative_positions_gathered_back_to_absolute(tmp_path: Path, a: int, b:
     m = RelativeShift(a, b, heads)
     assert int(m.idx.min()) >= 0 and int(m.idx.max()) < 16
     check(m, samples, tmp_path, ops=("GatherElements",))
+
+
+def _conv_bn(c: int, k: int, groups: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(c, c, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(c))
+
+
+class TrainFormRepBlocks(nn.Module):
+    """MobileOne (depthwise, then pointwise) and RepVGG blocks as timm builds them before
+    ``reparameterize()``: parallel conv+BN branches, a BN identity and a 1x1 scale branch,
+    summed."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.dw = nn.ModuleList([_conv_bn(c, 3, c), _conv_bn(c, 3, c), _conv_bn(c, 1, c), nn.BatchNorm2d(c)])
+        self.pw = nn.ModuleList([_conv_bn(c, 1, 1), _conv_bn(c, 1, 1), nn.BatchNorm2d(c)])
+        self.vgg = nn.ModuleList([_conv_bn(c, 3, 1), _conv_bn(c, 1, 1), nn.BatchNorm2d(c)])
+        g = torch.Generator().manual_seed(1)
+        for bn in (m for m in self.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+            bn.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            bn.weight.data.copy_(torch.randn(c, generator=g))
+            bn.bias.data.copy_(torch.randn(c, generator=g) * 0.2)
+
+    def forward(self, x):
+        for branches in (self.dw, self.pw, self.vgg):
+            out = 0
+            for b in branches:
+                out = out + b(x)
+            x = F.relu(out)
+        return x
+
+
+def test_train_form_reparameterizable_blocks_become_one_conv_each(tmp_path: Path) -> None:
+    module = TrainFormRepBlocks().eval()
+    samples = images((1, 16, 12, 10))
+    model = export(module, samples)
+    assert [n.op_type for n in model.graph.node].count("Conv") == 3
+    assert not any(n.op_type in ("Add", "BatchNormalization") for n in model.graph.node)
+    with torch.no_grad():
+        refs = [{"out": module(torch.from_numpy(s["x"])).numpy()} for s in samples]  # torch is the reference
+    outs, art = convert_and_run(model, samples, tmp_path / "out")
+    comp = compare_outputs(refs, outs, default_tolerance("fp32"))
+    assert comp.passed, comp.summary()
+    layers = [line.split()[0] for line in art.main.read_text().splitlines()[2:]]
+    assert layers.count("Convolution") + layers.count("ConvolutionDepthWise") == 3
+    assert "BinaryOp" not in layers and "BatchNorm" not in layers
