@@ -91,14 +91,18 @@ def evaluate_node(
     Raises:
         Exception: whatever the reference evaluator raises on a node it cannot run.
     """
-    if numpy_kernels or node.op_type in _REFERENCE_WRONG:
-        fn = NUMPY_KERNELS.get(node.op_type)
-        if fn is not None and all(v is not None for v in values):
-            try:
-                return fn(node, [np.asarray(v) for v in values])
-            except Exception:
-                pass  # the reference evaluator knows the corner cases
-    return _run_reference(node, values, opset)
+    # IEEE results (log(0) = -inf, a cast of inf) are what the runtime computes too, and
+    # models rely on them (T5's relative-position buckets take log(0), then discard it
+    # with Where): numpy's RuntimeWarnings about them would only be noise on stderr.
+    with np.errstate(all="ignore"):
+        if numpy_kernels or node.op_type in _REFERENCE_WRONG:
+            fn = NUMPY_KERNELS.get(node.op_type)
+            if fn is not None and all(v is not None for v in values):
+                try:
+                    return fn(node, [np.asarray(v) for v in values])
+                except Exception:
+                    pass  # the reference evaluator knows the corner cases
+        return _run_reference(node, values, opset)
 
 
 def _run_reference(node: onnx.NodeProto, values: list[np.ndarray | None], opset: int) -> list[np.ndarray | None]:

@@ -50,3 +50,25 @@ def test_build_reports_the_runtime_failure_in_one_line(tmp_path, mconv_proc):
     assert len(lines) == 1 and lines[0].startswith("mconv: error: onnxruntime"), r.err
     assert "[E:onnxruntime" not in r.err and "Traceback" not in r.err
     assert not (tmp_path / "out").exists()
+
+
+def test_folding_log_of_zero_prints_no_numpy_warning(tmp_path, mconv_proc):
+    # T5's relative-position buckets: log(0) = -inf, cast to int64, then discarded by Where.
+    rel = numpy_helper.from_array(np.array([0.0, 1.0, 2.0, 9.0], np.float32), "rel")
+    four = numpy_helper.from_array(np.array(4.0, np.float32), "four")
+    nodes = [
+        helper.make_node("Log", ["rel"], ["lg"]),
+        helper.make_node("Cast", ["lg"], ["big"], to=TensorProto.INT64),
+        helper.make_node("Cast", ["rel"], ["small"], to=TensorProto.INT64),
+        helper.make_node("Less", ["rel", "four"], ["is_small"]),
+        helper.make_node("Where", ["is_small", "small", "big"], ["bucket"]),
+        helper.make_node("Cast", ["bucket"], ["bf"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["x", "bf"], ["y"]),
+    ]
+    g = helper.make_graph(nodes, "t5_buckets", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [rel, four])  # fmt: skip
+    src = tmp_path / "buckets.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    r = mconv_proc("build", src, "-t", "ncnn", "-o", tmp_path / "out", cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert "Warning" not in r.err, r.err
