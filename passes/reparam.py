@@ -12,6 +12,10 @@ for ``Add(a, b)`` where a and b read the same tensor x and each is one of:
 4. a constant that varies only along the channel axis (it joins the Conv's bias;
    timm's MobileOne starts its sum from a constant 0).
 
+``Sub(a, b)`` is merged as ``a + (-1)·b``, and ``Mul(Conv(x), c)`` with c per channel
+becomes a Conv with scaled weights: FastViT's RepMixer, ``x + γ·(mixer(x) - norm(x))``,
+becomes one Conv in three rounds.
+
 At least one side is a Conv. Both Convs need the same strides, dilations and group, and
 kernels that read the same input positions once each kernel is aligned by its padding
 (a 1x1 with pad 0 inside a 3x3 with pad 1, a 1x3 inside a 3x3, ...). The identity needs
@@ -34,6 +38,7 @@ from mconv.passes.base import Pass, PassResult
 from mconv.passes.graph import attr, constant_node_value, consumers, graph_output_names, is_default_domain
 
 _MAX_ROUNDS = 32
+_OPS = ("Add", "Sub", "Mul")
 
 
 @dataclass
@@ -51,15 +56,17 @@ class _Branch:
     scale: np.ndarray | None = None  # affine branch: per-channel scale (identity: None)
     shift: np.ndarray | None = None  # affine branch: per-channel shift
     const: np.ndarray | None = None  # a constant summand (a bias, when it is per channel)
+    factor: float = 1.0  # -1 for the subtrahend of a Sub
 
     @cached_property
     def w(self) -> np.ndarray:
-        return numpy_helper.to_array(self.conv_inits[0]).astype(np.float64)
+        return self.factor * numpy_helper.to_array(self.conv_inits[0]).astype(np.float64)
 
     @cached_property
     def b(self) -> np.ndarray:
         t = self.conv_inits[1]
-        return np.zeros(self.w.shape[0]) if t is None else numpy_helper.to_array(t).astype(np.float64)
+        b = np.zeros(self.w.shape[0]) if t is None else numpy_helper.to_array(t).astype(np.float64)
+        return self.factor * b
 
     @property
     def dtype(self) -> np.dtype:
@@ -80,7 +87,7 @@ class MergeParallelConvsPass(Pass):
             merged += n
         if not merged:
             return PassResult(model, False)
-        return PassResult(model, True, [f"merged {merged} Add(s) of parallel branches into Conv(s)"])
+        return PassResult(model, True, [f"merged {merged} Add/Sub/Mul node(s) of parallel branches into Conv(s)"])
 
 
 def _merge_round(g: onnx.GraphProto) -> int:
@@ -92,13 +99,15 @@ def _merge_round(g: onnx.GraphProto) -> int:
     drop: set[int] = set()
     new_inits: list[onnx.TensorProto] = []
     for add in g.node:
-        if add.op_type != "Add" or not is_default_domain(add) or len(add.input) != 2 or id(add) in drop:
+        if add.op_type not in _OPS or not is_default_domain(add) or len(add.input) != 2 or id(add) in drop:
             continue
         sides = [_branch(t, add, producer, users, outputs, inits) for t in add.input]
         if any(s is None for s in sides) or any(s.node is not None and id(s.node) in drop for s in sides):
             continue
         a, b = sides
-        merged = _combine(a, b)
+        if add.op_type == "Sub":
+            b.factor = -1.0
+        merged = _scaled(a, b) if add.op_type == "Mul" else _combine(a, b)
         if merged is None:
             continue
         w, bias, pads, dilations, ref = merged
@@ -188,16 +197,28 @@ def _combine(a: _Branch, b: _Branch):
     if a.conv_inits is None:
         return None
     if b.const is not None:
-        bias = _channel_bias(b.const, a.w.shape[0], a.w.ndim)
-        return None if bias is None else (a.w, a.b + bias, a.pads, a.dilations, a)
+        bias = _per_channel(b.const, a.w.shape[0], a.w.ndim)
+        return None if bias is None else (a.w, a.b + b.factor * bias, a.pads, a.dilations, a)
     if a.x != b.x:
         return None
     merged = _merge(a, b) if b.conv_inits is not None else _merge_identity(a, b)
     return None if merged is None else (*merged, a)
 
 
-def _channel_bias(c: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
-    """A constant added to a Conv output as a per-channel bias (O,), or None when it
+def _scaled(a: _Branch, b: _Branch):
+    """(W, B, ...) of the Conv equal to Conv(x) * c for a per-channel constant c, or None."""
+    if a.conv_inits is None:
+        a, b = b, a
+    if a.conv_inits is None or b.const is None:
+        return None
+    s = _per_channel(b.const, a.w.shape[0], a.w.ndim)
+    if s is None:
+        return None
+    return a.w * s.reshape(-1, *([1] * (a.w.ndim - 1))), a.b * s, a.pads, a.dilations, a
+
+
+def _per_channel(c: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+    """A constant applied to a Conv output as a per-channel vector (O,), or None when it
     varies along another axis or would broadcast the output to a larger shape."""
     if c.dtype not in (np.float16, np.float32, np.float64) or c.ndim > rank:
         return None
@@ -257,8 +278,8 @@ def _merge_identity(conv: _Branch, ident: _Branch):
         if begin + conv.pads[rank + i] != d * (k - 1) or begin % d:
             return None
         centre.append(begin // d)
-    scale = ident.scale if ident.scale is not None else np.ones(out_c)
-    shift = ident.shift if ident.shift is not None else np.zeros(out_c)
+    scale = ident.factor * (ident.scale if ident.scale is not None else np.ones(out_c))
+    shift = ident.factor * (ident.shift if ident.shift is not None else np.zeros(out_c))
     if scale.shape != (out_c,) or shift.shape != (out_c,):
         return None
     w2 = w.copy()

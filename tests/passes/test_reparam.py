@@ -174,3 +174,37 @@ def test_default_pipeline_folds_a_batchnorm_after_the_merged_sum():
     assert [n.op_type for n in out.graph.node] == ["Conv"]
     feeds = random_feeds_for(ref, seed=4)
     np.testing.assert_allclose(run_ort(out, feeds)[0], run_ort(ref, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_fastvit_repmixer_becomes_one_conv():
+    # FastViT's RepMixer in train form: x + gamma * (mixer(x) - norm(x)), depthwise.
+    gamma = numpy_helper.from_array(RNG.standard_normal((C, 1, 1)).astype(np.float32), "gamma")
+    parts = [_conv("mix", "x", "m", (3, 3), [1] * 4, group=C), _bn("norm", "x", "n")]
+    nodes = [
+        helper.make_node("Sub", ["m", "n"], ["d"]),
+        helper.make_node("Mul", ["d", "gamma"], ["g"]),
+        helper.make_node("Add", ["x", "g"], ["y"]),
+    ]
+    m = _model(parts, nodes)
+    m.graph.initializer.append(gamma)
+    result, ops = _run(m)
+    assert result.modified and ops == ["Conv"]
+
+
+def test_subtraction_in_either_order():
+    for order in (["a", "x"], ["x", "a"]):
+        m = _model([_conv("a", "x", "a", (3, 3), [1] * 4)], [helper.make_node("Sub", order, ["y"])])
+        _, ops = _run(m)
+        assert ops == ["Conv"]
+
+
+def test_per_channel_scale_folds_but_a_tensor_product_does_not():
+    s = numpy_helper.from_array(RNG.standard_normal((1, C, 1, 1)).astype(np.float32), "s")
+    m = _model([_conv("a", "x", "a", (3, 3), [1] * 4)], [helper.make_node("Mul", ["s", "a"], ["y"])])
+    m.graph.initializer.append(s)
+    _, ops = _run(m)
+    assert ops == ["Conv"]
+    # Conv(x) * x (a gate) is not linear in x.
+    m = _model([_conv("a", "x", "a", (3, 3), [1] * 4)], [helper.make_node("Mul", ["a", "x"], ["y"])])
+    result, ops = _run(m)
+    assert not result.modified and ops == ["Conv", "Mul"]
