@@ -55,8 +55,16 @@ class _Branch:
     group: int = 1
     scale: np.ndarray | None = None  # affine branch: per-channel scale (identity: None)
     shift: np.ndarray | None = None  # affine branch: per-channel shift
-    const: np.ndarray | None = None  # a constant summand (a bias, when it is per channel)
+    const_src: object = None  # a constant summand's initializer or Constant node
     factor: float = 1.0  # -1 for the subtrahend of a Sub
+
+    @cached_property
+    def const(self) -> np.ndarray | None:
+        """The constant summand (read only when the other side is a Conv)."""
+        src = self.const_src
+        if src is None:
+            return None
+        return numpy_helper.to_array(src) if isinstance(src, onnx.TensorProto) else constant_node_value(src)
 
     @cached_property
     def w(self) -> np.ndarray:
@@ -132,10 +140,14 @@ def _merge_round(g: onnx.GraphProto) -> int:
         drop.update(id(s.node) for s in sides if s.node is not None)
     if not replace:
         return 0
+    gone = {o for n in g.node if id(n) in drop for o in n.output}
     nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
+    vis = [vi for vi in g.value_info if vi.name not in gone]  # the branches' own outputs are gone
+    del g.value_info[:]
+    g.value_info.extend(vis)
     return len(replace)
 
 
@@ -151,9 +163,10 @@ def _branch(t, add, producer, users, outputs, inits) -> _Branch | None:
         scale, beta, mean, var = (numpy_helper.to_array(inits[p]).astype(np.float64) for p in n.input[1:5])
         s = scale / np.sqrt(var + attr(n, "epsilon", 1e-5))
         return _Branch(n.input[0], n, scale=s, shift=beta - mean * s)
-    value = _constant(t, producer, inits)
-    if value is not None:
-        return _Branch("", const=value)
+    if t in inits:
+        return _Branch("", const_src=inits[t])
+    if n is not None and n.op_type == "Constant" and is_default_domain(n):
+        return _Branch("", const_src=n)
     return _Branch(t)
 
 
@@ -179,15 +192,6 @@ def _conv_branch(n: onnx.NodeProto, inits) -> _Branch | None:
         list(attr(n, "dilations", [1] * rank)),
         attr(n, "group", 1),
     )
-
-
-def _constant(t: str, producer, inits) -> np.ndarray | None:
-    if t in inits:
-        return numpy_helper.to_array(inits[t])
-    n = producer.get(t)
-    if n is not None and n.op_type == "Constant" and is_default_domain(n):
-        return constant_node_value(n)
-    return None
 
 
 def _combine(a: _Branch, b: _Branch):
