@@ -4,7 +4,8 @@ For every model exported by ``bench/zoo_models.py`` (``bench/.zoo/<name>/``):
 
 1. mconv: ``mconv build model.onnx --target ncnn`` with default options (its own
    verification included; ``--keep-failed`` so that a refused artifact can still be
-   judged), in a fresh process: exit code, one-line error, wall time.
+   judged), in a fresh process: exit code, one-line error, wall time, and anything a
+   successful build printed on stderr (there should be nothing: third-party noise).
 2. pnnx: ``pnnx model.onnx inputshape=... fp16=0``, wall time (cached in the
    model's folder; ``--rebuild-pnnx`` redoes it). ``fp16=0`` keeps FP32 weights (its
    default stores FP16 ones, ~1e-3 error on deep random-weight nets) so that *wrong*
@@ -173,6 +174,8 @@ def run_mconv(model_dir: Path, work: Path) -> dict:
     except subprocess.TimeoutExpired:
         return {"exit": None, "error": "timed out after 1800 s", "conv_s": time.perf_counter() - t0}
     res = {"exit": proc.returncode, "conv_s": time.perf_counter() - t0}
+    if proc.returncode == 0 and proc.stderr.strip():  # a successful build prints nothing on stderr
+        res["stderr"] = proc.stderr.strip()[:300]
     try:
         rep = json.loads(proc.stdout)
     except ValueError:
@@ -417,12 +420,14 @@ def summary(rows: list[dict]) -> str:
     wrong_p = [r["model"] for r in rows if r["pnnx"].get("ran") and not r["pnnx"].get("right")]
     only_p = [r["model"] for r in pr if not r["mconv"].get("right")]
     internal = [r["model"] for r in rows if "internal error" in str(r["mconv"].get("error", ""))]
+    noisy = [r["model"] for r in rows if r["mconv"].get("stderr")]
     ratios = [r["ratio"] for r in rows if isinstance(r.get("ratio"), float)]
     ctrl = [r["control"] for r in rows if isinstance(r.get("control"), float)]
     lines = [
         f"models {n}: mconv right {len(mr)}, pnnx right {len(pr)}; written wrong: mconv {len(wrong_m)} "
         f"{wrong_m or ''}, pnnx {len(wrong_p)} {wrong_p or ''}",
-        f"pnnx right but mconv not: {only_p or 'none'}; mconv internal errors: {internal or 'none'}",
+        f"pnnx right but mconv not: {only_p or 'none'}; mconv internal errors: {internal or 'none'}; "
+        f"stderr of a successful mconv build: {noisy or 'empty'}",
     ]
     if ratios:
         lines.append(f"latency mconv/pnnx on {len(ratios)} models both convert: median {np.median(ratios):.3f}, "
