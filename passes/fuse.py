@@ -17,6 +17,14 @@ from mconv.passes.base import Pass, PassResult
 from mconv.passes.graph import attr, consumers, graph_output_names, is_default_domain
 
 
+def batchnorm_affine(bn: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[np.ndarray, np.ndarray]:
+    """Inference-mode BatchNormalization as a per-channel ``x * scale + shift`` (float64);
+    its four parameters must be in ``inits``."""
+    gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
+    scale = gamma / np.sqrt(var + attr(bn, "epsilon", 1e-5))
+    return scale, beta - mean * scale
+
+
 class FuseConvBatchNormPass(Pass):
     """Fold inference-mode BatchNormalization into Conv/ConvTranspose weights."""
 
@@ -47,8 +55,7 @@ class FuseConvBatchNormPass(Pass):
             if w.dtype not in (np.float32, np.float64, np.float16):
                 continue
             b = numpy_helper.to_array(inits[conv.input[2]]) if len(conv.input) > 2 and conv.input[2] else None
-            scale, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
-            s = scale / np.sqrt(var + attr(bn, "epsilon", 1e-5))
+            s, shift = batchnorm_affine(bn, inits)
             if conv.op_type == "Conv":
                 w2 = w.astype(np.float64) * s.reshape(-1, *([1] * (w.ndim - 1)))
             else:
@@ -58,7 +65,7 @@ class FuseConvBatchNormPass(Pass):
                 wg = wg * s.reshape(group, 1, cout_g, *([1] * (w.ndim - 2)))
                 w2 = wg.reshape(w.shape)
             b0 = b.astype(np.float64) if b is not None else np.zeros_like(s)
-            b2 = (b0 - mean) * s + beta
+            b2 = b0 * s + shift
             wname, bname = f"{conv.name or conv.output[0]}_W_bnfused", f"{conv.name or conv.output[0]}_B_bnfused"
             new_inits[wname] = numpy_helper.from_array(w2.astype(w.dtype), wname)
             new_inits[bname] = numpy_helper.from_array(b2.astype(w.dtype), bname)

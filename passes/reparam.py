@@ -35,6 +35,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from mconv.passes.base import Pass, PassResult
+from mconv.passes.fuse import batchnorm_affine
 from mconv.passes.graph import attr, constant_node_value, consumers, graph_output_names, is_default_domain
 
 _MAX_ROUNDS = 32
@@ -160,9 +161,8 @@ def _branch(t, add, producer, users, outputs, inits) -> _Branch | None:
     if sole and n.op_type == "BatchNormalization" and len(n.output) == 1:
         if any(p not in inits for p in n.input[1:5]):
             return None
-        scale, beta, mean, var = (numpy_helper.to_array(inits[p]).astype(np.float64) for p in n.input[1:5])
-        s = scale / np.sqrt(var + attr(n, "epsilon", 1e-5))
-        return _Branch(n.input[0], n, scale=s, shift=beta - mean * s)
+        scale, shift = batchnorm_affine(n, inits)
+        return _Branch(n.input[0], n, scale=scale, shift=shift)
     if t in inits:
         return _Branch("", const_src=inits[t])
     if n is not None and n.op_type == "Constant" and is_default_domain(n):
